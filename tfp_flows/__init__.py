@@ -1,0 +1,11 @@
+"""tfp_flows: normalizing-flow bijectors for TensorFlow Probability, as Keras 3 layers."""
+
+__version__ = "0.1.0"
+
+from tfp_flows import bijectors
+from tfp_flows import layers
+from tfp_flows import models
+from tfp_flows import nets
+from tfp_flows.flow import FlowModel
+
+__all__ = ["FlowModel", "bijectors", "layers", "models", "nets", "__version__"]

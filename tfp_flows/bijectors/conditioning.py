@@ -1,0 +1,34 @@
+"""Routing a conditional input through TFP's per-bijector keyword arguments."""
+
+import tensorflow_probability as tfp
+
+__all__ = ["is_conditional", "conditional_kwargs"]
+
+tfb = tfp.bijectors
+
+
+def is_conditional(bijector):
+  """True if `bijector` (or any bijector inside a Chain-like composition or an Invert) reads `conditional_input`."""
+  if isinstance(bijector, tfb.Composition):
+    return any(is_conditional(b) for b in bijector.bijectors)
+  if isinstance(bijector, tfb.Invert):
+    return is_conditional(bijector.bijector)
+  return bool(getattr(bijector, "is_conditional", False))
+
+
+def conditional_kwargs(bijector, conditional_input):
+  """Keyword arguments that pass `conditional_input` to every conditional bijector inside.
+
+  TFP routes keyword arguments through `tfb.Chain` by bijector name
+  (`chain.forward(x, **{name: kwargs})`) and through `tfb.Invert` unchanged, so the
+  result is a nested dict mirroring the composition. Returns `{}` when
+  `conditional_input` is None or nothing inside is conditional.
+  """
+  if conditional_input is None or not is_conditional(bijector):
+    return {}
+  if isinstance(bijector, tfb.Composition):
+    return {b.name: conditional_kwargs(b, conditional_input)
+            for b in bijector.bijectors if is_conditional(b)}
+  if isinstance(bijector, tfb.Invert):
+    return conditional_kwargs(bijector.bijector, conditional_input)
+  return {"conditional_input": conditional_input}

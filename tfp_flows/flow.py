@@ -1,0 +1,224 @@
+"""FlowModel: a Keras model that is a normalizing flow, trained by maximum likelihood."""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_flows.bijectors import conditioning
+from tfp_flows.layers import flow_layer
+
+__all__ = ["FlowModel"]
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class FlowModel(keras.Model):
+  """A base distribution pushed through flow layers: `tfd.TransformedDistribution` in Keras.
+
+  ```python
+  model = tff.FlowModel([tff.layers.AffineCoupling(), ...], event_shape=[2])
+  model.compile(optimizer="adam")
+  model.fit(x, epochs=10, batch_size=256)        # maximum likelihood, no targets
+  model.log_prob(x); model.sample(100, seed=1)
+  ```
+
+  `flow_layers` are listed from the data side to the base side, the order of
+  `tfb.Chain`: `model.bijector` is `tfb.Chain([layer.bijector ...])` (forward =
+  base -> data) and `model.distribution` is `tfd.TransformedDistribution(base,
+  model.bijector)`, so the trained flow composes with the rest of TFP.
+
+  `log_prob` walks the layers data -> base (the same bijectors, so the same numbers as
+  `model.distribution.log_prob` up to layer preprocessing such as dequantisation), which
+  lets ActNorm initialise from the first training batch and dequantisation add noise in
+  training. In evaluation `log_prob` is a deterministic, row-independent function of x.
+
+  Training (`fit`) minimises the mean negative log-likelihood plus any layer losses and
+  logs `nll` (nats per example) and, for image event shapes `[H, W, C]`,
+  `bits_per_dim = nll / (H W C ln 2)`. `fit(x, context)` trains a conditional flow:
+  the second element of each batch is the context, not a target.
+
+  Args:
+    flow_layers: list of `tfp_flows.layers.FlowLayer`, data side first.
+    event_shape: shape of one data point, e.g. `[2]` or `[8, 8, 1]`.
+    base_distribution: a TFP distribution over the latent event shape; default a
+      standard normal (`tfd.Sample(tfd.Normal(0, 1), latent_shape)`). A custom base is
+      not saved in the config; pass it again to `from_config` / `custom_objects`.
+    context_shape: shape of one context row for conditional flows, else None.
+    context_dtype: dtype of the context ("float32", or "int32" for class labels).
+  """
+
+  def __init__(self, flow_layers, event_shape, base_distribution=None, context_shape=None,
+               context_dtype="float32", **kwargs):
+    super().__init__(**kwargs)
+    flow_layers = list(flow_layers)
+    if not flow_layers:
+      raise ValueError("FlowModel needs at least one flow layer.")
+    for layer in flow_layers:
+      if not isinstance(layer, flow_layer.FlowLayer):
+        raise TypeError(f"FlowModel takes tfp_flows flow layers; got {layer!r}.")
+    event_shape = [int(d) for d in event_shape]
+    if any(d < 1 for d in event_shape):
+      raise ValueError(f"event_shape must be positive sizes; got {event_shape}.")
+    self.event_shape = event_shape
+    self.context_shape = None if context_shape is None else [int(d) for d in context_shape]
+    self.context_dtype = context_dtype
+    self.flow = flow_layer.FlowChain(flow_layers, name="flow")
+    self.flow.build((None, *event_shape))
+    self.latent_shape = self.flow.bijector.inverse_event_shape(event_shape).as_list()
+    self._custom_base = base_distribution is not None
+    self.base_distribution = base_distribution or tfd.Sample(
+        tfd.Normal(np.float32(0), np.float32(1)), self.latent_shape)
+    self._nll_tracker = keras.metrics.Mean(name="nll")
+    self._bpd_tracker = keras.metrics.Mean(name="bits_per_dim")
+    self._create_weights()
+
+  @property
+  def flow_layers(self):
+    return self.flow.flow_layers
+
+  @property
+  def is_image_model(self):
+    return len(self.event_shape) == 3
+
+  def _create_weights(self):
+    """Runs one evaluation pass so that every lazily built network has its weights."""
+    x = tf.zeros([1, *self.event_shape])
+    self.flow(x, context=self._dummy_context(1), training=False)
+
+  def _dummy_context(self, n):
+    if self.context_shape is None:
+      return None
+    return tf.zeros([n, *self.context_shape], self.context_dtype)
+
+  def build(self, input_shape=None):
+    self.built = True
+
+  @property
+  def bijector(self):
+    """`tfb.Chain` of the layers' bijectors (forward: base -> data), from current weights."""
+    return self.flow.bijector
+
+  @property
+  def distribution(self):
+    """`tfd.TransformedDistribution(base_distribution, bijector)`.
+
+    For a conditional flow pass the context as
+    `bijector_kwargs=tfp_flows.bijectors.conditional_kwargs(model.bijector, context)`.
+    """
+    return tfd.TransformedDistribution(self.base_distribution, self.bijector)
+
+  def _check_context(self, context):
+    if self.context_shape is None:
+      if context is not None:
+        raise ValueError("This FlowModel has no context_shape, so it takes no context.")
+      return None
+    if context is None:
+      raise ValueError(f"This FlowModel is conditional (context_shape="
+                       f"{self.context_shape}): pass context=.")
+    return tf.cast(context, self.context_dtype)
+
+  def call(self, inputs, context=None, training=None):
+    """Log-density of each row of `inputs` (data -> base walk); shape `[N]`."""
+    context = self._check_context(context)
+    x = tf.convert_to_tensor(inputs)
+    if not x.dtype.is_floating:
+      x = tf.cast(x, self.compute_dtype)
+    z, ildj = self.flow(x, context=context, training=training)
+    return self.base_distribution.log_prob(z) + ildj
+
+  def log_prob(self, x, context=None):
+    """Evaluation-mode log-density (nats) of each row of `x`; deterministic."""
+    return self(x, context=context, training=False)
+
+  def sample(self, n, seed=None, context=None, temperature=1.0):
+    """Draws samples (forward, base -> data).
+
+    Args:
+      n: number of samples (per context row).
+      seed: int or stateless seed; same seed, same samples. None draws fresh ones.
+      context: for conditional flows, one context row (gives `[n, *event_shape]`) or
+        `[m, *context_shape]` rows (gives `[n, m, *event_shape]`, a sample set per row).
+      temperature: scales the standard-normal base (Glow's temperature); needs the
+        default base.
+    """
+    if temperature != 1.0 and self._custom_base:
+      raise ValueError("temperature needs the default standard-normal base distribution.")
+    if not temperature > 0:
+      raise ValueError(f"temperature must be positive; got {temperature!r}.")
+    context = self._check_context(context)
+    rows = []
+    if context is not None:
+      rows = context.shape[:context.shape.rank - len(self.context_shape)].as_list()
+      context = tf.reshape(context, [-1, *self.context_shape])
+      num_rows = int(np.prod(rows)) if rows else 1
+      context = tf.tile(context[tf.newaxis], [n] + [1] * context.shape.rank)
+      context = tf.reshape(context, [n * num_rows, *self.context_shape])
+      total = n * num_rows
+    else:
+      total = n
+    z = self.base_distribution.sample(total, seed=seed) * temperature
+    bijector = self.bijector
+    x = bijector.forward(z, **conditioning.conditional_kwargs(bijector, context))
+    x = self.flow.postprocess_sample(x)
+    return tf.reshape(x, [n, *rows, *self.event_shape])
+
+  def _loss_and_metrics(self, data, training):
+    x, context = _unpack(data)
+    log_prob = self(x, context=context, training=training)
+    nll = -tf.reduce_mean(log_prob)
+    self._nll_tracker.update_state(nll)
+    if self.is_image_model:
+      self._bpd_tracker.update_state(nll / (math.log(2.0) * math.prod(self.event_shape)))
+    if self.losses:
+      return nll + tf.add_n([tf.cast(l, nll.dtype) for l in self.losses])
+    return nll
+
+  def train_step(self, data):
+    with tf.GradientTape() as tape:
+      loss = self._loss_and_metrics(data, training=True)
+      # Gradients are summed over replicas, so each replica's loss is divided by their count.
+      scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
+    gradients = tape.gradient(scaled, self.trainable_variables)
+    self.optimizer.apply(gradients, self.trainable_variables)
+    return self._metric_results()
+
+  def test_step(self, data):
+    self._loss_and_metrics(data, training=False)
+    return self._metric_results()
+
+  def _metric_results(self):
+    results = {"nll": self._nll_tracker.result()}
+    if self.is_image_model:
+      results["bits_per_dim"] = self._bpd_tracker.result()
+    return results
+
+  @property
+  def metrics(self):
+    return [self._nll_tracker, self._bpd_tracker]
+
+  def get_config(self):
+    return {"name": self.name,
+            "flow_layers": [keras.saving.serialize_keras_object(l) for l in self.flow_layers],
+            "event_shape": self.event_shape, "context_shape": self.context_shape,
+            "context_dtype": self.context_dtype}
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    config = dict(config)
+    config["flow_layers"] = [keras.saving.deserialize_keras_object(c, custom_objects)
+                             for c in config["flow_layers"]]
+    return cls(**config)
+
+
+def _unpack(data):
+  """`x`, or `(x, context)` as Keras passes `fit(x, context)` batches."""
+  if isinstance(data, (tuple, list)):
+    if len(data) == 1:
+      return data[0], None
+    return data[0], data[1]
+  return data, None

@@ -1,0 +1,73 @@
+"""Keras layer owning ActNorm's weights, with data-dependent initialisation."""
+
+import keras
+import tensorflow as tf
+
+from tfp_flows.bijectors import act_norm
+from tfp_flows.layers import flow_layer
+
+__all__ = ["ActNorm"]
+
+
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class ActNorm(flow_layer.FlowLayer):
+  """Per-channel affine flow layer (Glow's ActNorm), initialised from the first batch.
+
+  On the first training call (inside `fit`, also under XLA and across replicas, where
+  the statistics are all-reduced over the global batch) it sets
+  `loc = mean(x)` and `log_scale = log(sqrt(var(x) + eps))` per channel, so that its
+  data -> base output has zero mean and unit variance per channel. A non-trainable
+  `initialized` weight records this, so it survives `.keras` save/load. A batch of one
+  vector or a constant channel gives `log_scale = log(sqrt(eps))`: finite, never inf.
+
+  Args:
+    data_init: whether to initialise from the first training batch.
+    epsilon: variance floor of the initialisation.
+  """
+
+  def __init__(self, data_init=True, epsilon=1e-6, **kwargs):
+    super().__init__(**kwargs)
+    if not epsilon > 0:
+      raise ValueError(f"epsilon must be positive; got {epsilon!r}.")
+    self.data_init = bool(data_init)
+    self.epsilon = float(epsilon)
+
+  def build(self, input_shape):
+    channels = input_shape[-1]
+    if channels is None:
+      raise ValueError(f"ActNorm needs a known channel count; got shape {input_shape}.")
+    replica = "only_first_replica"
+    self.loc = self.add_weight(shape=(channels,), initializer="zeros", name="loc",
+                               aggregation=replica)
+    self.log_scale = self.add_weight(shape=(channels,), initializer="zeros",
+                                     name="log_scale", aggregation=replica)
+    self.initialized = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                       name="initialized", aggregation=replica)
+    super().build(input_shape)
+
+  def make_bijector(self):
+    return act_norm.ActNorm(self.loc, self.log_scale, name=self.name)
+
+  def call(self, inputs, context=None, training=None):
+    if training and self.data_init:
+      self._initialize_from(inputs)
+    return super().call(inputs, context=context, training=training)
+
+  def _initialize_from(self, x):
+    axes = list(range(x.shape.rank - 1))
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
+    sums = tf.stack([tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes),
+                     tf.fill(tf.shape(x)[-1:], count)])
+    replica_context = tf.distribute.get_replica_context()
+    if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+      sums = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    mean = sums[0] / sums[2]
+    variance = tf.maximum(sums[1] / sums[2] - tf.square(mean), 0.0)
+    done = self.initialized > 0
+    self.loc.assign(tf.where(done, self.loc, mean))
+    self.log_scale.assign(tf.where(done, self.log_scale,
+                                   0.5 * tf.math.log(variance + self.epsilon)))
+    self.initialized.assign(1.0)
+
+  def get_config(self):
+    return {**super().get_config(), "data_init": self.data_init, "epsilon": self.epsilon}

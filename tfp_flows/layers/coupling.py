@@ -1,0 +1,123 @@
+"""Keras coupling layers: a conditioner network plus an elementwise transformer."""
+
+import keras
+import tensorflow as tf
+
+from tfp_flows import nets
+from tfp_flows.bijectors import coupling
+from tfp_flows.bijectors import transformers
+from tfp_flows.layers import flow_layer
+
+__all__ = ["CouplingLayer", "AffineCoupling", "AdditiveCoupling"]
+
+_MASKS = ("half", "checkerboard")
+
+
+class CouplingLayer(flow_layer.FlowLayer):
+  """Owns the conditioner of a `tfp_flows.bijectors.Coupling`; subclasses pick the transformer.
+
+  Vectors `[D]` get an `MLP` conditioner, images `[H, W, C]` a `GlowConvNet`; the last
+  layer starts at zero, so the layer starts as the identity. A context (when the layer
+  is `conditional`) is concatenated to the MLP input, or tiled over the image as extra
+  channels.
+
+  Args:
+    mask: "half" (split the last axis in two) or "checkerboard" (alternate entries of a
+      vector, or pixels of an image).
+    reverse: transform the other half / the other checkerboard colour.
+    hidden_units: MLP hidden sizes (vectors).
+    hidden_channels: conv net width (images).
+  """
+
+  def __init__(self, mask="half", reverse=False, hidden_units=(128, 128),
+               hidden_channels=512, **kwargs):
+    super().__init__(**kwargs)
+    if mask not in _MASKS:
+      raise ValueError(f"mask must be one of {_MASKS}; got {mask!r}.")
+    self.mask = mask
+    self.reverse = bool(reverse)
+    self.hidden_units = tuple(int(u) for u in hidden_units)
+    self.hidden_channels = int(hidden_channels)
+
+  def make_transformer(self):
+    raise NotImplementedError
+
+  def build(self, input_shape):
+    event_shape = [int(d) for d in input_shape[1:]]
+    if len(event_shape) not in (1, 3):
+      raise ValueError("Coupling layers take vectors [N, D] or images [N, H, W, C]; got "
+                       f"input shape {input_shape}.")
+    channels = event_shape[-1]
+    num_params = self.make_transformer().num_params
+    if self.mask == "half":
+      if channels < 2:
+        raise ValueError(f"mask='half' needs at least 2 channels; got {channels}. Use "
+                         "mask='checkerboard' or squeeze the image first.")
+      moved = channels - channels // 2 if not self.reverse else channels // 2
+      self._mask_tensor = None
+    else:
+      moved = channels
+      if len(event_shape) == 1:
+        parity = tf.range(channels) % 2
+        self._mask_tensor = tf.cast(parity == int(self.reverse), self.compute_dtype)
+      else:
+        self._mask_tensor = coupling.checkerboard_mask(
+            *event_shape, parity=int(self.reverse), dtype=self.compute_dtype)
+    if len(event_shape) == 1:
+      self.net = nets.MLP(moved * num_params, self.hidden_units, name="conditioner")
+    else:
+      self.net = nets.GlowConvNet(moved * num_params, self.hidden_channels,
+                                  name="conditioner")
+    self._event_shape = event_shape
+    super().build(input_shape)
+
+  def _conditioner(self, x_a, context=None):
+    if len(self._event_shape) == 1:
+      return self.net(x_a, context)
+    if context is not None:
+      context = tf.cast(tf.reshape(context, [tf.shape(x_a)[0], 1, 1, -1]), x_a.dtype)
+      x_a = tf.concat([x_a, tf.tile(context, [1] + self._event_shape[:2] + [1])], -1)
+    return self.net(x_a)
+
+  def make_bijector(self):
+    return coupling.Coupling(
+        self._conditioner, self.make_transformer(), num_channels=self._event_shape[-1],
+        event_ndims=len(self._event_shape), reverse=self.reverse, mask=self._mask_tensor,
+        conditional=self.conditional, dtype=self.compute_dtype, name=self.name)
+
+  def get_config(self):
+    return {**super().get_config(), "mask": self.mask, "reverse": self.reverse,
+            "hidden_units": list(self.hidden_units),
+            "hidden_channels": self.hidden_channels}
+
+
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class AffineCoupling(CouplingLayer):
+  """Affine coupling (Real NVP / Glow): `y_b = s(x_a) * x_b + t(x_a)`.
+
+  Args:
+    scale: "sigmoid" (Glow's sigmoid(h + 2), rescaled to 1 at h = 0) or "exp" (soft
+      clamped); see `tfp_flows.bijectors.AffineTransformer`.
+    clamp: bound on |log s| for scale="exp".
+    **kwargs: `CouplingLayer` arguments (mask, reverse, hidden sizes, conditional).
+  """
+
+  def __init__(self, scale="sigmoid", clamp=2.0, **kwargs):
+    super().__init__(**kwargs)
+    self.scale = scale
+    self.clamp = float(clamp)
+    self.make_transformer()  # validates scale and clamp now
+
+  def make_transformer(self):
+    return transformers.AffineTransformer(self.scale, self.clamp)
+
+  def get_config(self):
+    return {**super().get_config(), "scale": self.scale, "clamp": self.clamp}
+
+
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class AdditiveCoupling(CouplingLayer):
+  """Additive coupling (NICE): `y_b = x_b + t(x_a)`, volume preserving."""
+
+  def make_transformer(self):
+    return transformers.AdditiveTransformer()

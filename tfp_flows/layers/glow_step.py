@@ -1,0 +1,53 @@
+"""Keras layer for one step of Glow: ActNorm -> invertible 1x1 conv -> coupling."""
+
+import keras
+
+from tfp_flows.layers import act_norm
+from tfp_flows.layers import coupling as coupling_layers
+from tfp_flows.layers import flow_layer
+from tfp_flows.layers import invertible_conv1x1
+
+__all__ = ["GlowStep"]
+
+
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class GlowStep(flow_layer.FlowChain):
+  """One Glow step, data -> base: ActNorm, invertible 1x1 convolution, coupling.
+
+  Reference: Kingma & Dhariwal, Glow, https://arxiv.org/abs/1807.03039 (Sec. 3, Table 1).
+
+  Args:
+    hidden_channels: width of the coupling's conv net.
+    coupling: "affine" or "additive".
+    lu: LU-parameterised 1x1 convolution.
+    mask: "half" (channel split) or "checkerboard".
+    reverse: transform the other half / checkerboard colour.
+    seed: seed of the 1x1 convolution's initial rotation.
+    flow_layers: given when restoring from a config; otherwise built from the above.
+  """
+
+  def __init__(self, hidden_channels=512, coupling="affine", lu=True, mask="half",
+               reverse=False, seed=0, flow_layers=None, **kwargs):
+    if coupling not in ("affine", "additive"):
+      raise ValueError(f"coupling must be 'affine' or 'additive'; got {coupling!r}.")
+    self.hidden_channels = int(hidden_channels)
+    self.coupling = coupling
+    self.lu = bool(lu)
+    self.mask = mask
+    self.reverse = bool(reverse)
+    self.seed = int(seed)
+    if flow_layers is None:
+      coupling_cls = (coupling_layers.AffineCoupling if coupling == "affine"
+                      else coupling_layers.AdditiveCoupling)
+      flow_layers = [
+          act_norm.ActNorm(name="act_norm"),
+          invertible_conv1x1.InvertibleConv1x1(lu=lu, seed=seed, name="conv1x1"),
+          coupling_cls(mask=mask, reverse=reverse, hidden_channels=hidden_channels,
+                       name="coupling"),
+      ]
+    super().__init__(flow_layers, **kwargs)
+
+  def get_config(self):
+    return {**super().get_config(), "hidden_channels": self.hidden_channels,
+            "coupling": self.coupling, "lu": self.lu, "mask": self.mask,
+            "reverse": self.reverse, "seed": self.seed}
