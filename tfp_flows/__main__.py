@@ -28,6 +28,12 @@ _HIDDEN_CHANNELS = flags.DEFINE_integer("hidden_channels", 64,
                                         "Width of the coupling networks.", lower_bound=1)
 _COUPLING = flags.DEFINE_enum("coupling", "affine", ["affine", "additive"],
                               "Coupling transformer.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0,
+                                   "AdamW weight decay (0 for plain Adam).",
+                                   lower_bound=0.0)
+_LOGIT_ALPHA = flags.DEFINE_float("logit_alpha", 0.05,
+                                  "Logit preprocessing margin; 0 for linear scaling.",
+                                  lower_bound=0.0, upper_bound=0.49)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (split, init, noise).")
 _JIT = flags.DEFINE_boolean("jit_compile", True, "Compile the train step with XLA.")
 
@@ -48,11 +54,14 @@ def _train():
   model = tff.models.Glow(x_train.shape[1:], num_scales=_NUM_SCALES.value,
                           steps_per_scale=_STEPS_PER_SCALE.value,
                           hidden_channels=_HIDDEN_CHANNELS.value,
-                          coupling=_COUPLING.value, num_bits=num_bits)
+                          coupling=_COUPLING.value, num_bits=num_bits,
+                          logit_alpha=_LOGIT_ALPHA.value or None)
   schedule = keras.optimizers.schedules.CosineDecay(
       _LEARNING_RATE.value, decay_steps=_EPOCHS.value * int(
           np.ceil(len(x_train) / _BATCH_SIZE.value)), alpha=0.05)
-  model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=_JIT.value)
+  optimizer = (keras.optimizers.AdamW(schedule, weight_decay=_WEIGHT_DECAY.value)
+               if _WEIGHT_DECAY.value else keras.optimizers.Adam(schedule))
+  model.compile(optimizer=optimizer, jit_compile=_JIT.value)
   print(f"Training Glow on {len(x_train)} digits ({len(x_test)} held out), "
         f"{_EPOCHS.value} epochs.")
   start = time.time()

@@ -29,8 +29,13 @@ def common_dtype(values, dtype_hint=tf.float32):
 
 
 def assert_finite(value, message):
-  """An assertion op that `value` holds no inf or NaN."""
-  return tf.debugging.assert_all_finite(value, message)
+  """Assertion ops (a list) that `value` holds no inf or NaN.
+
+  Eagerly the check runs at once and the list is empty, so TFP never stores an eager
+  result as a control dependency for later graph-mode calls.
+  """
+  op = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(value)), [message])
+  return [] if op is None else [op]
 
 
 def check_last_dim(x, expected, name):

@@ -86,10 +86,8 @@ class ActNorm(tfb.AutoCompositeTensorBijector):
   def _parameter_control_dependencies(self, is_init):
     if not self.validate_args or not is_init:
       return []
-    return [
-        _checks.assert_finite(self._loc, "ActNorm: loc must be finite."),
-        _checks.assert_finite(self._log_scale, "ActNorm: log_scale must be finite."),
-    ]
+    return (_checks.assert_finite(self._loc, "ActNorm: loc must be finite.") +
+            _checks.assert_finite(self._log_scale, "ActNorm: log_scale must be finite."))
 
   def _channels(self):
     return tf.compat.dimension_value(self._log_scale.shape[-1])

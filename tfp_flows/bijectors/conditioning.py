@@ -1,17 +1,21 @@
 """Routing a conditional input through TFP's per-bijector keyword arguments."""
 
 import tensorflow_probability as tfp
+from tensorflow_probability.python.bijectors import invert as invert_lib
 
 __all__ = ["is_conditional", "conditional_kwargs"]
 
 tfb = tfp.bijectors
+# tfb.Invert of a non-composite-tensor bijector (any bijector holding a callable) is an
+# instance of TFP's `_Invert` base, not of `tfb.Invert`.
+_INVERT_TYPES = (tfb.Invert, invert_lib._Invert)  # pylint: disable=protected-access
 
 
 def is_conditional(bijector):
   """True if `bijector` (or any bijector inside a Chain-like composition or an Invert) reads `conditional_input`."""
   if isinstance(bijector, tfb.Composition):
     return any(is_conditional(b) for b in bijector.bijectors)
-  if isinstance(bijector, tfb.Invert):
+  if isinstance(bijector, _INVERT_TYPES):
     return is_conditional(bijector.bijector)
   return bool(getattr(bijector, "is_conditional", False))
 
@@ -29,6 +33,6 @@ def conditional_kwargs(bijector, conditional_input):
   if isinstance(bijector, tfb.Composition):
     return {b.name: conditional_kwargs(b, conditional_input)
             for b in bijector.bijectors if is_conditional(b)}
-  if isinstance(bijector, tfb.Invert):
+  if isinstance(bijector, _INVERT_TYPES):
     return conditional_kwargs(bijector.bijector, conditional_input)
   return {"conditional_input": conditional_input}

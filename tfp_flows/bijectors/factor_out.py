@@ -58,8 +58,8 @@ class FactorOut(tfb.Bijector):
     count = lambda shape: int(tf.TensorShape(shape).num_elements())
     if count(self._latent_shape) != count(self._kept_shape):
       raise ValueError(
-          f"inner must preserve the number of entries; it maps {self._kept_shape} "
-          f"to {self._latent_shape}.")
+          "inner must preserve the number of entries; it maps "
+          f"{list(self._kept_shape)} to {list(self._latent_shape)}.")
     with tf.name_scope(name) as name:
       super().__init__(forward_min_event_ndims=len(event_shape),
                        dtype=inner.dtype, validate_args=validate_args,

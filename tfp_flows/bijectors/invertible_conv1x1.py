@@ -136,16 +136,23 @@ class InvertibleConv1x1(tfb.AutoCompositeTensorBijector):
     if not self.validate_args or not is_init:
       return []
     if self.is_lu:
-      return [_checks.assert_finite(self._log_abs_diag,
-                                    "InvertibleConv1x1: log_abs_diag must be finite.")]
-    return [_checks.assert_finite(self._weight,
-                                  "InvertibleConv1x1: weight must be finite.")]
+      return _checks.assert_finite(self._log_abs_diag,
+                                   "InvertibleConv1x1: log_abs_diag must be finite.")
+    return _checks.assert_finite(self._weight, "InvertibleConv1x1: weight must be finite.")
 
   def _lu_factors(self):
-    lower = tf.linalg.set_diag(tf.linalg.band_part(self._lower, -1, 0),
-                               tf.ones_like(self._log_abs_diag))
-    upper = tf.linalg.set_diag(tf.linalg.band_part(self._upper, 0, -1),
-                               self._sign * tf.exp(self._log_abs_diag))
+    batch = tf.broadcast_dynamic_shape(
+        tf.broadcast_dynamic_shape(tf.shape(self._lower)[:-2], tf.shape(self._upper)[:-2]),
+        tf.shape(self._log_abs_diag)[:-1])
+    channels = tf.shape(self._lower)[-1:]
+    square = tf.concat([batch, channels, channels], 0)
+    diag = tf.broadcast_to(self._sign * tf.exp(self._log_abs_diag),
+                           tf.concat([batch, channels], 0))
+    lower = tf.linalg.set_diag(
+        tf.linalg.band_part(tf.broadcast_to(self._lower, square), -1, 0),
+        tf.ones_like(diag))
+    upper = tf.linalg.set_diag(
+        tf.linalg.band_part(tf.broadcast_to(self._upper, square), 0, -1), diag)
     permutation = tf.gather(tf.eye(tf.shape(self._permutation)[0], dtype=self.dtype),
                             self._permutation)
     return permutation, lower, upper

@@ -11,7 +11,7 @@ tfb = tfp.bijectors
 
 
 class Logit(tfb.AutoCompositeTensorBijector):
-  """Maps unbounded latents to pixels in (0, 1); its inverse is Real NVP's logit transform.
+  """Maps unbounded latents to pixels; its inverse is Real NVP's logit transform.
 
   ```none
   inverse (data -> base):  z = logit(alpha + (1 - 2 alpha) x),    x in (0, 1)
@@ -20,7 +20,9 @@ class Logit(tfb.AutoCompositeTensorBijector):
   ```
 
   `alpha` keeps the logit away from 0 and 1 (Real NVP uses 0.05). Elementwise, O(size).
-  With `validate_args=True` the inverse rejects inputs outside [0, 1].
+  The forward's range, and so the inverse's domain, is the open interval
+  (-alpha / (1 - 2 alpha), (1 - alpha) / (1 - 2 alpha)), which contains [0, 1]; with
+  `validate_args=True` the inverse rejects inputs outside it.
 
   Reference: Dinh et al., Real NVP, https://arxiv.org/abs/1605.08803 (Sec. 4.1).
   """
@@ -28,7 +30,7 @@ class Logit(tfb.AutoCompositeTensorBijector):
   def __init__(self, alpha=0.05, validate_args=False, name="logit"):
     """Args:
       alpha: float in [0, 0.5), the margin kept from 0 and 1.
-      validate_args: if True, the inverse checks that inputs are in [0, 1].
+      validate_args: if True, the inverse checks that inputs are in its domain.
       name: name scope.
     """
     parameters = dict(locals())
@@ -54,17 +56,24 @@ class Logit(tfb.AutoCompositeTensorBijector):
   def _forward(self, z):
     return (tf.sigmoid(z) - self._alpha) / (1.0 - 2.0 * self._alpha)
 
-  def _inverse(self, x):
-    if self.validate_args:
-      x = tf.debugging.assert_greater_equal(x, tf.zeros([], x.dtype),
-                                            "Logit: inputs must be in [0, 1].")
-      x = tf.debugging.assert_less_equal(x, tf.ones([], x.dtype),
-                                         "Logit: inputs must be in [0, 1].")
+  def _margin_probability(self, x):
+    """p = alpha + (1 - 2 alpha) x, checked to lie in (0, 1) when validating."""
     p = self._alpha + (1.0 - 2.0 * self._alpha) * x
+    if not self.validate_args:
+      return p
+    low = -self._alpha / (1.0 - 2.0 * self._alpha)
+    message = (f"Logit: inverse inputs must lie in ({low:.4g}, {1.0 - low:.4g}), "
+               "e.g. pixels scaled to [0, 1].")
+    inside = tf.reduce_all((p > 0.0) & (p < 1.0))
+    with tf.control_dependencies([tf.debugging.Assert(inside, [message])]):
+      return tf.identity(p)
+
+  def _inverse(self, x):
+    p = self._margin_probability(x)
     return tf.math.log(p) - tf.math.log1p(-p)
 
   def _inverse_log_det_jacobian(self, x):
-    p = self._alpha + (1.0 - 2.0 * self._alpha) * x
+    p = self._margin_probability(x)
     return math.log(1.0 - 2.0 * self._alpha) - tf.math.log(p) - tf.math.log1p(-p)
 
   def _forward_log_det_jacobian(self, z):

@@ -17,7 +17,8 @@ class Dequantize(flow_layer.FlowLayer):
   Data -> base: `v = x + u` (training: `u ~ U[0, 1)` from the layer's
   `keras.random.SeedGenerator`; evaluation: `u = 1/2`, the bin centre, so `log_prob` is
   deterministic), then the bijector `tfb.Chain([tfb.Scale(2**num_bits), Logit(alpha)])`
-  maps `v` to `logit(alpha + (1 - 2 alpha) v / 2**num_bits)`.
+  maps `v` to `logit(alpha + (1 - 2 alpha) v / 2**num_bits)`; with `alpha=None` it is
+  Glow's linear map `v / 2**num_bits - 1/2` instead.
 
   The flow's density is therefore over continuous pixels `v` in bins of width 1, so
   `-log p(x + u) / (D ln 2)` is bits/dim in the discrete pixel space, an upper bound on
@@ -27,7 +28,7 @@ class Dequantize(flow_layer.FlowLayer):
 
   Args:
     num_bits: bits per pixel of the data; pixel values must lie in [0, 2**num_bits).
-    alpha: the logit margin (Real NVP uses 0.05).
+    alpha: the logit margin (Real NVP uses 0.05), or None for no logit.
     seed: int seed of the dequantisation noise.
   """
 
@@ -36,9 +37,10 @@ class Dequantize(flow_layer.FlowLayer):
     if not 1 <= int(num_bits) <= 16:
       raise ValueError(f"num_bits must be in [1, 16]; got {num_bits!r}.")
     self.num_bits = int(num_bits)
-    self.alpha = float(alpha)
+    self.alpha = None if alpha is None else float(alpha)
     self.seed = seed
-    preprocessing.Logit(self.alpha)  # validates alpha now
+    if self.alpha is not None:
+      preprocessing.Logit(self.alpha)  # validates alpha now
     self.seed_generator = keras.random.SeedGenerator(seed, name="dequantize_seed")
 
   @property
@@ -46,9 +48,10 @@ class Dequantize(flow_layer.FlowLayer):
     return 2 ** self.num_bits
 
   def make_bijector(self):
-    return tfp.bijectors.Chain(
-        [tfp.bijectors.Scale(float(self.num_levels)), preprocessing.Logit(self.alpha)],
-        name=self.name)
+    unit = (tfp.bijectors.Shift(0.5) if self.alpha is None
+            else preprocessing.Logit(self.alpha))
+    return tfp.bijectors.Chain([tfp.bijectors.Scale(float(self.num_levels)), unit],
+                               name=self.name)
 
   def call(self, inputs, context=None, training=None):
     inputs = tf.cast(inputs, self.compute_dtype)

@@ -8,7 +8,7 @@ __all__ = ["Glow"]
 
 def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # pylint: disable=invalid-name
          coupling="affine", lu=True, num_bits=8, num_classes=None, mask="half",
-         name="glow"):
+         logit_alpha=0.05, name="glow"):
   """A multi-scale Glow over integer images in [0, 2**num_bits), as a `FlowModel`.
 
   Data side first: `Dequantize(num_bits)` (uniform noise in training, logit transform);
@@ -31,6 +31,8 @@ def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # p
     num_bits: bits per pixel of the data.
     num_classes: number of labels for a class-conditional prior, or None.
     mask: "half" (channel split) or "checkerboard" (alternating colours per step).
+    logit_alpha: margin of the logit preprocessing, or None for Glow's linear scaling
+      of pixels to [-1/2, 1/2).
     name: model name.
   """
   height, width, channels = [int(d) for d in image_shape]
@@ -53,7 +55,7 @@ def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # p
       return steps + [layers.GaussianPrior(num_classes=num_classes)]
     return steps + [layers.FactorOut(scale(level + 1))]
 
-  flow_layers = [layers.Dequantize(num_bits=num_bits)] + scale(0)
+  flow_layers = [layers.Dequantize(num_bits=num_bits, alpha=logit_alpha)] + scale(0)
   return flow.FlowModel(
       flow_layers, event_shape=[height, width, channels],
       context_shape=None if num_classes is None else [],

@@ -1,0 +1,123 @@
+"""Edge cases of the elementwise transformers against closed forms and finite differences."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_flows.bijectors import transformers
+
+TRANSFORMERS = {
+    "affine_sigmoid": transformers.AffineTransformer(scale="sigmoid"),
+    "affine_exp": transformers.AffineTransformer(scale="exp", clamp=1.5),
+    "additive": transformers.AdditiveTransformer(),
+}
+SIGMOID_2 = 1.0 / (1.0 + math.exp(-2.0))
+
+
+def _sigmoid(v):
+  return 1.0 / (1.0 + np.exp(-v))
+
+
+def _numpy_forward(name, x, params):
+  """(y, log|dy/dx|) from each transformer's documented formula."""
+  if name == "additive":
+    return x + params[..., 0], np.zeros_like(x)
+  h, t = params[..., 0], params[..., 1]
+  log_s = (np.log(_sigmoid(h + 2.0) / SIGMOID_2) if name == "affine_sigmoid"
+           else 1.5 * np.tanh(h / 1.5))
+  return np.exp(log_s) * x + t, log_s
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMERS))
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_zero_params_give_the_identity(name, dtype):
+  t = TRANSFORMERS[name]
+  x = tf.constant(np.random.default_rng(0).normal(size=[3, 4]), dtype)
+  params = tf.zeros([3, 4, t.num_params], dtype)
+  for direction in (t.forward, t.inverse):
+    y, log_det = direction(x, params)
+    assert y.dtype == dtype and log_det.dtype == dtype
+    np.testing.assert_allclose(y.numpy(), x.numpy(),
+                               rtol=1e-6 if dtype == tf.float32 else 1e-14)
+    np.testing.assert_allclose(log_det.numpy(), np.zeros([3, 4]),
+                               atol=1e-7 if dtype == tf.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMERS))
+def test_forward_matches_formula_and_inverse_undoes_it(name):
+  t = TRANSFORMERS[name]
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=[2, 5])
+  params = 2.0 * rng.normal(size=[2, 5, t.num_params])
+  y, log_det = t.forward(tf.constant(x), tf.constant(params))
+  expected_y, expected_log_det = _numpy_forward(name, x, params)
+  np.testing.assert_allclose(y.numpy(), expected_y, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(log_det.numpy(), expected_log_det, rtol=1e-12, atol=1e-12)
+  x_back, inverse_log_det = t.inverse(tf.constant(y.numpy()), tf.constant(params))
+  np.testing.assert_allclose(x_back.numpy(), x, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(inverse_log_det.numpy(), -expected_log_det, rtol=1e-12,
+                             atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMERS))
+def test_log_det_matches_central_difference(name):
+  t = TRANSFORMERS[name]
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=[7])
+  params = tf.constant(rng.normal(size=[7, t.num_params]))
+  eps = 1e-6
+  plus = t.forward(tf.constant(x + eps), params)[0].numpy()
+  minus = t.forward(tf.constant(x - eps), params)[0].numpy()
+  np.testing.assert_allclose(t.forward(tf.constant(x), params)[1].numpy(),
+                             np.log((plus - minus) / (2 * eps)), rtol=1e-7, atol=1e-7)
+
+
+def test_affine_sigmoid_scale_is_in_the_documented_range():
+  t = transformers.AffineTransformer(scale="sigmoid")
+  h = np.concatenate([np.linspace(-30.0, 30.0, 121), [-1e4, 1e4]])
+  params = tf.constant(np.stack([h, np.zeros_like(h)], -1))
+  y, log_det = t.forward(tf.ones_like(h), params)
+  scale = y.numpy()
+  np.testing.assert_allclose(np.exp(log_det.numpy()), scale, rtol=1e-12)
+  assert np.all(np.isfinite(log_det.numpy()))  # even where the scale underflows (h=-1e4)
+  assert np.all(scale[:-2] > 0.0)
+  assert np.all(scale <= 1.0 / SIGMOID_2)
+  moderate = np.abs(h) <= 10.0
+  assert np.all(scale[moderate] < 1.0 / SIGMOID_2)
+  np.testing.assert_allclose(scale[-1], 1.0 / SIGMOID_2, rtol=1e-12)  # ~1.1353
+  np.testing.assert_allclose(log_det.numpy()[0], -28.0 - math.log(SIGMOID_2), rtol=1e-9)
+  assert np.all(np.diff(scale[:-2]) > 0)  # increasing in h
+
+
+def test_affine_exp_log_scale_is_soft_clamped():
+  t = transformers.AffineTransformer(scale="exp", clamp=2.0)
+  h = np.array([-1e3, -5.0, -0.1, 0.0, 0.1, 5.0, 1e3])
+  params = tf.constant(np.stack([h, np.zeros_like(h)], -1))
+  log_det = t.forward(tf.ones([7], tf.float64), params)[1].numpy()
+  np.testing.assert_allclose(log_det, 2.0 * np.tanh(h / 2.0), rtol=1e-12)
+  assert np.all(np.abs(log_det) <= 2.0)
+  assert np.all(np.abs(log_det[1:-1]) < 2.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(scale="softplus"), "scale must be 'sigmoid' or 'exp'; got 'softplus'"),
+    (dict(scale="exp", clamp=0.0), "clamp must be positive; got 0.0"),
+    (dict(scale="exp", clamp=-1), "clamp must be positive; got -1"),
+])
+def test_constructor_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    transformers.AffineTransformer(**kwargs)
+
+
+def test_config_equality_and_hash():
+  a = transformers.AffineTransformer(scale="exp", clamp=2)
+  b = transformers.AffineTransformer(scale="exp", clamp=2.0)
+  assert a.get_config() == {"scale": "exp", "clamp": 2.0}
+  assert a == b and hash(a) == hash(b)
+  assert a != transformers.AffineTransformer(scale="exp", clamp=3.0)
+  assert a != transformers.AffineTransformer(scale="sigmoid", clamp=2.0)
+  assert transformers.AdditiveTransformer() == transformers.AdditiveTransformer()
+  assert transformers.AdditiveTransformer() != a
+  assert [t.num_params for t in (a, transformers.AdditiveTransformer())] == [2, 1]

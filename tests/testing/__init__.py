@@ -1,0 +1,1 @@
+"""Shared test helpers for tfp_flows (our own; no TFP or Keras private testing modules)."""
