@@ -31,7 +31,7 @@ _COUPLING = flags.DEFINE_enum("coupling", "affine", ["affine", "additive"],
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0,
                                    "AdamW weight decay (0 for plain Adam).",
                                    lower_bound=0.0)
-_LOGIT_ALPHA = flags.DEFINE_float("logit_alpha", 0.05,
+_LOGIT_ALPHA = flags.DEFINE_float("logit_alpha", 0.001,
                                   "Logit preprocessing margin; 0 for linear scaling.",
                                   lower_bound=0.0, upper_bound=0.49)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (split, init, noise).")
