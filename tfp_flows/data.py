@@ -38,8 +38,12 @@ def independent_pixel_bits_per_dim(x_train, x_test, num_levels):
   """
   x_train = np.asarray(x_train, dtype=np.int64).reshape(len(x_train), -1)
   x_test = np.asarray(x_test, dtype=np.int64).reshape(len(x_test), -1)
-  if x_train.min() < 0 or max(x_train.max(), x_test.max()) >= num_levels:
-    raise ValueError(f"pixel values must lie in [0, {num_levels}).")
+  for name, values in (("x_train", x_train), ("x_test", x_test)):
+    if values.size == 0:
+      raise ValueError(f"{name} is empty.")
+    if values.min() < 0 or values.max() >= num_levels:
+      raise ValueError(f"{name} pixel values must lie in [0, {num_levels}); got "
+                       f"values in [{values.min()}, {values.max()}].")
   dims = x_train.shape[1]
   counts = np.ones((dims, num_levels))
   np.add.at(counts, (np.arange(dims)[None, :].repeat(len(x_train), 0), x_train), 1.0)

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from tfp_flows.bijectors import conditioning
+
 __all__ = ["save"]
 
 
@@ -10,7 +12,9 @@ class _FlowServing(tf.Module):
 
   def __init__(self, model):
     super().__init__(name="flow_serving")
-    self.model = model
+    # Only the variables are tracked: a tracked Keras model would add its own serving
+    # function, traced without the context a conditional flow needs.
+    self.flow_variables = list(model.variables)
     event = [None, *model.event_shape]
     latent = [None, *model.latent_shape]
     conditional = model.context_shape is not None
@@ -24,10 +28,10 @@ class _FlowServing(tf.Module):
         input_signature=[tf.TensorSpec([], tf.int32, name="n"),
                          tf.TensorSpec([2], tf.int32, name="seed")] + _one_row(model))
     self.forward = tf.function(
-        lambda z, *c: {"x": model.bijector.forward(z, **_kwargs(model, c))},
+        lambda z, *c: {"x": _transform(model, "forward", z, c)},
         input_signature=[tf.TensorSpec(latent, tf.float32, name="z")] + context)
     self.inverse = tf.function(
-        lambda x, *c: {"z": model.bijector.inverse(x, **_kwargs(model, c))},
+        lambda x, *c: {"z": _transform(model, "inverse", x, c)},
         input_signature=[tf.TensorSpec(event, tf.float32, name="x")] + context)
 
 
@@ -41,9 +45,12 @@ def _one_row(model):
   return [tf.TensorSpec(model.context_shape, model.context_dtype, name="context")]
 
 
-def _kwargs(model, context):
-  from tfp_flows.bijectors import conditioning  # pylint: disable=import-outside-toplevel
-  return conditioning.conditional_kwargs(model.bijector, _row(context))
+def _transform(model, direction, inputs, context):
+  # One bijector object for both the call and its routing: conditional kwargs are keyed
+  # by bijector name, which a second construction inside a graph would uniquify.
+  bijector = model.bijector
+  kwargs = conditioning.conditional_kwargs(bijector, _row(context))
+  return getattr(bijector, direction)(inputs, **kwargs)
 
 
 def save(model, path):

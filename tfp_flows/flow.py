@@ -161,7 +161,7 @@ class FlowModel(keras.Model):
       total = n * num_rows
     else:
       total = n
-    z = self.base_distribution.sample(total, seed=seed) * temperature
+    z = self.base_distribution.sample(total, seed=_stateless_seed(seed)) * temperature
     bijector = self.bijector
     x = bijector.forward(z, **conditioning.conditional_kwargs(bijector, context))
     x = self.flow.postprocess_sample(x)
@@ -171,9 +171,13 @@ class FlowModel(keras.Model):
     x, context = _unpack(data)
     log_prob = self(x, context=context, training=training)
     nll = -tf.reduce_mean(log_prob)
-    self._nll_tracker.update_state(nll)
+    # Weighted by batch size so that `evaluate` reports the per-example mean over the
+    # whole dataset, also when the last batch is smaller.
+    batch_size = tf.cast(tf.shape(log_prob)[0], nll.dtype)
+    self._nll_tracker.update_state(nll, sample_weight=batch_size)
     if self.is_image_model:
-      self._bpd_tracker.update_state(nll / (math.log(2.0) * math.prod(self.event_shape)))
+      self._bpd_tracker.update_state(
+          nll / (math.log(2.0) * math.prod(self.event_shape)), sample_weight=batch_size)
     if self.losses:
       return nll + tf.add_n([tf.cast(l, nll.dtype) for l in self.losses])
     return nll
@@ -213,6 +217,18 @@ class FlowModel(keras.Model):
     config["flow_layers"] = [keras.saving.deserialize_keras_object(c, custom_objects)
                              for c in config["flow_layers"]]
     return cls(**config)
+
+
+def _stateless_seed(seed):
+  """A `[2]` stateless seed: TFP treats a Python int seed as stateful (not repeatable)."""
+  if seed is None:
+    return None
+  if isinstance(seed, (int, np.integer)):
+    seed = int(seed)
+    if not 0 <= seed < 2**31:
+      raise ValueError(f"seed must be an int in [0, 2**31) or a [2] tensor; got {seed}.")
+    return tf.constant([0, seed], tf.int32)
+  return seed
 
 
 def _unpack(data):

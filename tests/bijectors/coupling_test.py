@@ -218,3 +218,28 @@ def test_validate_args_rejects_non_finite_values():
     good.inverse(np.array([[1.0, np.inf, 0.0, 0.0]], np.float32))
   np.testing.assert_array_equal(good.forward(np.ones([1, 4], np.float32)).numpy(),
                                 np.ones([1, 4]))
+
+
+def test_log_prob_runs_the_conditioner_once_and_matches_separate_calls():
+  # TransformedDistribution.log_prob asks for inverse(y) and ildj(y) separately; the
+  # coupling computes both in one conditioner pass and TFP's cache serves the second.
+  import tensorflow_probability as tfp  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  weight = tf.constant(rng.normal(size=[2, 4]), tf.float64)
+  calls = []
+
+  def conditioner(x_a):
+    calls.append(1)
+    return tf.tanh(tf.tensordot(x_a, weight, 1))
+
+  bijector = tffb.Coupling(conditioner, tffb.AffineTransformer(scale="exp"),
+                           num_channels=4, dtype=tf.float64)
+  base = tfp.distributions.Sample(tfp.distributions.Normal(np.float64(0), 1.0), [4])
+  distribution = tfp.distributions.TransformedDistribution(base, bijector)
+  y = tf.constant(rng.normal(size=[5, 4]))
+  log_prob = distribution.log_prob(y).numpy()
+  assert len(calls) == 1
+  x = bijector.inverse(tf.identity(y)).numpy()
+  ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=1).numpy()
+  assert len(calls) == 3  # fresh tensors: no cache, inverse and ildj each run it
+  np.testing.assert_allclose(log_prob, base.log_prob(x).numpy() + ildj, rtol=1e-12)

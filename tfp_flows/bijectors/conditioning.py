@@ -12,7 +12,7 @@ _INVERT_TYPES = (tfb.Invert, invert_lib._Invert)  # pylint: disable=protected-ac
 
 
 def is_conditional(bijector):
-  """True if `bijector` (or any bijector inside a Chain-like composition or an Invert) reads `conditional_input`."""
+  """True if `bijector`, or a bijector inside its compositions and inverts, is conditional."""
   if isinstance(bijector, tfb.Composition):
     return any(is_conditional(b) for b in bijector.bijectors)
   if isinstance(bijector, _INVERT_TYPES):

@@ -3,6 +3,7 @@
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_flows.bijectors import _log_det_cache
 from tfp_flows.bijectors import transformers as transformers_lib
 
 __all__ = ["Coupling", "checkerboard_mask"]
@@ -180,11 +181,17 @@ class Coupling(tfb.Bijector):
     out = tf.where(keep, x, moved)
     return out, tf.reduce_sum(tf.where(keep, tf.zeros_like(log_det), log_det), axis=axes)
 
-  def _forward(self, x, conditional_input=None):
-    return self._apply(x, conditional_input, "forward")[0]
+  # Value and log-det come from one conditioner pass; the log-det is left in TFP's cache
+  # for the `*_log_det_jacobian` call that follows on the same input.
+  def _forward(self, x, **kwargs):
+    y, fldj = self._apply(x, kwargs.get("conditional_input"), "forward")
+    _log_det_cache.remember_forward_log_det(self, x, fldj, kwargs)
+    return y
 
-  def _inverse(self, y, conditional_input=None):
-    return self._apply(y, conditional_input, "inverse")[0]
+  def _inverse(self, y, **kwargs):
+    x, ildj = self._apply(y, kwargs.get("conditional_input"), "inverse")
+    _log_det_cache.remember_inverse_log_det(self, y, ildj, kwargs)
+    return x
 
   def _forward_log_det_jacobian(self, x, conditional_input=None):
     return self._apply(x, conditional_input, "forward")[1]

@@ -3,6 +3,7 @@
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_flows.bijectors import _log_det_cache
 from tfp_flows.bijectors import conditioning
 
 __all__ = ["FactorOut"]
@@ -76,26 +77,38 @@ class FactorOut(tfb.Bijector):
   def _reshape_event(self, x, shape):
     return tf.reshape(x, tf.concat([tf.shape(x)[:-len(self._kept_shape)], shape], 0))
 
-  def _forward(self, z, conditional_input=None):
-    k = self._num_kept
-    kwargs = conditioning.conditional_kwargs(self._inner, conditional_input)
-    z_a = self._reshape_event(z[..., :k], self._latent_shape)
-    x_a = self._reshape_event(self._inner.forward(z_a, **kwargs), self._kept_shape)
-    return tf.concat([x_a, z[..., k:]], axis=-1)
+  # The inner log-det is computed with the same sliced tensor as the inner transform (so
+  # the inner bijectors' caches hit) and left in this bijector's cache.
+  def _forward(self, z, **kwargs):
+    x, fldj = self._forward_and_log_det(z, kwargs.get("conditional_input"))
+    _log_det_cache.remember_forward_log_det(self, z, fldj, kwargs)
+    return x
 
-  def _inverse(self, x, conditional_input=None):
-    k = self._num_kept
-    kwargs = conditioning.conditional_kwargs(self._inner, conditional_input)
-    z_a = self._reshape_event(self._inner.inverse(x[..., :k], **kwargs), self._kept_shape)
-    return tf.concat([z_a, x[..., k:]], axis=-1)
+  def _inverse(self, x, **kwargs):
+    z, ildj = self._inverse_and_log_det(x, kwargs.get("conditional_input"))
+    _log_det_cache.remember_inverse_log_det(self, x, ildj, kwargs)
+    return z
 
-  def _inverse_log_det_jacobian(self, x, conditional_input=None):
-    kwargs = conditioning.conditional_kwargs(self._inner, conditional_input)
-    return self._inner.inverse_log_det_jacobian(
-        x[..., :self._num_kept], event_ndims=len(self._kept_shape), **kwargs)
-
-  def _forward_log_det_jacobian(self, z, conditional_input=None):
+  def _forward_and_log_det(self, z, conditional_input):
     kwargs = conditioning.conditional_kwargs(self._inner, conditional_input)
     z_a = self._reshape_event(z[..., :self._num_kept], self._latent_shape)
-    return self._inner.forward_log_det_jacobian(
+    x_a = self._inner.forward(z_a, **kwargs)
+    fldj = self._inner.forward_log_det_jacobian(
         z_a, event_ndims=len(self._latent_shape), **kwargs)
+    x_a = self._reshape_event(x_a, self._kept_shape)
+    return tf.concat([x_a, z[..., self._num_kept:]], axis=-1), fldj
+
+  def _inverse_and_log_det(self, x, conditional_input):
+    kwargs = conditioning.conditional_kwargs(self._inner, conditional_input)
+    x_a = x[..., :self._num_kept]
+    z_a = self._inner.inverse(x_a, **kwargs)
+    ildj = self._inner.inverse_log_det_jacobian(
+        x_a, event_ndims=len(self._kept_shape), **kwargs)
+    z_a = self._reshape_event(z_a, self._kept_shape)
+    return tf.concat([z_a, x[..., self._num_kept:]], axis=-1), ildj
+
+  def _inverse_log_det_jacobian(self, x, conditional_input=None):
+    return self._inverse_and_log_det(x, conditional_input)[1]
+
+  def _forward_log_det_jacobian(self, z, conditional_input=None):
+    return self._forward_and_log_det(z, conditional_input)[1]

@@ -46,7 +46,7 @@ class ActNorm(flow_layer.FlowLayer):
     super().build(input_shape)
 
   def make_bijector(self):
-    return act_norm.ActNorm(self.loc, self.log_scale, name=self.name)
+    return act_norm.ActNorm(self.loc, self.log_scale, name=self.bijector_name())
 
   def call(self, inputs, context=None, training=None):
     if training and self.data_init:
@@ -54,15 +54,14 @@ class ActNorm(flow_layer.FlowLayer):
     return super().call(inputs, context=context, training=training)
 
   def _initialize_from(self, x):
+    # Two passes (mean, then mean squared deviation) rather than E[x^2] - mean^2, which
+    # cancels catastrophically for channels with a large mean and a small spread.
     axes = list(range(x.shape.rank - 1))
     count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
-    sums = tf.stack([tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes),
-                     tf.fill(tf.shape(x)[-1:], count)])
-    replica_context = tf.distribute.get_replica_context()
-    if replica_context is not None and replica_context.num_replicas_in_sync > 1:
-      sums = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
-    mean = sums[0] / sums[2]
-    variance = tf.maximum(sums[1] / sums[2] - tf.square(mean), 0.0)
+    total, count = _global_sum([tf.reduce_sum(x, axes), count])
+    mean = total / count
+    (squares,) = _global_sum([tf.reduce_sum(tf.square(x - mean), axes)])
+    variance = squares / count
     done = self.initialized > 0
     self.loc.assign(tf.where(done, self.loc, mean))
     self.log_scale.assign(tf.where(done, self.log_scale,
@@ -71,3 +70,11 @@ class ActNorm(flow_layer.FlowLayer):
 
   def get_config(self):
     return {**super().get_config(), "data_init": self.data_init, "epsilon": self.epsilon}
+
+
+def _global_sum(tensors):
+  """Sums `tensors` over all replicas (the global batch) under a distribution strategy."""
+  replica_context = tf.distribute.get_replica_context()
+  if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+    return replica_context.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
+  return tensors

@@ -83,7 +83,7 @@ class CouplingLayer(flow_layer.FlowLayer):
     return coupling.Coupling(
         self._conditioner, self.make_transformer(), num_channels=self._event_shape[-1],
         event_ndims=len(self._event_shape), reverse=self.reverse, mask=self._mask_tensor,
-        conditional=self.conditional, dtype=self.compute_dtype, name=self.name)
+        conditional=self.conditional, dtype=self.compute_dtype, name=self.bijector_name())
 
   def get_config(self):
     return {**super().get_config(), "mask": self.mask, "reverse": self.reverse,

@@ -51,7 +51,7 @@ class Dequantize(flow_layer.FlowLayer):
     unit = (tfp.bijectors.Shift(0.5) if self.alpha is None
             else preprocessing.Logit(self.alpha))
     return tfp.bijectors.Chain([tfp.bijectors.Scale(float(self.num_levels)), unit],
-                               name=self.name)
+                               name=self.bijector_name())
 
   def call(self, inputs, context=None, training=None):
     inputs = tf.cast(inputs, self.compute_dtype)

@@ -49,15 +49,15 @@ class FactorOut(flow_layer.FlowChain):
     return coupling.Coupling(
         self.prior_net, transformers.AffineTransformer(scale="exp", clamp=5.0),
         num_channels=self._event_shape[-1], event_ndims=len(self._event_shape),
-        split_index=self._num_kept, dtype=self.compute_dtype, name=f"{self.name}_prior")
+        split_index=self._num_kept, dtype=self.compute_dtype, name=self.bijector_name("_prior"))
 
   def make_bijector(self):
     inner = super().make_bijector()
     return tfp.bijectors.Chain(
         [self._split_prior(),
          factor_out.FactorOut(inner, self._num_kept, self._event_shape,
-                              name=f"{self.name}_factor_out")],
-        name=self.name)
+                              name=self.bijector_name("_factor_out"))],
+        name=self.bijector_name())
 
   def call(self, inputs, context=None, training=None):
     prior = self._split_prior()

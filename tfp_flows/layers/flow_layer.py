@@ -47,6 +47,16 @@ class FlowLayer(keras.layers.Layer):
   def make_bijector(self):
     raise NotImplementedError
 
+  def bijector_name(self, suffix=""):
+    """The name for this layer's bijector(s): the layer name, the same on every rebuild.
+
+    TFP routes `conditional_input` through `tfb.Chain` by bijector name, and a name
+    given without a trailing "/" is made unique inside a graph ("coupling_1"), so a
+    bijector rebuilt in a `tf.function` would no longer match kwargs computed from
+    another build. TFP keeps a name that ends in "/" as given.
+    """
+    return f"{self.name}{suffix}/"
+
   def call(self, inputs, context=None, training=None):
     bijector = self.bijector
     kwargs = conditioning.conditional_kwargs(
@@ -88,13 +98,15 @@ class FlowChain(FlowLayer):
   def build(self, input_shape):
     shape = tuple(input_shape)
     for layer in self.flow_layers:
-      layer.build(shape)
+      # Layers restored by `.keras` loading arrive built; building again would add weights.
+      if not layer.built:
+        layer.build(shape)
       shape = (shape[0],) + tuple(layer.bijector.inverse_event_shape(shape[1:]))
     super().build(input_shape)
 
   def make_bijector(self):
     return tfp.bijectors.Chain([layer.bijector for layer in self.flow_layers],
-                               name=self.name)
+                               name=self.bijector_name())
 
   def call(self, inputs, context=None, training=None):
     total = tf.zeros(tf.shape(inputs)[:1], inputs.dtype)

@@ -49,7 +49,7 @@ class GaussianPrior(flow_layer.FlowLayer):
   def make_bijector(self):
     return conditional_affine.ConditionalAffine(
         self._shift_and_log_scale, event_ndims=self.event_ndims,
-        conditional=self.conditional, dtype=self.compute_dtype, name=self.name)
+        conditional=self.conditional, dtype=self.compute_dtype, name=self.bijector_name())
 
   def get_config(self):
     config = super().get_config()

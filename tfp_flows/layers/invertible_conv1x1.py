@@ -58,12 +58,12 @@ class InvertibleConv1x1(flow_layer.FlowLayer):
 
   def make_bijector(self):
     if not self.lu:
-      return invertible_conv1x1.InvertibleConv1x1(weight=self.weight, name=self.name)
+      return invertible_conv1x1.InvertibleConv1x1(weight=self.weight, name=self.bijector_name())
     # Only the strict triangles of lower/upper are read by the bijector, so gradients
     # reach exactly the free parameters.
     return invertible_conv1x1.InvertibleConv1x1(
         permutation=self.permutation, lower=self.lower, upper=self.upper,
-        log_abs_diag=self.log_abs_diag, sign=self.sign, name=self.name)
+        log_abs_diag=self.log_abs_diag, sign=self.sign, name=self.bijector_name())
 
   def get_config(self):
     return {**super().get_config(), "lu": self.lu, "seed": self.seed}

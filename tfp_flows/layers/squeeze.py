@@ -26,7 +26,7 @@ class Squeeze(flow_layer.FlowLayer):
     squeeze.Squeeze(self.factor)  # validates the factor now, not at first use
 
   def make_bijector(self):
-    return tfp.bijectors.Invert(squeeze.Squeeze(self.factor), name=self.name)
+    return tfp.bijectors.Invert(squeeze.Squeeze(self.factor), name=self.bijector_name())
 
   def get_config(self):
     return {**super().get_config(), "factor": self.factor}

@@ -1,0 +1,92 @@
+"""tfp_flows.data: the digits split and the independent-pixel baseline, by hand."""
+
+import math
+import sys
+
+import numpy as np
+import pytest
+from sklearn import datasets
+
+from tfp_flows import data
+
+
+def _rows(images, labels):
+  """Each (image, label) pair as bytes, sorted: a multiset that ignores order."""
+  flat = np.concatenate([images.reshape(len(images), -1).astype(np.float64),
+                         labels.reshape(-1, 1).astype(np.float64)], axis=1)
+  return sorted(row.tobytes() for row in flat)
+
+
+def test_digits_split_sizes_values_and_pairs():
+  (x_train, y_train), (x_test, y_test) = data.load_digits_images()
+  # 1797 digits; round(0.2 * 1797) = 359 held out.
+  assert x_train.shape == (1438, 8, 8, 1) and x_test.shape == (359, 8, 8, 1)
+  assert y_train.shape == (1438,) and y_test.shape == (359,)
+  assert x_train.dtype == np.float32 and y_train.dtype == np.int32
+  everything = np.concatenate([x_train, x_test])
+  np.testing.assert_array_equal(everything, np.round(everything))
+  assert sorted(np.unique(everything)) == list(range(data.DIGITS_LEVELS))
+  assert sorted(np.unique(np.concatenate([y_train, y_test]))) == list(range(10))
+  # The split is a partition of scikit-learn's digits with each label kept on its image.
+  digits = datasets.load_digits()
+  assert _rows(everything, np.concatenate([y_train, y_test])) == _rows(
+      digits.images, digits.target)
+
+
+def test_digits_split_is_seeded():
+  (a, _), (a_test, _) = data.load_digits_images(seed=0)
+  (b, _), _ = data.load_digits_images(seed=0)
+  (c, _), _ = data.load_digits_images(seed=1)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  (half, _), (half_test, _) = data.load_digits_images(test_fraction=0.5)
+  assert len(half_test) == round(0.5 * 1797) and len(half) + len(half_test) == 1797
+  assert len(a_test) == 359
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_bad_test_fraction_is_rejected(fraction):
+  with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\)"):
+    data.load_digits_images(test_fraction=fraction)
+
+
+def test_independent_pixel_bits_per_dim_by_hand():
+  # Two pixels, three levels, add-one smoothing:
+  #   pixel 0 sees 0, 0, 1 -> counts (3, 2, 1) / 6;  pixel 1 sees 1, 2, 2 -> (1, 2, 3) / 6.
+  # Test images (2, 0) and (0, 2) have probabilities 1/6, 1/6, 3/6, 3/6, so the mean
+  # -log2 p per pixel is (2 log2 6 + 2 log2 2) / 4 = (log2 6 + 1) / 2.
+  x_train = np.array([[0, 1], [0, 2], [1, 2]])
+  x_test = np.array([[2, 0], [0, 2]])
+  expected = (math.log2(6) + 1) / 2
+  assert data.independent_pixel_bits_per_dim(x_train, x_test, 3) == pytest.approx(
+      expected, rel=1e-12)
+  # Images [N, H, W, C] are flattened to pixels the same way.
+  images = data.independent_pixel_bits_per_dim(
+      x_train.reshape(3, 1, 2, 1).astype("float32"), x_test.reshape(2, 1, 2, 1), 3)
+  assert images == pytest.approx(expected, rel=1e-12)
+  # A level nobody saw still gets its pseudo-count: 1 / (3 + 4) for 4 levels.
+  unseen = data.independent_pixel_bits_per_dim(x_train, np.array([[3, 3]]), 4)
+  assert unseen == pytest.approx(math.log2(7), rel=1e-12)
+
+
+def test_independent_pixel_baseline_on_digits_is_sensible():
+  (x_train, _), (x_test, _) = data.load_digits_images()
+  bits = data.independent_pixel_bits_per_dim(x_train, x_test, data.DIGITS_LEVELS)
+  # Between a perfect model (0) and a uniform one over 17 levels (log2 17 = 4.09).
+  assert 0.5 < bits < math.log2(data.DIGITS_LEVELS)
+
+
+@pytest.mark.parametrize("x_train,x_test", [
+    ([[0, 3]], [[0, 1]]),    # train value == num_levels
+    ([[0, 1]], [[0, 3]]),    # test value == num_levels
+    ([[-1, 1]], [[0, 1]]),   # negative train value
+    ([[0, 1]], [[0, -1]]),   # negative test value
+], ids=["train_high", "test_high", "train_negative", "test_negative"])
+def test_out_of_range_pixels_are_rejected(x_train, x_test):
+  with pytest.raises(ValueError, match=r"pixel values must lie in \[0, 3\)"):
+    data.independent_pixel_bits_per_dim(np.array(x_train), np.array(x_test), 3)
+
+
+if __name__ == "__main__":
+  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
