@@ -90,3 +90,31 @@ def test_out_of_range_pixels_are_rejected(x_train, x_test):
 if __name__ == "__main__":
   # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
+
+
+def test_toy_2d_densities_have_their_documented_support():
+  ring = data.make_toy_2d("ring", 4000, seed=1)
+  radius = np.linalg.norm(ring, axis=-1)
+  assert abs(np.median(radius) - 2.0) < 0.05
+  angle_bins = np.round(np.arctan2(ring[:, 1], ring[:, 0]) / (np.pi / 4)) % 8
+  np.testing.assert_allclose(np.bincount(angle_bins.astype(int), minlength=8) / 4000,
+                             np.full(8, 1 / 8), atol=0.03)
+  board = data.make_toy_2d("checkerboard", 4000, seed=2)
+  assert board.min() >= -2.0 and board.max() <= 2.0
+  cells = np.floor(board + 2.0).astype(int)
+  assert np.all((cells[:, 0] + cells[:, 1]) % 2 == 0)
+  assert len(np.unique(cells, axis=0)) == 8
+  moons = data.make_toy_2d("two_moons", 4000, seed=3)
+  np.testing.assert_allclose(moons.mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(moons.std(0), 1.0, atol=1e-5)
+  for name in data.TOY_2D:
+    first = data.make_toy_2d(name, 10, seed=4)
+    assert first.dtype == np.float32 and first.shape == (10, 2)
+    np.testing.assert_array_equal(first, data.make_toy_2d(name, 10, seed=4))
+
+
+def test_toy_2d_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="name must be one of"):
+    data.make_toy_2d("spiral", 10)
+  with pytest.raises(ValueError, match="num_samples must be positive"):
+    data.make_toy_2d("ring", 0)

@@ -166,6 +166,35 @@ def test_class_conditional_glow_serves_without_the_library(tmp_path):
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_conditional_neural_spline_flow_serves_without_the_library(tmp_path,
+                                                                  autoregressive):
+  # The autoregressive variant samples through a tf.while_loop of MADE passes.
+  keras.utils.set_random_seed(0)
+  model = tff.models.NeuralSplineFlow(3, num_layers=2, num_bins=4, hidden_units=(8,),
+                                      autoregressive=autoregressive, context_dims=2)
+  rng = np.random.default_rng(1)
+  for weight in model.trainable_weights:
+    value = keras.ops.convert_to_numpy(weight)
+    weight.assign(value + 0.2 * rng.normal(size=value.shape).astype(value.dtype))
+  model_dir = tmp_path / "nsf"
+  export.save(model, model_dir)
+  x = rng.normal(size=[4, 3]).astype("float32")
+  context = rng.normal(size=[4, 2]).astype("float32")
+  seed = np.array([3, 4], "int32")
+  calls = [("log_prob", {"x": x, "context": context}),
+           ("sample", {"n": np.int32(6), "seed": seed, "context": context[0]}),
+           ("forward", {"z": x, "context": context})]
+  out = _serve(tmp_path, model_dir, calls)
+  np.testing.assert_allclose(out[0]["log_prob"],
+                             model.log_prob(x, context=context).numpy(), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_array_equal(
+      out[1]["samples"], model.sample(6, seed=tf.constant(seed), context=context[0]))
+  np.testing.assert_allclose(out[2]["x"], _live(model, "forward", x, context),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_export_is_reachable_as_tff_export():
   # DESIGN.md's public API: `import tfp_flows as tff; tff.export.save(model, path)`.
   code = "import tfp_flows as tff; print(tff.export.save.__name__)"

@@ -41,7 +41,6 @@ _JIT = flags.DEFINE_boolean("jit_compile", True, "Compile the train step with XL
 def _train():
   import keras  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   import tfp_flows as tff  # pylint: disable=import-outside-toplevel
   from tfp_flows import data  # pylint: disable=import-outside-toplevel
@@ -68,7 +67,7 @@ def _train():
   model.fit(x_train, epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value, verbose=1,
             shuffle=True)
   elapsed = time.time() - start
-  test_bpd = _dequantized_bits_per_dim(model, x_test, tf)
+  test_bpd = data.dequantized_bits_per_dim(model, x_test)
   print(f"\nTraining took {elapsed:.0f} s.")
   print(f"Test bits/dim (5-bit pixel space): Glow {test_bpd:.3f}   "
         f"independent-pixel baseline {baseline:.3f}")
@@ -78,18 +77,6 @@ def _train():
   saved = export.save(model, os.path.join(_OUTPUT_DIR.value, "saved_model"))
   print(f"Wrote {png} and the SavedModel {saved} (signatures log_prob, sample, forward, "
         "inverse).")
-
-
-def _dequantized_bits_per_dim(model, x, tf, num_draws=8):
-  """Test bits/dim with uniform dequantisation noise averaged over seeded draws."""
-  import math  # pylint: disable=import-outside-toplevel
-  rng = tf.random.Generator.from_seed(1234)
-  total = 0.0
-  log_prob = tf.function(lambda v: model.distribution.log_prob(v))
-  for _ in range(num_draws):
-    noise = rng.uniform(tf.shape(x))
-    total += float(tf.reduce_mean(log_prob(tf.constant(x) + noise)))
-  return -total / num_draws / (math.log(2.0) * x[0].size)
 
 
 def _write_grid(images, path, num_levels):

@@ -119,6 +119,39 @@ def _coupling_conditional(p):
   return Case(bijector, p.data([BATCH, 6]), 1, context)
 
 
+def _spline_coupling(circular):
+  def build(p):
+    t = (tffb.CircularRationalQuadraticTransformer(num_bins=5, bound=2.0) if circular
+         else tffb.RationalQuadraticTransformer(num_bins=5, bound=2.0))
+    conditioner = p.dense_conditioner([2], [3 * t.num_params], gain=3.0)
+    bijector = tffb.Coupling(conditioner, t, num_channels=5, split_index=2,
+                             dtype=p.dtype)
+    # Scale 1.5 puts some entries in the tails (|x| > 2) of the linear-tailed spline.
+    x = p.data([BATCH, 5], 1.5)
+    if circular:
+      x = tf.clip_by_value(x, -1.9, 1.9)
+    return Case(bijector, x, 1)
+  return build
+
+
+def _autoregressive(transformer):
+  def build(p):
+    size = 4
+    weight = p.normal([size, size, transformer.num_params], 1.0)
+    mask = np.tril(np.ones([size, size]), -1)[:, :, None].astype(p.dtype.as_numpy_dtype)
+    context_weight = p.normal([2, size, transformer.num_params], 1.0)
+
+    def conditioner(y, conditional_input):
+      # Row i reads y_j for j < i only: strictly lower-triangular masked weights.
+      h = tf.einsum("ijp,...j->...ip", weight * mask, y)
+      return tf.tanh(h + tf.einsum("cip,...c->...ip", context_weight, conditional_input))
+
+    bijector = tffb.Autoregressive(conditioner, transformer, size, conditional=True,
+                                   dtype=p.dtype)
+    return Case(bijector, p.data([BATCH, size], 1.5), 1, p.data([BATCH, 2]))
+  return build
+
+
 def _squeeze(p):
   return Case(tffb.Squeeze(), p.data([BATCH] + IMAGE), 3)
 
@@ -196,6 +229,11 @@ CASES = {
         None, reverse=False, transformer=tffb.AdditiveTransformer()),
     "coupling_checkerboard": _coupling_checkerboard,
     "coupling_conditional": _coupling_conditional,
+    "coupling_spline": _spline_coupling(circular=False),
+    "coupling_circular_spline": _spline_coupling(circular=True),
+    "autoregressive_affine": _autoregressive(tffb.AffineTransformer(scale="exp")),
+    "autoregressive_spline": _autoregressive(
+        tffb.RationalQuadraticTransformer(num_bins=4, bound=2.0)),
     "squeeze": _squeeze,
     "invert_squeeze": _unsqueeze,
     "logit": _logit,

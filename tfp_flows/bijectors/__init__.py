@@ -1,18 +1,22 @@
 """Normalizing-flow bijectors: pure math, `tfp.bijectors.Bijector` subclasses."""
 
 from tfp_flows.bijectors.act_norm import ActNorm
+from tfp_flows.bijectors.autoregressive import Autoregressive
 from tfp_flows.bijectors.conditional_affine import ConditionalAffine
 from tfp_flows.bijectors.conditioning import conditional_kwargs, is_conditional
 from tfp_flows.bijectors.coupling import Coupling, checkerboard_mask
 from tfp_flows.bijectors.factor_out import FactorOut
 from tfp_flows.bijectors.invertible_conv1x1 import InvertibleConv1x1
 from tfp_flows.bijectors.preprocessing import Logit
+from tfp_flows.bijectors.spline import (CircularRationalQuadraticTransformer,
+                                        RationalQuadraticTransformer)
 from tfp_flows.bijectors.squeeze import Squeeze
 from tfp_flows.bijectors.transformers import (AdditiveTransformer, AffineTransformer,
                                               Transformer)
 
 __all__ = [
-    "ActNorm", "AdditiveTransformer", "AffineTransformer", "ConditionalAffine",
-    "Coupling", "FactorOut", "InvertibleConv1x1", "Logit", "Squeeze", "Transformer",
-    "checkerboard_mask", "conditional_kwargs", "is_conditional",
+    "ActNorm", "AdditiveTransformer", "AffineTransformer", "Autoregressive",
+    "CircularRationalQuadraticTransformer", "ConditionalAffine", "Coupling", "FactorOut",
+    "InvertibleConv1x1", "Logit", "RationalQuadraticTransformer", "Squeeze",
+    "Transformer", "checkerboard_mask", "conditional_kwargs", "is_conditional",
 ]

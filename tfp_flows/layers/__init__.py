@@ -1,6 +1,8 @@
 """Keras 3 layers that own weights and build flow bijectors from them (`.bijector`)."""
 
 from tfp_flows.layers.act_norm import ActNorm
+from tfp_flows.layers.autoregressive import (AffineAutoregressive, AutoregressiveLayer,
+                                            SplineAutoregressive)
 from tfp_flows.layers.coupling import AdditiveCoupling, AffineCoupling, CouplingLayer
 from tfp_flows.layers.dequantize import Dequantize
 from tfp_flows.layers.factor_out import FactorOut
@@ -8,10 +10,13 @@ from tfp_flows.layers.flow_layer import FlowChain, FlowLayer
 from tfp_flows.layers.gaussian_prior import GaussianPrior
 from tfp_flows.layers.glow_step import GlowStep
 from tfp_flows.layers.invertible_conv1x1 import InvertibleConv1x1
+from tfp_flows.layers.permute import Permute
+from tfp_flows.layers.spline_coupling import SplineCoupling
 from tfp_flows.layers.squeeze import Squeeze
 
 __all__ = [
-    "ActNorm", "AdditiveCoupling", "AffineCoupling", "CouplingLayer", "Dequantize",
-    "FactorOut", "FlowChain", "FlowLayer", "GaussianPrior", "GlowStep",
-    "InvertibleConv1x1", "Squeeze",
+    "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling",
+    "AutoregressiveLayer", "CouplingLayer", "Dequantize", "FactorOut", "FlowChain",
+    "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute",
+    "SplineAutoregressive", "SplineCoupling", "Squeeze",
 ]

@@ -64,10 +64,11 @@ class CouplingLayer(flow_layer.FlowLayer):
         self._mask_tensor = coupling.checkerboard_mask(
             *event_shape, parity=int(self.reverse), dtype=self.compute_dtype)
     if len(event_shape) == 1:
-      self.net = nets.MLP(moved * num_params, self.hidden_units, name="conditioner")
+      self.net = nets.MLP(moved * num_params, self.hidden_units,
+                          dtype=self.dtype_policy, name="conditioner")
     else:
       self.net = nets.GlowConvNet(moved * num_params, self.hidden_channels,
-                                  name="conditioner")
+                                  dtype=self.dtype_policy, name="conditioner")
     self._event_shape = event_shape
     super().build(input_shape)
 

@@ -1,5 +1,6 @@
 """Presets that assemble a FlowModel."""
 
 from tfp_flows.models.glow import Glow
+from tfp_flows.models.neural_spline_flow import NeuralSplineFlow
 
-__all__ = ["Glow"]
+__all__ = ["Glow", "NeuralSplineFlow"]

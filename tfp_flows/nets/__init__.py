@@ -1,6 +1,13 @@
 """Keras networks used as conditioners and vector fields."""
 
 from tfp_flows.nets.glow_conv_net import GlowConvNet
+from tfp_flows.nets.lip_swish import LipSwish
+from tfp_flows.nets.lip_swish import lip_swish
+from tfp_flows.nets.made import MADE
 from tfp_flows.nets.mlp import MLP
+from tfp_flows.nets.spectral_norm import SpectralNormConv2D
+from tfp_flows.nets.spectral_norm import SpectralNormDense
+from tfp_flows.nets.spectral_norm import spectral_norm_exact
 
-__all__ = ["GlowConvNet", "MLP"]
+__all__ = ["GlowConvNet", "LipSwish", "MADE", "MLP", "SpectralNormConv2D",
+           "SpectralNormDense", "lip_swish", "spectral_norm_exact"]

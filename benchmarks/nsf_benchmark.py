@@ -1,0 +1,556 @@
+"""Neural spline flow benchmark: tfp_flows' NeuralSplineFlow against the same model in stock TFP.
+
+The DESIGN's NSF cases, on 64-D real data (scikit-learn's 8x8 digits, flattened,
+dequantised with U[0, 1) noise once and standardised) and on 2-D two moons:
+
+* `nsf64`: coupling NSF, 64-D, 5 layers, 8 bins, bound 3, MLP conditioner 128x2.
+* `maf64`: autoregressive NSF (MAF direction), 64-D, 5 layers, MADE 128x2.
+* `nsf2`:  coupling NSF, 2-D, 4 layers, 8 bins, bound 3, MLP 128x2 (DESIGN's 2-D case).
+
+Each model exists as
+
+* `ours`: `tfp_flows.models.NeuralSplineFlow(D, num_layers, num_bins=8, bound=3.0,
+  hidden_units=(128, 128), autoregressive=..., actnorm=False, linear="permute")`
+  (Keras 3), trained by a custom `tf.function` step (GradientTape over
+  `-mean(model(x, training=True))`, Keras 3 Adam `apply`).
+* `ours_fit` (nsf64 only by default): the same model trained by `model.fit` (one long
+  epoch; steps/s from per-batch timestamps, so compilation is excluded).
+* `stock`: the same model from stock TFP parts:
+  `tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0, 1), [D]), tfb.Chain([...]))`
+  with, data side first, per layer `tfb.Permute(reversed)` then either
+  `tfb.RealNVP(num_masked=+-D/2, bijector_fn=...)` (the sign alternates which half is
+  kept, exactly like our `reverse=i % 2 == 1`) whose `bijector_fn` returns
+  `tfb.RationalQuadraticSpline(widths, heights, slopes, range_min=-3)` from a tf_keras
+  `Sequential` Dense(128, relu) x2 + Dense((D/2) (3K - 1)) net, or
+  `tfb.MaskedAutoregressiveFlow(bijector_fn=...)` around
+  `tfb.AutoregressiveNetwork(params=3K - 1, hidden_units=[128, 128], event_shape=[D],
+  input_order="left-to-right" / "right-to-left")` (alternating, like our
+  natural / reversed MADE orders). The spline parameters get our constraints:
+  widths = 2B (1e-3 + (1 - 1e-3 K) softmax(u)), heights likewise,
+  interior slopes = 1e-3 + softplus(u + c) with softplus(c) = 1 - 1e-3; and the nets'
+  last Dense layer starts at zero, as ours does, so both flows start as the exact
+  identity and their initial losses agree. tf_keras, not Keras 3: TFP's
+  `AutoregressiveNetwork` is a tf_keras layer whose masks are enforced by a kernel
+  *constraint* (the kernel is used unmasked in the forward pass), which tf_keras'
+  optimizer applies after every update; the worker checks that the masked entries are
+  still zero after training. Trained with tf_keras Adam (lr 1e-3) on the nets'
+  variables by the same kind of custom `tf.function` step.
+
+Each case runs in its own subprocess (separate peak RSS). Reported per case: training
+steps/s (median over repeats of timed steps after warm-up), the first-call (trace +
+compile) time, `log_prob` points/s (batches of 256, `tf.function` with the same XLA
+setting), sampling samples/s (`sample(256)`), peak RSS, the number of parameters,
+ratios ours/stock with the same XLA setting, the loss at initialisation and the mean
+loss of the first and last timed repeats (a sanity check that both learn), and whether
+the samples drawn after training are finite.
+
+Usage:
+  python benchmarks/nsf_benchmark.py            # full run, about 10-15 minutes on 2 cores
+  python benchmarks/nsf_benchmark.py --quick    # fewer repeats and steps
+  python benchmarks/nsf_benchmark.py --models=nsf2 --xla=on --rounds=2
+"""
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_QUICK = flags.DEFINE_boolean("quick", False,
+                              "Fewer repeats and steps (about 1/3 of the full run).")
+_MODELS = flags.DEFINE_list("models", ["nsf64", "maf64", "nsf2"],
+                            "Models among nsf64 (coupling 64-D), maf64 (autoregressive "
+                            "64-D), nsf2 (coupling 2-D).")
+_CASES = flags.DEFINE_list("cases", ["ours", "stock"], "Cases among ours, stock.")
+_FIT = flags.DEFINE_list("fit", ["nsf64:on"],
+                         "Extra ours_fit cases as model:xla (empty for none).")
+_XLA = flags.DEFINE_list("xla", ["off", "on"], "XLA settings to run: off, on.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1,
+                               "Run every case this many times (interleaved) and pool "
+                               "the repeats; helps when the machine is noisy.",
+                               lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed repeats (default 7, quick 4).")
+_STEPS = flags.DEFINE_integer("steps_per_repeat", None,
+                              "Training steps per timed repeat (default 20, quick 10).")
+_WARMUP = flags.DEFINE_integer("warmup_steps", 5, "Untimed steps after the first call.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
+_LR = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+_ONEDNN = flags.DEFINE_enum(
+    "onednn", "default", ["default", "on", "off"],
+    "TF_ENABLE_ONEDNN_OPTS for the workers (default: inherit; TF leaves oneDNN off on "
+    "CPUs without AVX-512 VNNI/BF16/AMX, e.g. this AMD EPYC).")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+_WORKER = flags.DEFINE_string("worker", None, "Internal: run one case, e.g. nsf64:ours:on.")
+
+_MARKER = "NSF_BENCHMARK_RESULT "
+_NUM_BINS = 8
+_BOUND = 3.0
+_HIDDEN = (128, 128)
+_MIN = 1e-3  # min bin width / height (fraction of 2B) and min derivative, as ours
+_MODEL_SPECS = {
+    # name: (event dims, layers, autoregressive, description)
+    "nsf64": (64, 5, False, "coupling NSF 64-D, 5 layers"),
+    "maf64": (64, 5, True, "autoregressive NSF 64-D, 5 layers"),
+    "nsf2": (2, 4, False, "coupling NSF 2-D, 4 layers"),
+}
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _settings():
+  quick = _QUICK.value
+  return {
+      "repeats": _REPEATS.value or (4 if quick else 7),
+      "steps": _STEPS.value or (10 if quick else 20),
+      "warmup": _WARMUP.value,
+      "eval_repeats": 4 if quick else 7,
+      "eval_seconds": 0.25 if quick else 0.5,  # target duration of one eval repeat
+  }
+
+
+def _load_data(dims, batch_size):
+  """A fixed pool of float32 batches [batch_size, dims] (dequantised + standardised)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  if dims == 64:
+    from sklearn import datasets  # pylint: disable=import-outside-toplevel
+    x = datasets.load_digits().data.astype(np.float64)  # [1797, 64], ints 0..16
+    x = x + rng.uniform(size=x.shape)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+  else:
+    from tfp_flows import data  # pylint: disable=import-outside-toplevel
+    x = data.make_toy_2d("two_moons", 2048, seed=0).astype(np.float64)
+  x = x.astype(np.float32)
+  order = rng.permutation(len(x))
+  num_batches = len(x) // batch_size
+  return x, [x[order[i * batch_size:(i + 1) * batch_size]] for i in range(num_batches)]
+
+
+def _median(values):
+  values = sorted(values)
+  n = len(values)
+  return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def _sync(out):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for t in tf.nest.flatten(out):
+    if hasattr(t, "numpy"):
+      t.numpy()
+
+
+def _timed_rates(fn, args_list, repeats, seconds, items_per_call):
+  """items/s of `fn` per repeat; calls per repeat sized so a repeat lasts ~`seconds`."""
+  start = time.perf_counter()
+  _sync(fn(*args_list[0]))
+  per_call = time.perf_counter() - start
+  calls = max(1, int(round(seconds / max(per_call, 1e-6))))
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = None
+    for i in range(calls):
+      out = fn(*args_list[i % len(args_list)])
+    _sync(out)
+    rates.append(items_per_call * calls / (time.perf_counter() - start))
+  return rates, calls
+
+
+def _rqs_from_params(h, num_bins, bound):
+  """Stock `tfb.RationalQuadraticSpline` from raw params [..., 3K - 1], our constraints."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_probability as tfp  # pylint: disable=import-outside-toplevel
+  k = num_bins
+  scale = 2.0 * bound * (1.0 - k * _MIN)
+  widths = 2.0 * bound * _MIN + scale * tf.math.softmax(h[..., :k], axis=-1)
+  heights = 2.0 * bound * _MIN + scale * tf.math.softmax(h[..., k:2 * k], axis=-1)
+  shift = math.log(math.expm1(1.0 - _MIN))  # softplus(0 + shift) + _MIN == 1
+  slopes = _MIN + tf.math.softplus(h[..., 2 * k:] + shift)
+  return tfp.bijectors.RationalQuadraticSpline(widths, heights, slopes, range_min=-bound)
+
+
+def _build_ours(dims, num_layers, autoregressive):
+  import tfp_flows as tff  # pylint: disable=import-outside-toplevel
+  return tff.models.NeuralSplineFlow(
+      dims, num_layers=num_layers, num_bins=_NUM_BINS, bound=_BOUND,
+      hidden_units=_HIDDEN, autoregressive=autoregressive, actnorm=False,
+      linear="permute")
+
+
+def _build_stock(dims, num_layers, autoregressive):
+  """Returns (distribution, nets): the stock-TFP model and its tf_keras networks."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_probability as tfp  # pylint: disable=import-outside-toplevel
+  import tf_keras  # pylint: disable=import-outside-toplevel
+  tfb, tfd = tfp.bijectors, tfp.distributions
+  num_params = 3 * _NUM_BINS - 1
+  reverse = list(range(dims))[::-1]
+  bijectors, nets = [], []
+  for i in range(num_layers):
+    bijectors.append(tfb.Permute(reverse, name=f"permute_{i}"))
+    if autoregressive:
+      made = tfb.AutoregressiveNetwork(
+          params=num_params, event_shape=[dims], hidden_units=list(_HIDDEN),
+          activation="relu",
+          input_order="left-to-right" if i % 2 == 0 else "right-to-left",
+          name=f"made_{i}")
+      made.build((None, dims))
+      last = [l for l in made._network.layers  # pylint: disable=protected-access
+              if isinstance(l, tf_keras.layers.Dense)][-1]
+      last.kernel.assign(tf.zeros_like(last.kernel))  # start at the identity, as ours
+
+      def made_fn(y, made=made, **kwargs):
+        del kwargs
+        return _rqs_from_params(made(y), _NUM_BINS, _BOUND)
+
+      bijectors.append(tfb.MaskedAutoregressiveFlow(bijector_fn=made_fn, name=f"maf_{i}"))
+      nets.append(made)
+    else:
+      kept = dims // 2
+      moved = dims - kept
+      net = tf_keras.Sequential(
+          [tf_keras.layers.Dense(u, activation="relu") for u in _HIDDEN]
+          + [tf_keras.layers.Dense(moved * num_params, kernel_initializer="zeros")],
+          name=f"mlp_{i}")
+      net.build((None, kept))
+
+      def coupling_fn(x0, output_units, net=net, **kwargs):
+        del kwargs
+        h = net(x0)
+        h = tf.reshape(h, tf.concat([tf.shape(h)[:-1], [output_units, num_params]], 0))
+        return _rqs_from_params(h, _NUM_BINS, _BOUND)
+
+      # num_masked=+k keeps the first k entries (ours, reverse=False); -k keeps the
+      # last k (ours, reverse=True).
+      bijectors.append(tfb.RealNVP(num_masked=kept if i % 2 == 0 else -kept,
+                                   bijector_fn=coupling_fn, name=f"realnvp_{i}"))
+      nets.append(net)
+  base = tfd.Sample(tfd.Normal(np.float32(0), np.float32(1)), [dims])
+  return tfd.TransformedDistribution(base, tfb.Chain(bijectors)), nets
+
+
+def _made_mask_violation(nets):
+  """Max |kernel entry| where stock's MADE mask is 0 (must stay 0 for a valid MAF)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  worst = 0.0
+  for made in nets:
+    for kernel, mask in zip(
+        [l.kernel for l in made._network.layers  # pylint: disable=protected-access
+         if hasattr(l, "kernel")], made._masks):  # pylint: disable=protected-access
+      worst = max(worst, float(np.max(np.abs(kernel.numpy() * (1.0 - mask)))))
+  return worst
+
+
+def _run_worker(spec):
+  """Runs one case in this process; prints a JSON line prefixed by _MARKER."""
+  model_name, impl, xla_name = spec.split(":")
+  xla = xla_name == "on"
+  dims, num_layers, autoregressive, _ = _MODEL_SPECS[model_name]
+  cfg = dict(_settings(), batch=_BATCH.value, lr=_LR.value)
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import keras  # pylint: disable=import-outside-toplevel
+
+  keras.utils.set_random_seed(0)
+  tf.random.set_seed(0)
+  x_all, batches_np = _load_data(dims, cfg["batch"])
+  batches = [tf.constant(b) for b in batches_np]
+  total_train = cfg["warmup"] + 1 + cfg["repeats"] * cfg["steps"]
+  result = {"model": model_name, "case": impl, "xla": xla}
+
+  if impl in ("ours", "ours_fit"):
+    model = _build_ours(dims, num_layers, autoregressive)
+    variables = model.trainable_variables
+    optimizer = keras.optimizers.Adam(cfg["lr"])
+    result["init_loss"] = float(-tf.reduce_mean(model.log_prob(batches[0])))
+    if impl == "ours":
+      optimizer.build(variables)
+
+      @tf.function(jit_compile=xla)
+      def train_step(x):
+        with tf.GradientTape() as tape:
+          loss = -tf.reduce_mean(model(x, training=True))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    @tf.function(jit_compile=xla)
+    def sample_fn(seed):
+      return model.sample(cfg["batch"], seed=seed)
+
+    @tf.function(jit_compile=xla)
+    def log_prob_fn(x):
+      return model.log_prob(x)
+  else:
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    tf_keras.utils.set_random_seed(0)
+    dist, nets = _build_stock(dims, num_layers, autoregressive)
+    variables = [v for net in nets for v in net.trainable_variables]
+    optimizer = tf_keras.optimizers.Adam(cfg["lr"])
+    optimizer.build(variables)
+    result["init_loss"] = float(-tf.reduce_mean(dist.log_prob(batches[0])))
+
+    @tf.function(jit_compile=xla)
+    def train_step(x):
+      with tf.GradientTape() as tape:
+        loss = -tf.reduce_mean(dist.log_prob(x))
+      optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+      return loss
+
+    @tf.function(jit_compile=xla)
+    def sample_fn(seed):
+      return dist.sample(cfg["batch"], seed=seed)
+
+    @tf.function(jit_compile=xla)
+    def log_prob_fn(x):
+      return dist.log_prob(x)
+
+  result["num_params"] = int(sum(np.prod(v.shape) for v in variables))
+  seeds = [(tf.constant([7, i], tf.int32),) for i in range(4)]
+
+  # ---- training
+  losses = []
+  if impl == "ours_fit":
+    model.compile(optimizer=optimizer, jit_compile=xla)
+    stamps = []
+
+    class Timer(keras.callbacks.Callback):
+
+      def on_train_batch_end(self, batch, logs=None):
+        stamps.append(time.perf_counter())
+
+    ds = (tf.data.Dataset.from_tensor_slices(x_all).repeat().shuffle(2048, seed=0)
+          .batch(cfg["batch"], drop_remainder=True).prefetch(4))
+    start = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=total_train, verbose=0, callbacks=[Timer()])
+    result["first_call_s"] = stamps[0] - start
+    first = 1 + cfg["warmup"]
+    rates = []
+    for r in range(cfg["repeats"]):
+      a = first + r * cfg["steps"] - 1
+      b = a + cfg["steps"]
+      rates.append(cfg["steps"] / (stamps[b] - stamps[a]))
+    result["train_rates"] = rates
+    # fit logs a running mean; evaluate the first and last repeats' batches instead.
+    result["first_repeat_loss"] = None
+    result["last_repeat_loss"] = float(np.mean(
+        [-tf.reduce_mean(model(b, training=True)).numpy() for b in batches]))
+  else:
+    start = time.perf_counter()
+    loss = train_step(batches[0])
+    _sync(loss)
+    result["first_call_s"] = time.perf_counter() - start
+    result["first_step_loss"] = float(loss)
+    steps_done = 1
+    for i in range(cfg["warmup"]):
+      loss = train_step(batches[(steps_done + i) % len(batches)])
+    _sync(loss)
+    steps_done += cfg["warmup"]
+    rates = []
+    for _ in range(cfg["repeats"]):
+      repeat_losses = []
+      begin = time.perf_counter()
+      for _ in range(cfg["steps"]):
+        loss = train_step(batches[steps_done % len(batches)])
+        repeat_losses.append(loss)  # no sync: keeps the tensor only
+        steps_done += 1
+      _sync(loss)
+      rates.append(cfg["steps"] / (time.perf_counter() - begin))
+      losses.append(float(np.mean([l.numpy() for l in repeat_losses])))
+    result["train_rates"] = rates
+    result["first_repeat_loss"] = losses[0]
+    result["last_repeat_loss"] = losses[-1]
+  result["train_steps_total"] = total_train
+  if impl == "stock" and autoregressive:
+    result["made_mask_violation"] = _made_mask_violation(nets)
+
+  # ---- sampling and log_prob throughput
+  start = time.perf_counter()
+  samples = sample_fn(*seeds[0]).numpy()
+  result["sample_first_call_s"] = time.perf_counter() - start
+  result["samples_finite"] = bool(np.isfinite(samples).all())
+  result["sample_rates"], result["sample_calls"] = _timed_rates(
+      sample_fn, seeds, cfg["eval_repeats"], cfg["eval_seconds"], cfg["batch"])
+  start = time.perf_counter()
+  _sync(log_prob_fn(batches[0]))
+  result["log_prob_first_call_s"] = time.perf_counter() - start
+  result["log_prob_rates"], result["log_prob_calls"] = _timed_rates(
+      log_prob_fn, [(b,) for b in batches], cfg["eval_repeats"], cfg["eval_seconds"],
+      cfg["batch"])
+  result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  print(_MARKER + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def _spawn(spec, argv_flags):
+  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  if _ONEDNN.value != "default":
+    env["TF_ENABLE_ONEDNN_OPTS"] = "1" if _ONEDNN.value == "on" else "0"
+  start = time.perf_counter()
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+  wall = time.perf_counter() - start
+  for line in proc.stdout.splitlines():
+    if line.startswith(_MARKER):
+      out = json.loads(line[len(_MARKER):])
+      out["wall_s"] = wall
+      return out
+  sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+  raise RuntimeError(f"worker {spec} failed with exit code {proc.returncode}")
+
+
+def _merge(runs):
+  """Pools the repeats of several rounds of one case."""
+  merged = dict(runs[0])
+  for key in ("train_rates", "sample_rates", "log_prob_rates"):
+    merged[key] = [r for run in runs for r in run[key]]
+  merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+  merged["samples_finite"] = all(run["samples_finite"] for run in runs)
+  for key in ("first_call_s", "sample_first_call_s", "log_prob_first_call_s"):
+    merged[key] = _median([run[key] for run in runs])
+  merged["wall_s"] = sum(run["wall_s"] for run in runs)
+  return merged
+
+
+def _fmt_ratio(ours, stock):
+  return "-" if not stock else f"{ours / stock:.2f}x"
+
+
+def _fmt_loss(value):
+  return "-" if value is None else f"{value:.1f}"
+
+
+def _table(results):
+  header = ("| model | case | XLA | train steps/s | vs stock | first step s | "
+            "log_prob pts/s | vs stock | sample/s | vs stock | peak RSS MB | params | "
+            "loss init -> first / last repeat | samples finite |")
+  lines = [header, "|" + "---|" * 14]
+  stock = {(r["model"], r["xla"]): r for r in results if r["case"] == "stock"}
+  for r in results:
+    s = stock.get((r["model"], r["xla"]))
+    train = _median(r["train_rates"])
+    samp = _median(r["sample_rates"])
+    lp = _median(r["log_prob_rates"])
+    is_stock = r["case"] == "stock"
+    ratio = (lambda key, value: "1.00x" if is_stock else
+             _fmt_ratio(value, _median(s[key]) if s else None))
+    lines.append(
+        f"| {r['model']} | {r['case']} | {'on' if r['xla'] else 'off'} | {train:.1f} | "
+        f"{ratio('train_rates', train)} | {r['first_call_s']:.1f} | {lp:,.0f} | "
+        f"{ratio('log_prob_rates', lp)} | {samp:,.0f} | {ratio('sample_rates', samp)} | "
+        f"{r['peak_rss_mb']:.0f} | {r['num_params']:,} | "
+        f"{r['init_loss']:.1f} -> {_fmt_loss(r['first_repeat_loss'])} / "
+        f"{_fmt_loss(r['last_repeat_loss'])} | {'yes' if r['samples_finite'] else 'NO'} |")
+  return "\n".join(lines)
+
+
+def _spread(results):
+  lines = ["train steps/s per repeat (min / median / max); compile s of sample and "
+           "log_prob; eval calls per repeat:"]
+  for r in results:
+    t = r["train_rates"]
+    extra = ""
+    if "made_mask_violation" in r:
+      extra = f", stock MADE max |masked kernel entry| {r['made_mask_violation']:.1e}"
+    lines.append(
+        f"  {r['model']:5s} {r['case']:8s} xla={'on ' if r['xla'] else 'off'} "
+        f"{min(t):7.1f} / {_median(t):7.1f} / {max(t):7.1f} (n={len(t)}); "
+        f"first sample {r['sample_first_call_s']:.1f}s, first log_prob "
+        f"{r['log_prob_first_call_s']:.1f}s; calls {r['sample_calls']}/"
+        f"{r['log_prob_calls']}; worker wall {r['wall_s']:.0f}s{extra}")
+  return "\n".join(lines)
+
+
+def _fingerprint():
+  """md5 (12 hex) over the tfp_flows sources the workers import, to pin the version."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(importlib.util.find_spec("tfp_flows").origin)  # no TF import
+  digest = hashlib.md5()
+  for folder, _, files in sorted(os.walk(root)):
+    for name in sorted(files):
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        digest.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as f:
+          digest.update(f.read())
+  return f"{root} md5 {digest.hexdigest()[:12]}"
+
+
+def _load():
+  with open("/proc/loadavg", encoding="utf-8") as f:
+    return " ".join(f.read().split()[:3])
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    _run_worker(_WORKER.value)
+    return
+  for m in _MODELS.value:
+    if m not in _MODEL_SPECS:
+      raise app.UsageError(f"unknown model {m!r}")
+  for c in _CASES.value:
+    if c not in ("ours", "stock"):
+      raise app.UsageError(f"unknown case {c!r}")
+  for x in _XLA.value:
+    if x not in ("on", "off"):
+      raise app.UsageError(f"--xla takes on/off; got {x!r}")
+  passthrough = [a for a in sys.argv[1:]
+                 if not a.startswith(("--models", "--cases", "--xla", "--rounds",
+                                      "--json_out", "--onednn", "--fit"))]
+  settings = _settings()
+  onednn = (os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
+            if _ONEDNN.value == "default" else _ONEDNN.value)
+  print(f"NSF benchmark: {_NUM_BINS} bins, bound {_BOUND}, hidden {_HIDDEN}, batch "
+        f"{_BATCH.value}, Adam lr {_LR.value}, float32; {settings['repeats']} repeats x "
+        f"{settings['steps']} steps after {settings['warmup']} warm-up steps; rounds "
+        f"{_ROUNDS.value}; TF_ENABLE_ONEDNN_OPTS={onednn}; load average {_load()}.",
+        flush=True)
+  fingerprint = _fingerprint()
+  print(f"tfp_flows: {fingerprint}", flush=True)
+  specs = []
+  for m in _MODELS.value:
+    for x in _XLA.value:
+      specs += [f"{m}:{c}:{x}" for c in _CASES.value]
+      for fit in _FIT.value:
+        if fit == f"{m}:{x}":
+          specs.append(f"{m}:ours_fit:{x}")
+  runs = {s: [] for s in specs}
+  start = time.perf_counter()
+  for round_ in range(_ROUNDS.value):
+    for spec in specs:
+      load_before = _load()
+      out = _spawn(spec, passthrough)
+      runs[spec].append(out)
+      print(f"  round {round_ + 1} {spec:20s} train {_median(out['train_rates']):6.1f} "
+            f"steps/s, log_prob {_median(out['log_prob_rates']):8.0f}/s, sample "
+            f"{_median(out['sample_rates']):8.0f}/s ({out['wall_s']:.0f}s; load "
+            f"before {load_before}, after {_load()})", flush=True)
+  results = [_merge(runs[s]) for s in specs]
+  print()
+  for m in _MODELS.value:
+    print(f"{m}: {_MODEL_SPECS[m][3]}")
+  print()
+  print(_table(results))
+  print()
+  print(_spread(results))
+  print(f"\ntotal wall time {time.perf_counter() - start:.0f}s; load average {_load()}")
+  if _fingerprint() != fingerprint:
+    print("WARNING: the tfp_flows sources changed during the run; the cases may have "
+          "measured different versions.")
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)

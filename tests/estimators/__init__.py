@@ -1,0 +1,1 @@
+"""Tests of tfp_flows.estimators (a package so module names cannot clash with other test dirs)."""

@@ -1,0 +1,428 @@
+"""Spectrally normalised Dense and Conv2D layers whose Lipschitz constant is <= coefficient."""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["SpectralNormConv2D", "SpectralNormDense", "spectral_norm_exact"]
+
+# A power-iteration vector shorter than this is treated as zero (a zero or rank-deficient
+# kernel annihilated it) and the previous unit vector is kept, so the estimate can recover
+# once the kernel grows; a zero-initialised kernel would otherwise zero u for good.
+_TINY_NORM = 1e-12
+# Power steps run once at build on the initial kernel (as Residual Flows' reference code
+# does), so the bound holds from the first training step instead of after ~100 of them.
+_WARM_START_ITERATIONS = 100
+# Above this many entries spectral_norm_exact switches from a dense SVD of the explicit
+# convolution matrix to ARPACK on the convolution as an operator (same answer, no matrix).
+_MAX_EXPLICIT_ENTRIES = 4_000_000
+
+
+def _positive_int(name, value):
+  """`value` as an int, or a ValueError quoting it (bools and 2.5 are not counts)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f"{name} must be a positive int; got {value!r}.")
+  return int(value)
+
+
+def _pair(name, value):
+  """An int or a pair of ints as a tuple of two positive ints."""
+  values = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+  if len(values) != 2:
+    raise ValueError(f"{name} must be an int or a pair of ints; got {value!r}.")
+  try:
+    return tuple(_positive_int(name, v) for v in values)
+  except ValueError:
+    raise ValueError(f"{name} must be a positive int or a pair of them; "
+                     f"got {value!r}.") from None
+
+
+def _coefficient(value):
+  """The Lipschitz target as a float in (0, 1), or a ValueError quoting it."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+      or not 0.0 < float(value) < 1.0):
+    raise ValueError("coefficient must be in (0, 1): a residual block x + g(x) is "
+                     f"invertible only if Lip(g) < 1; got {value!r}.")
+  return float(value)
+
+
+def _random_unit(shape, dtype, seed):
+  """A standard normal draw of `shape` scaled to unit l2 norm (a tensor)."""
+  x = tf.convert_to_tensor(keras.initializers.RandomNormal(seed=seed)(shape, dtype=dtype))
+  return x / tf.norm(tf.reshape(x, [-1]))
+
+
+class _SpectralNorm(keras.layers.Layer):
+  """Shared power-iteration machinery; subclasses define the linear map `A` of the kernel.
+
+  Subclasses set `self._u_shape`, `self._v_shape` in `build`, then call
+  `_build_weights(kernel_shape, bias_shape)`, and implement `_matvec(kernel, v) = A v` and
+  `_rmatvec(kernel, u) = A^T u` on tensors of those shapes.
+  """
+
+  def __init__(self, coefficient, num_iterations, eval_iterations, use_bias,
+               kernel_initializer, bias_initializer, seed, **kwargs):
+    super().__init__(**kwargs)
+    self.coefficient = _coefficient(coefficient)
+    self.num_iterations = _positive_int("num_iterations", num_iterations)
+    self.eval_iterations = _positive_int("eval_iterations", eval_iterations)
+    self.use_bias = bool(use_bias)
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.bias_initializer = keras.initializers.get(bias_initializer)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+      raise ValueError(f"seed must be an int or None; got {seed!r}.")
+    self.seed = seed
+
+  def _build_weights(self, kernel_shape, bias_shape):
+    """Creates kernel, bias, u, v; u, v start as the top singular pair of the initial kernel."""
+    dtype = self.variable_dtype
+    seeds = (None, None) if self.seed is None else (self.seed, self.seed + 1)
+    # Eager even when the first call is being traced: the initial values are computed
+    # once here, the kernel's before the vectors it determines, with no variable reads.
+    with tf.init_scope():
+      kernel = tf.convert_to_tensor(self.kernel_initializer(kernel_shape, dtype=dtype))
+      u, v = self._power_iteration(kernel, _random_unit(self._u_shape, dtype, seeds[0]),
+                                   _random_unit(self._v_shape, dtype, seeds[1]),
+                                   _WARM_START_ITERATIONS)
+    self.kernel = self.add_weight(shape=kernel_shape, initializer=lambda *_, **__: kernel,
+                                  name="kernel")
+    self.bias = (self.add_weight(shape=bias_shape, initializer=self.bias_initializer,
+                                 name="bias") if self.use_bias else None)
+    # Non-trainable weights: saved in `.keras` files and SavedModels, mirrored by
+    # tf.distribute. Every replica computes the same update from the same (mirrored)
+    # kernel, so the first replica's value is the value; "mean" would not keep them unit.
+    self.u = self.add_weight(shape=self._u_shape, initializer=lambda *_, **__: u,
+                             trainable=False, autocast=False,
+                             aggregation="only_first_replica", name="u")
+    self.v = self.add_weight(shape=self._v_shape, initializer=lambda *_, **__: v,
+                             trainable=False, autocast=False,
+                             aggregation="only_first_replica", name="v")
+
+  def _power_iteration(self, kernel, u, v, num_iterations):
+    """`num_iterations` steps `v <- A^T u / |A^T u|`, `u <- A v / |A v|` from `u`, `v`."""
+    dtype = kernel.dtype
+
+    def normalize_or_keep(x, previous):
+      norm = tf.norm(tf.reshape(x, [-1]))
+      return tf.where(norm > _TINY_NORM, x / tf.maximum(norm, _TINY_NORM), previous)
+
+    def body(i, u, v):
+      v = normalize_or_keep(self._rmatvec(kernel, u), v)
+      u = normalize_or_keep(self._matvec(kernel, v), u)
+      return i + 1, u, v
+
+    # A while loop rather than unrolling: eval_iterations=20 convolution pairs would
+    # otherwise be 40 ops in every traced graph; XLA compiles the loop as is.
+    _, u, v = tf.while_loop(
+        lambda i, u, v: i < num_iterations, body,
+        (tf.constant(0), tf.cast(u, dtype), tf.cast(v, dtype)))
+    return u, v
+
+  def _normalize(self, training):
+    """(W_hat, u, v, sigma) for a training or evaluation call, without changing state."""
+    kernel = tf.convert_to_tensor(self.kernel)
+    num_iterations = self.num_iterations if training else self.eval_iterations
+    # The vectors are constants of the normalisation (Miyato et al., Sec. 2.2): no
+    # gradient through the iteration, only through sigma(W) = u^T A(W) v.
+    u, v = self._power_iteration(tf.stop_gradient(kernel), self.u, self.v, num_iterations)
+    u, v = tf.stop_gradient(u), tf.stop_gradient(v)
+    sigma = tf.reduce_sum(u * self._matvec(kernel, v))
+    # Residual Flows, Sec. 3.4 / i-ResNet Sec. 3: rescale only when sigma > coefficient.
+    factor = tf.maximum(tf.ones([], kernel.dtype), sigma / self.coefficient)
+    return kernel / factor, u, v, sigma
+
+  def normalized_kernel(self, training=False):
+    """The kernel `W_hat` the next call would use, computed without updating u or v.
+
+    Args:
+      training: True for the `num_iterations` estimate of a training call, False for the
+        `eval_iterations` estimate of an evaluation call.
+
+    Returns:
+      A tensor shaped like `self.kernel`.
+    """
+    return self._normalize(bool(training))[0]
+
+  def _normalized_kernel_for_call(self, training):
+    kernel, u, v, _ = self._normalize(bool(training))
+    if training:
+      self.u.assign(tf.cast(u, self.u.dtype))
+      self.v.assign(tf.cast(v, self.v.dtype))
+    return tf.cast(kernel, self.compute_dtype)
+
+  def get_config(self):
+    return {**super().get_config(), "coefficient": self.coefficient,
+            "num_iterations": self.num_iterations, "eval_iterations": self.eval_iterations,
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "seed": self.seed}
+
+
+_MATH = """
+  #### Mathematical Details
+
+  With `A` the linear map of the kernel `W` and persistent unit vectors `u` (output side)
+  and `v` (input side), each call runs `k` power iterations
+
+  ```none
+  v <- A^T u / |A^T u|,   u <- A v / |A v|
+  sigma = u^T A v                          (<= |A|_2, -> |A|_2 as k grows)
+  W_hat = W / max(1, sigma / coefficient)
+  ```
+
+  (Miyato et al., eq. 12 and Algorithm 1; Residual Flows, Sec. 3.4: scale down only when
+  needed). `u` and `v` are constants of the normalisation (`tf.stop_gradient`); the
+  gradient reaches `W` through `W` itself and through `sigma(W) = u^T A(W) v`, whose
+  gradient is `u v^T` in matrix form. `|A_hat|_2 <= coefficient` holds up to the power
+  iteration's estimate: sigma never exceeds the true norm, so the bound is approached from
+  above as `u, v` converge to the top singular pair: geometrically at the rate
+  `(s2 / s1)^2` per step, slowly when the top singular values nearly coincide (then the
+  estimate is off by at most about `s1 - s2`, and by O(s1 / k) whatever the spectrum).
+
+  `build` starts `u`, `v` at the top singular pair of the initial kernel (100 steps from
+  seeded random unit vectors, as the Residual Flows reference code does), so the bound
+  holds from the first step. Training calls (`training=True`, as under `fit`) take
+  `k = num_iterations` steps and store the new `u`, `v` (with `assign`): across steps the
+  vectors track the slowly changing kernel, so one step per call suffices. Evaluation calls (`training` None or
+  False) take `k = eval_iterations` steps from the stored vectors and do NOT store the
+  result: the output is then a pure function of the weights (kernel, bias, u, v), equal
+  call after call, after a `.keras` reload and in an exported SavedModel, and the extra
+  steps tighten the bound for inference even from freshly initialised vectors. Only
+  training moves the vectors. `u`, `v` are non-trainable weights, saved with the model
+  and mirrored by tf.distribute (`aggregation="only_first_replica"`: all replicas compute
+  the same update).
+"""
+
+
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class SpectralNormDense(_SpectralNorm):
+  """Dense layer `y = x W_hat + b` with `|W_hat|_2 <= coefficient` (spectral norm).
+
+  The building block of the residual function `g` of i-ResNets and Residual Flows: with
+  1-Lipschitz activations between such layers, `Lip(g) <= coefficient < 1` and the block
+  `x + g(x)` is invertible. There is no activation argument: use `LipSwish` (or another
+  1-Lipschitz activation) as a separate layer.
+  {math}
+  Here `A v = W^T v` (`W` is `[in, units]`), `u` is `[units]` and `v` is `[in]`. Cost per
+  power step: two matrix-vector products, O(in * units).
+
+  #### References
+
+  [1]: Miyato, Kataoka, Koyama, Yoshida. Spectral Normalization for Generative Adversarial
+       Networks. https://arxiv.org/abs/1802.05957
+  [2]: Behrmann, Grathwohl, Chen, Duvenaud, Jacobsen. Invertible Residual Networks.
+       https://arxiv.org/abs/1811.00995
+  [3]: Chen, Behrmann, Duvenaud, Jacobsen. Residual Flows for Invertible Generative
+       Modeling. https://arxiv.org/abs/1906.02735
+
+  Args:
+    units: size of the output.
+    coefficient: the bound on the spectral norm, in (0, 1).
+    num_iterations: power-iteration steps per training call (stored).
+    eval_iterations: power-iteration steps per evaluation call (not stored).
+    use_bias: whether to add a bias (it does not change the Lipschitz constant).
+    kernel_initializer: initializer of the raw kernel `W`.
+    bias_initializer: initializer of the bias.
+    seed: int seed of the random initial `u`, `v` (None: drawn from Keras' global seed,
+      so `keras.utils.set_random_seed` makes it reproducible).
+    **kwargs: `keras.layers.Layer` arguments (`name`, `dtype="float64"`, ...).
+
+  Raises:
+    ValueError: for a coefficient outside (0, 1), non-positive counts, or an input whose
+      last dimension is unknown.
+  """
+
+  def __init__(self, units, coefficient=0.97, num_iterations=1, eval_iterations=20,
+               use_bias=True, kernel_initializer="glorot_uniform",
+               bias_initializer="zeros", seed=None, **kwargs):
+    super().__init__(coefficient, num_iterations, eval_iterations, use_bias,
+                     kernel_initializer, bias_initializer, seed, **kwargs)
+    self.units = _positive_int("units", units)
+
+  def build(self, input_shape):
+    if input_shape[-1] is None:
+      raise ValueError(f"SpectralNormDense needs a known last input dimension; got shape "
+                       f"{tuple(input_shape)}.")
+    in_units = int(input_shape[-1])
+    self._u_shape, self._v_shape = (self.units,), (in_units,)
+    self._build_weights((in_units, self.units), (self.units,))
+
+  def _matvec(self, kernel, v):
+    return tf.linalg.matvec(kernel, v, transpose_a=True)
+
+  def _rmatvec(self, kernel, u):
+    return tf.linalg.matvec(kernel, u)
+
+  def call(self, inputs, training=None):
+    outputs = keras.ops.matmul(inputs, self._normalized_kernel_for_call(training))
+    if self.bias is not None:
+      outputs = outputs + keras.ops.cast(self.bias, outputs.dtype)
+    return outputs
+
+  def compute_output_shape(self, input_shape):
+    return (*input_shape[:-1], self.units)
+
+  def get_config(self):
+    return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class SpectralNormConv2D(_SpectralNorm):
+  """Conv2D `[N, H, W, C] -> [N, H', W', filters]` whose operator norm is <= coefficient.
+
+  The norm bounded is that of the convolution as a linear map on the whole input image
+  `[H, W, C] -> [H', W', filters]`, zero padding and strides included (as in Residual
+  Flows), not of the reshaped kernel matrix (which can be off by a factor of up to
+  `sqrt(kh * kw)`). The map depends on the image size, so the layer is built for one
+  input size: `build` needs known `H` and `W`, and calls with another size raise.
+  Channels last, no dilation.
+  {math}
+  Here `A v = conv2d(v, W)` and `A^T u = conv2d_transpose(u, W)` (its exact adjoint), with
+  `v` shaped `[1, H, W, C]` and `u` shaped `[1, H', W', filters]`. Cost per power step:
+  two convolutions of one image.
+
+  #### References
+
+  [1]: Miyato, Kataoka, Koyama, Yoshida. Spectral Normalization for Generative Adversarial
+       Networks. https://arxiv.org/abs/1802.05957
+  [2]: Gouk, Frank, Pfahringer, Cree. Regularisation of Neural Networks by Enforcing
+       Lipschitz Continuity (power iteration with the transposed convolution).
+       https://arxiv.org/abs/1804.04368
+  [3]: Chen, Behrmann, Duvenaud, Jacobsen. Residual Flows for Invertible Generative
+       Modeling. https://arxiv.org/abs/1906.02735
+
+  Args:
+    filters: output channels.
+    kernel_size: an int or a pair `(kh, kw)`.
+    coefficient: the bound on the operator norm, in (0, 1).
+    num_iterations: power-iteration steps per training call (stored).
+    eval_iterations: power-iteration steps per evaluation call (not stored).
+    padding: "same" or "valid" (zero padding, as `tf.nn.conv2d`).
+    strides: an int or a pair.
+    use_bias: whether to add a bias.
+    kernel_initializer: initializer of the raw kernel `[kh, kw, C, filters]`.
+    bias_initializer: initializer of the bias.
+    seed: int seed of the random initial `u`, `v` (None: Keras' global seed).
+    **kwargs: `keras.layers.Layer` arguments.
+
+  Raises:
+    ValueError: for bad arguments, an input with unknown `H`, `W` or `C`, a "valid"
+      convolution with an empty output, or a call on another image size than built for.
+  """
+
+  def __init__(self, filters, kernel_size, coefficient=0.97, num_iterations=1,
+               eval_iterations=20, padding="same", strides=1, use_bias=True,
+               kernel_initializer="glorot_uniform", bias_initializer="zeros", seed=None,
+               **kwargs):
+    super().__init__(coefficient, num_iterations, eval_iterations, use_bias,
+                     kernel_initializer, bias_initializer, seed, **kwargs)
+    self.filters = _positive_int("filters", filters)
+    self.kernel_size = _pair("kernel_size", kernel_size)
+    self.strides = _pair("strides", strides)
+    if not isinstance(padding, str) or padding.lower() not in ("same", "valid"):
+      raise ValueError(f'padding must be "same" or "valid"; got {padding!r}.')
+    self.padding = padding.lower()
+
+  def build(self, input_shape):
+    if len(input_shape) != 4 or any(d is None for d in input_shape[1:]):
+      raise ValueError("SpectralNormConv2D needs inputs [N, H, W, C] with known H, W and "
+                       "C: the operator norm of a convolution depends on the image size; "
+                       f"got shape {tuple(input_shape)}.")
+    height, width, channels = (int(d) for d in input_shape[1:])
+    out_size = []
+    for size, k, s in zip((height, width), self.kernel_size, self.strides):
+      out_size.append(math.ceil(size / s) if self.padding == "same"
+                      else math.ceil((size - k + 1) / s))
+    if min(out_size) < 1:
+      raise ValueError(f'A "valid" convolution with kernel_size {self.kernel_size} has an '
+                       f"empty output on inputs of shape {tuple(input_shape)}.")
+    self.input_size = (height, width, channels)
+    self._u_shape = (1, *out_size, self.filters)
+    self._v_shape = (1, height, width, channels)
+    self._build_weights((*self.kernel_size, channels, self.filters), (self.filters,))
+
+  def _matvec(self, kernel, v):
+    return tf.nn.conv2d(v, kernel, strides=self.strides, padding=self.padding.upper())
+
+  def _rmatvec(self, kernel, u):
+    # conv2d_transpose with the input's output_shape is the gradient of conv2d with
+    # respect to its input: the exact adjoint, padding and strides included.
+    return tf.nn.conv2d_transpose(u, kernel, output_shape=self._v_shape,
+                                  strides=self.strides, padding=self.padding.upper())
+
+  def call(self, inputs, training=None):
+    if tuple(inputs.shape[1:]) != self.input_size and None not in inputs.shape[1:]:
+      raise ValueError(f"SpectralNormConv2D was built (and its norm bounded) for images "
+                       f"{self.input_size}; got inputs of shape {tuple(inputs.shape)}.")
+    kernel = self._normalized_kernel_for_call(training)
+    outputs = tf.nn.conv2d(inputs, kernel, strides=self.strides,
+                           padding=self.padding.upper())
+    if self.bias is not None:
+      outputs = outputs + tf.cast(self.bias, outputs.dtype)
+    return outputs
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], *self._u_shape[1:])
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "kernel_size": list(self.kernel_size), "strides": list(self.strides),
+            "padding": self.padding}
+
+
+SpectralNormDense.__doc__ = SpectralNormDense.__doc__.format(math=_MATH)
+SpectralNormConv2D.__doc__ = SpectralNormConv2D.__doc__.format(math=_MATH)
+
+
+def spectral_norm_exact(layer, training=False, normalized=True):
+  """The exact largest singular value of a spectral-norm layer's (normalised) linear map.
+
+  For `SpectralNormDense` the SVD of the `[in, units]` kernel. For `SpectralNormConv2D`
+  the operator norm of the convolution on the built image size, zero padding and strides
+  included: the SVD of its explicit `[H W C, H' W' filters]` matrix (the convolution of
+  the identity basis images) for small sizes, ARPACK (`scipy.sparse.linalg.svds`) on the
+  convolution as an operator for larger ones. Computed in float64 with numpy; for tests
+  and diagnostics, not for use inside a model.
+
+  Args:
+    layer: a built `SpectralNormDense` or `SpectralNormConv2D`.
+    training: which normalised kernel (see `normalized_kernel`): the one of the next
+      training call (`num_iterations` steps) or of an evaluation call (`eval_iterations`).
+    normalized: False for the norm of the raw kernel `W` instead of `W_hat`.
+
+  Returns:
+    A Python float.
+
+  Raises:
+    ValueError: if `layer` is not a built spectral-norm layer.
+  """
+  if not isinstance(layer, _SpectralNorm) or not layer.built:
+    raise ValueError(f"spectral_norm_exact needs a built SpectralNormDense or "
+                     f"SpectralNormConv2D; got {layer!r}.")
+  kernel = layer.normalized_kernel(training) if normalized else layer.kernel
+  kernel = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+  if isinstance(layer, SpectralNormDense):
+    return float(np.linalg.svd(kernel, compute_uv=False)[0])
+
+  kernel = tf.constant(kernel)
+  in_shape, out_shape = layer._v_shape, layer._u_shape
+  num_in, num_out = int(np.prod(in_shape)), int(np.prod(out_shape))
+  conv = lambda x: layer._matvec(kernel, x)
+  if num_in * num_out <= _MAX_EXPLICIT_ENTRIES:
+    basis = tf.reshape(tf.eye(num_in, dtype=tf.float64), (num_in, *in_shape[1:]))
+    matrix = tf.reshape(conv(basis), (num_in, num_out)).numpy()
+    return float(np.linalg.svd(matrix, compute_uv=False)[0])
+
+  import scipy.sparse.linalg  # pylint: disable=g-import-not-at-top  (only large shapes)
+  operator = scipy.sparse.linalg.LinearOperator(
+      (num_out, num_in), dtype=np.float64,
+      matvec=lambda x: conv(tf.reshape(tf.constant(x, tf.float64), in_shape)).numpy().ravel(),
+      rmatvec=lambda y: layer._rmatvec(
+          kernel, tf.reshape(tf.constant(y, tf.float64), out_shape)).numpy().ravel())
+  singular_values = scipy.sparse.linalg.svds(operator, k=1, return_singular_vectors=False,
+                                             random_state=0)
+  return float(singular_values[0])
