@@ -6,13 +6,17 @@ autoregressive flows: `RationalQuadraticTransformer` on the real line (a spline 
 (a periodic spline on [-B, B], for angles).
 
 Both share one kernel that finds the bin with a comparison count against the knots,
-picks the bin's knots with one-hot contractions (no gather, no Python loop over tensors)
-and returns the value and the log-derivative from the same pass. The choices below
-(a matmul for the cumulative softmax, with a hand-written gradient, and one-hot
-contractions rather than `tf.gather(..., batch_dims=)`) were timed on CPU at x of shape
-[256, 64] with K = 8, in `tf.function` with and without XLA; they beat
-`tfp.bijectors.RationalQuadraticSpline` built from the same parameters in all four
-cases (forward + log-det, and its gradient w.r.t. the parameters).
+picks the bin's knots with one-hot contractions (no Python loop over tensors) and
+returns the value and the log-derivative from the same pass. The inverse solves the
+quadratic from the nearer knot and gets its gradient from the implicit function theorem.
+
+Why not `tfp.bijectors.RationalQuadraticSpline` built from the same constrained
+parameters: timed on CPU (x of shape [256, 64], K = 8, float32) this kernel takes about
+0.7x the stock time in `tf.function` (values and gradients, both directions), 0.8-0.9x
+for values under XLA and is on par for gradients under XLA; and its float32 round trip
+stays within 1e-6 next to knots where the stock one errs by up to 5e-4 or returns NaN.
+One-hot picking measured on par with `tf.gather(..., batch_dims=)` and, unlike it,
+broadcasts parameters against inputs.
 """
 
 import math
@@ -32,9 +36,9 @@ def _cumulative_softmax(logits):
 
   One matmul with an upper-triangular 0/1 matrix gives all partial sums of
   exp(logits - max) and their total; dividing by the total makes the first entry
-  exactly 0 and the last exactly 1. On CPU this is cheaper than `tf.math.cumsum`, and
-  the gradient below (one matmul, no broadcasting divisions) roughly halves the cost of
-  the backward pass in graph mode:
+  exactly 0 and the last exactly 1. On CPU this is cheaper than softmax followed by
+  `tf.math.cumsum`, and the gradient below (one matmul, no broadcast divisions) makes
+  the whole spline's backward pass about 20% faster in graph mode than autodiff does:
 
     d F_j / d u_i = p_i ([i < j] - F_j),   so   grad_u = p * (G - sum_j g_j F_j),
     G_i = sum_{j > i} g_j.
@@ -143,23 +147,51 @@ def _spline_inverse(y, x_knots, y_knots, derivatives):
   # when d_k is 1e4 and r is near 1.
   above, below = y - y_lo, y_hi - y
   flip = below < above
-  r = tf.where(flip, below, above) / h  # in [0, 1/2], so 1 - r is exact
-  r_bar = 1.0 - r
+  r = tf.where(flip, below, above) / h  # in [0, 1/2], so 1 - r loses nothing
   d_near, d_far = tf.where(flip, d_hi, d_lo), tf.where(flip, d_lo, d_hi)
-  # r (1 - xi) C = (1 - r) xi A (eq. 4 with y - y_k = r h), i.e. a xi^2 + b xi + c = 0:
+  xi = _near_root(*[tf.stop_gradient(v) for v in (r, s, d_near, d_far)])
+  xi = _implicit_root(xi, r, s, d_near, d_far)
+  # f' is symmetric under the reflection, so the reflected variables give it directly.
+  log_det, _, _, _ = _slope(xi, s, d_near, d_far)
+  return tf.where(flip, x_hi, x_lo) + tf.where(flip, -xi, xi) * w, -log_det
+
+
+def _near_root(r, s, d_near, d_far):
+  """The root xi in [0, 1] of r = xi A / D for r in [0, 1/2] (eq. 4 read backwards).
+
+  r (1 - xi) C = (1 - r) xi A is the quadratic a xi^2 + b xi + c = 0 with
+  a = r (d_{k+1} - s) + (1 - r)(s - d_k), b = (1 - r) d_k - r (d_{k+1} - 2s), c = -s r.
+  The root is 2c / (-b - sqrt(b^2 - 4ac)) = (-b + sqrt(b^2 - 4ac)) / 2a: for b >= 0 the
+  first form adds terms of one sign, for b < 0 (then a > 0) the second does. Only the
+  selected numerator and denominator are divided, so neither branch makes inf or NaN.
+  """
+  r_bar = 1.0 - r
   qa = r * (d_far - s) + r_bar * (s - d_near)
   qb = r_bar * d_near - r * (d_far - 2.0 * s)
   qc = -s * r
   root = tf.sqrt(tf.maximum(qb * qb - 4.0 * qa * qc, 0.0))
-  # The root in [0, 1] is 2c / (-b - sqrt) = (-b + sqrt) / 2a. For b >= 0 the first form
-  # adds terms of one sign; for b < 0 (then a > 0) the second does. Only the selected
-  # numerator and denominator are divided, so no branch makes an inf or NaN.
   positive_b = qb >= 0.0
-  xi = tf.minimum(tf.where(positive_b, 2.0 * qc, root - qb)
-                  / tf.where(positive_b, -qb - root, 2.0 * qa), 1.0)
-  # f' is symmetric under the reflection, so the reflected variables give it directly.
-  log_det, _, _, _ = _slope(xi, s, d_near, d_far)
-  return tf.where(flip, x_hi, x_lo) + tf.where(flip, -xi, xi) * w, -log_det
+  return tf.minimum(tf.where(positive_b, 2.0 * qc, root - qb)
+                    / tf.where(positive_b, -qb - root, 2.0 * qa), 1.0)
+
+
+def _implicit_root(xi, r, s, d_near, d_far):
+  """`xi` (a root of r = g(xi) = xi A / D found without gradients) with its gradient.
+
+  By the implicit function theorem d xi = (d r - d_theta g) / g'(xi). The returned value
+  is `xi` exactly, xi + (t - t) with t = (g(xi) - r) / g'(xi) held constant in one copy;
+  its gradient is that of -t, i.e. the formula above. This differentiates the forward
+  formula instead of the quadratic's square root and branches, which XLA otherwise
+  fuses into (and repeats for) every parameter's gradient: a third less time for the
+  inverse's backward pass under XLA. (Second derivatives through this are not exact.)
+  """
+  log_slope, a, _, denominator = _slope(xi, s, d_near, d_far)
+  # g'(xi) = dr/dxi = f'(x) w / h = f' / s, kept above the smallest normal number so
+  # that t stays finite and t - t is exactly 0.
+  tiny = np.finfo(xi.dtype.as_numpy_dtype).tiny
+  g_prime = tf.stop_gradient(tf.maximum(tf.exp(log_slope) / s, tiny))
+  step = (xi * a / denominator - r) / g_prime
+  return xi + (tf.stop_gradient(step) - step)
 
 
 def _check_args(num_bins, bound, min_bin_width, min_bin_height, min_derivative):
@@ -246,6 +278,8 @@ class RationalQuadraticTransformer(_RationalQuadraticBase):
             c = -s_k r:   xi = 2c / (-b - sqrt(b^2 - 4ac))    if b >= 0
                           xi = (-b + sqrt(b^2 - 4ac)) / 2a    if b < 0 (then a > 0)
             x = x_k + w_k xi,   log dx/dy = -(log dy/dx at xi)
+            (solved from the knot nearer to y: for r > 1/2 the same formulas run on the
+            reflected bin, r -> 1 - r, xi -> 1 - xi, d_k <-> d_{k+1}, x = x_{k+1} - w_k xi)
   tails:    |x| > B (|y| > B for the inverse): y = x, log-det 0; +-inf pass through
   ```
 
@@ -257,13 +291,15 @@ class RationalQuadraticTransformer(_RationalQuadraticBase):
   the one-hot pick, then O(1) arithmetic (plus one square root for the inverse).
 
   Numerics: tail inputs are replaced by 0 before the spline arithmetic and selected
-  back after it, so tails and infinities give finite gradients; eq. 4 and eq. 5 are
-  evaluated from sums of positive terms (no cancellation for slopes 1e-3 next to 1e4);
-  the inverse uses whichever root formula adds terms of one sign. The round trip is
-  then as good as the float format allows: |x' - x| ~ ulp(y) / (dy/dx). Where large
-  parameters make dy/dx tiny (it can reach 1e-6 inside a bin even with
-  min_derivative = 1e-3) many x share one float y, and no inverse can return x to
-  1e-5 in float32 there; x' is still an exact preimage of y up to a few ulp(y).
+  back after it, so tails and infinities give finite values and gradients; eq. 4 and
+  eq. 5 are evaluated from sums of positive terms (no cancellation for slopes 1e-3 next
+  to 1e4) and from the nearer knot; the inverse uses whichever root formula adds terms
+  of one sign, and its gradient comes from the implicit function theorem,
+  dx = (dy - d_theta f) / f'(x), rather than from differentiating the root formula.
+  The round trip is then as good as the float format allows: x' is a preimage of y up
+  to a few ulp, and |x' - x| ~ ulp(y) / (dy/dx). Where large parameters make dy/dx
+  tiny (it can reach 1e-6 inside a bin even with min_derivative = 1e-3) many x share
+  one float y, and no inverse can return x to 1e-5 in float32 there.
 
   #### References
 

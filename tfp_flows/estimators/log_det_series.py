@@ -30,7 +30,7 @@ neumann_log_det            the roulette value, with the gradient of Chen et al. 
 
 Gradients ("gradient=" argument): "backprop" differentiates through all n vjps (a
 second-order pass through each of them; memory grows linearly in n, and under XLA the
-while loop of random terms preallocates its accumulators for the largest possible count).
+while loop of random terms sizes its gradient accumulators by its iteration cap).
 "neumann" never differentiates the series: since d log det(I + J) = tr((I + J)^-1 dJ) and
 (I + J)^-1 = sum_{k>=0} (-J)^k,
 
@@ -124,8 +124,8 @@ def russian_roulette_log_det(g, x, probe, seed, n_exact_terms=2, distribution="g
   (1 - p)^(M + 1) (geometric; 2^-63 ~ 1e-19 for the defaults) or P(Poisson(rate) > M)
   (~7e-70 for the defaults); the bias this leaves is the series remainder after
   max_num_terms terms, at most D L^K / (K (1 - L)) for K = max_num_terms + 1. (A float64
-  u also keeps N below the m where P(N > m) < 2^-52, its resolution: about 52 for p = 0.5, 22 for
-  rate = 2.)
+  u, a multiple of 2^-53, also keeps N below the m where P(N > m) < 2^-53: about 53 for
+  p = 0.5, 22 for rate = 2.)
 
   Cost and variance: n_exact_terms + E[N] vjps on average (E[N] = (1 - p)/p or rate).
   The variance is a sum of t_m^2 / P(N >= m) over the reweighted terms t_m ~ L^m: finite
@@ -175,10 +175,21 @@ def neumann_log_det(g, x, probe, seed, n_exact_terms=2, distribution="geometric"
   vjps plus one; the backward pass differentiates only that last vjp, so its memory does
   not grow with n (in graph mode; see the module docstring).
 
-  Args: as `russian_roulette_log_det`, without `gradient`.
+  Args:
+    g: callable mapping `[N, *event]` to `[N, *event]` row by row, with Lip(g) < 1; it may
+      read `tf.Variable`s or Keras weights, which receive the Neumann gradient.
+    x: tensor `[N, *event]` with static rank.
+    probe: tensor shaped like `x` (see `trace.hutchinson_probes`).
+    seed: stateless seed (int32/int64, shape [2]) for the count N only.
+    n_exact_terms, distribution, geometric_p, poisson_rate, max_num_terms: as in
+      `russian_roulette_log_det`.
+    return_output: also return g(x), from the same forward pass.
 
   Returns:
     `[N]` estimates, or `(g(x), log_det)` if `return_output`.
+
+  Raises:
+    ValueError: an argument outside its range, or an unknown `distribution`.
   """
   return russian_roulette_log_det(
       g, x, probe, seed, n_exact_terms=n_exact_terms, distribution=distribution,
@@ -268,7 +279,7 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
 
   u = probe  # v^T J^(k-1) at the start of term k
   value = tf.zeros(tf.shape(x)[:1], x.dtype)
-  w = tf.zeros_like(x)
+  w = tf.zeros_like(x) if neumann else None
   for k in range(1, n_exact_terms + 1):
     sign = 1.0 if k % 2 else -1.0
     if neumann:
@@ -306,8 +317,7 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
 
 def _sample_count(seed, distribution, geometric_p, poisson_rate, max_count):
   """The roulette count N <= max_count, by inverse CDF from one float64 uniform."""
-  u = tf.random.stateless_uniform([], seed, dtype=tf.float64,  # [0, 1)
-                                  alg=trace.RNG_ALGORITHM)
+  u = trace._uniform_float64([], seed)  # pylint: disable=protected-access
   if distribution == "geometric":
     # P(N >= m) = P(1 - u <= (1 - p)^m) = (1 - p)^m.
     count = tf.floor(tf.math.log1p(-u) / math.log1p(-geometric_p))

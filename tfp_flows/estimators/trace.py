@@ -33,8 +33,9 @@ import tensorflow as tf
 __all__ = ["exact_jacobian_log_det", "exact_trace", "hutchinson_probes", "hutchinson_trace"]
 
 PROBE_DISTRIBUTIONS = ("rademacher", "normal")
-# "auto_select" (TF's default) may pick a different generator under XLA than in eager
-# mode, so the same seed would give different probes; Philox is the same everywhere.
+# Philox integer draws are bit-identical in eager mode, graph mode and under XLA (TF's
+# default "auto_select" need not be); its float draws are not (XLA converts bits to floats
+# differently), so floats are built from integer bits here.
 RNG_ALGORITHM = "philox"
 
 
@@ -71,7 +72,10 @@ def hutchinson_probes(shape, seed, dtype=tf.float32, distribution="rademacher"):
                                         alg=RNG_ALGORITHM)
     return tf.cast(2 * bits - 1, dtype)
   if distribution == "normal":
-    return tf.random.stateless_normal(shape, seed, dtype=dtype, alg=RNG_ALGORITHM)
+    # Box-Muller from integer bits, not tf.random.stateless_normal (see _uniform_float64).
+    uniforms = _uniform_float64(tf.concat([tf.cast(shape, tf.int32), [2]], axis=0), seed)
+    radius = tf.sqrt(-2.0 * tf.math.log1p(-uniforms[..., 0]))  # 1 - u in (0, 1]
+    return tf.cast(radius * tf.cos(2.0 * math.pi * uniforms[..., 1]), dtype)
   raise ValueError(f"distribution must be one of {PROBE_DISTRIBUTIONS}; "
                    f"got {distribution!r}.")
 
@@ -177,6 +181,23 @@ def hutchinson_trace(f, x, probe, return_output=False):
 def _row_dot(a, b):
   """<a[n], b[n]> over all non-batch axes: `[N, *event] x [N, *event] -> [N]`."""
   return tf.reduce_sum(a * b, axis=list(range(1, a.shape.rank)))
+
+
+def _uniform_float64(shape, seed):
+  """Stateless float64 uniforms on [0, 1 - 2^-53], the same in eager mode and under XLA.
+
+  53 random bits from two uint32 words: (a >> 6) * 2^27 + (b >> 5), divided by 2^53,
+  every step exact in float64. The two words of an element sit next to each other (a
+  trailing axis), so element i uses words 2i and 2i + 1 of the stream whatever the shape:
+  a row's probe does not change with the batch size. Shared with `log_det_series` (the
+  roulette count).
+  """
+  shape = tf.concat([tf.cast(shape, tf.int32), [2]], axis=0)
+  words = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32,
+                                      alg=RNG_ALGORITHM)
+  high = tf.cast(tf.bitwise.right_shift(words[..., 0], 6), tf.float64)
+  low = tf.cast(tf.bitwise.right_shift(words[..., 1], 5), tf.float64)
+  return (high * 2.0**27 + low) * 2.0**-53
 
 
 def _check_batched(x):

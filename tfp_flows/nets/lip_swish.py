@@ -28,8 +28,7 @@ def lip_swish(x, beta):
   ```
 
   The derivative depends on `x` and `beta` only through `z`, so its range is the same for
-  every `beta` (Chen et al., Sec. 4; for negative `beta`, `f'` is `1/1.1` minus that of
-  `-beta`, with the same bound), and `|f'| <= 0.99986 < 1`.
+  every real `beta` (Chen et al.), and `|f'| <= 1.0998393 / 1.1 = 0.9998539 < 1`.
 
   Args:
     x: a float tensor.
@@ -40,7 +39,9 @@ def lip_swish(x, beta):
     A tensor shaped like `x`.
   """
   x = keras.ops.convert_to_tensor(x)
-  beta = keras.ops.cast(beta, x.dtype)
+  # convert_to_tensor with the dtype (not cast): a Python float beta would otherwise pass
+  # through float32 on its way to a float64 x.
+  beta = keras.ops.convert_to_tensor(beta, dtype=x.dtype)
   return x * keras.ops.sigmoid(beta * x) / _SCALE
 
 
@@ -49,7 +50,7 @@ class LipSwish(keras.layers.Layer):
   """The LipSwish activation `x * sigmoid(beta x) / 1.1` with a learned scalar `beta > 0`.
 
   The activation of the residual functions of Residual Flows: 1-Lipschitz (see
-  `lip_swish`) and smooth. Chen et al. (Sec. 4.2) prefer it to ELU or softplus because
+  `lip_swish`) and smooth. Chen et al. prefer it to ELU or softplus because
   its second derivative does not vanish where `|f'|` is close to 1, so the gradient of the
   log-determinant does not saturate when `g` uses its whole Lipschitz budget.
   `beta = softplus(b)` keeps the slope positive with an unconstrained trainable scalar `b`
