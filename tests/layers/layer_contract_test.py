@@ -130,6 +130,15 @@ CASES += [
          lambda: [tff.layers.SplineAutoregressive(num_bins=4, hidden_units=(8,),
                                                   conditional=True)], VECTOR, 6,
          context_size=2),
+    # Two spectral-norm Dense layers (kernel, bias) and one LipSwish slope: 5 tensors;
+    # images: three spectral-norm convolutions and two LipSwish slopes, 8.
+    # Training uses the Russian-roulette estimate, evaluation the exact log-det.
+    Case("residual_block_vector",
+         lambda: [tff.layers.ResidualBlock(hidden_units=(8,), seed=1)], VECTOR, 5,
+         train_equals_eval=False),
+    Case("residual_block_image",
+         lambda: [tff.layers.ResidualBlock(hidden_units=(4,), seed=1)], IMAGE, 8,
+         train_equals_eval=False),
 ]
 
 
@@ -179,7 +188,8 @@ def _types(flow_layers):
 
 
 def test_cases_cover_every_public_layer():
-  abstract = {tff.layers.FlowLayer, tff.layers.FlowChain, tff.layers.CouplingLayer}
+  abstract = {tff.layers.FlowLayer, tff.layers.FlowChain, tff.layers.CouplingLayer,
+              tff.layers.AutoregressiveLayer}
   public = {getattr(tff.layers, name) for name in tff.layers.__all__} - abstract
   covered = {t for case in CASES for t in _types(case.make())}
   assert public - covered == set()

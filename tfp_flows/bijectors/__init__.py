@@ -10,13 +10,15 @@ from tfp_flows.bijectors.invertible_conv1x1 import InvertibleConv1x1
 from tfp_flows.bijectors.preprocessing import Logit
 from tfp_flows.bijectors.spline import (CircularRationalQuadraticTransformer,
                                         RationalQuadraticTransformer)
+from tfp_flows.bijectors.residual import ResidualBlock, fixed_point_solve
 from tfp_flows.bijectors.squeeze import Squeeze
 from tfp_flows.bijectors.transformers import (AdditiveTransformer, AffineTransformer,
                                               Transformer)
 
 __all__ = [
     "ActNorm", "AdditiveTransformer", "AffineTransformer", "Autoregressive",
-    "CircularRationalQuadraticTransformer", "ConditionalAffine", "Coupling", "FactorOut",
-    "InvertibleConv1x1", "Logit", "RationalQuadraticTransformer", "Squeeze",
-    "Transformer", "checkerboard_mask", "conditional_kwargs", "is_conditional",
+    "CircularRationalQuadraticTransformer", "ConditionalAffine", "Coupling",
+    "FactorOut", "InvertibleConv1x1", "Logit", "RationalQuadraticTransformer",
+    "ResidualBlock", "Squeeze", "Transformer", "checkerboard_mask",
+    "conditional_kwargs", "fixed_point_solve", "is_conditional",
 ]

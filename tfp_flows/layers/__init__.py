@@ -11,12 +11,13 @@ from tfp_flows.layers.gaussian_prior import GaussianPrior
 from tfp_flows.layers.glow_step import GlowStep
 from tfp_flows.layers.invertible_conv1x1 import InvertibleConv1x1
 from tfp_flows.layers.permute import Permute
+from tfp_flows.layers.residual_block import ResidualBlock
 from tfp_flows.layers.spline_coupling import SplineCoupling
 from tfp_flows.layers.squeeze import Squeeze
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling",
     "AutoregressiveLayer", "CouplingLayer", "Dequantize", "FactorOut", "FlowChain",
-    "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute",
+    "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute", "ResidualBlock",
     "SplineAutoregressive", "SplineCoupling", "Squeeze",
 ]

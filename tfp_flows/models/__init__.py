@@ -2,5 +2,6 @@
 
 from tfp_flows.models.glow import Glow
 from tfp_flows.models.neural_spline_flow import NeuralSplineFlow
+from tfp_flows.models.residual_flow import ResidualFlow
 
-__all__ = ["Glow", "NeuralSplineFlow"]
+__all__ = ["Glow", "NeuralSplineFlow", "ResidualFlow"]
