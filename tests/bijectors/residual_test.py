@@ -8,6 +8,8 @@ against it, the fixed-point forward against the residual map, unbiasedness of th
 Russian-roulette log-det through the bijector, non-convergence and argument errors.
 """
 
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -54,39 +56,64 @@ def test_exact_log_det_and_fixed_point_inverse(dim):
   bijector = tffb.ResidualBlock(_g(w, b), tolerance=1e-13, max_iterations=1000,
                                 dtype=tf.float64)
   z_expected, log_det_expected = _closed_form(w, b, y)
+  assert np.abs(log_det_expected).min() > 1e-2  # a non-trivial log-det
 
   # Data -> base is the residual map itself; its log-det is the closed form's to 1e-10.
   z = bijector.inverse(tf.constant(y))
   ildj = bijector.inverse_log_det_jacobian(tf.constant(y), event_ndims=1)
   np.testing.assert_allclose(z.numpy(), z_expected, rtol=0, atol=1e-14)
   np.testing.assert_allclose(ildj.numpy(), log_det_expected, rtol=0, atol=1e-10)
-  assert np.abs(log_det_expected).min() > 1e-2  # a non-trivial log-det
 
-  # Base -> data solves the fixed point: forward(z) recovers y, and inverse(forward(x))
-  # == x, fldj == autodiff Jacobian == -ildj(forward(x)), gradients finite.
+  # Base -> data solves the fixed point: forward(z) recovers y, inverse(forward(x)) == x,
+  # and fldj(x) == -ildj(forward(x)) == -(closed form at forward(x)).
   y_back = bijector.forward(bijector_checks.fresh(z)).numpy()
   np.testing.assert_allclose(y_back, y, rtol=0, atol=1e-10)
-  out = bijector_checks.assert_bijective_and_log_det(bijector, tf.constant(y), 1,
-                                                     inverse_tol=1e-10, log_det_tol=1e-8)
-  _, log_det_at_forward = _closed_form(w, b, out["y"])
-  np.testing.assert_allclose(out["fldj"], -log_det_at_forward, rtol=0, atol=1e-10)
+  x = tf.constant(y)  # any point serves as a base-side input
+  forward_x = bijector.forward(x).numpy()
+  round_trip = bijector.inverse(bijector_checks.fresh(forward_x)).numpy()
+  np.testing.assert_allclose(round_trip, y, rtol=0, atol=1e-10)
+  fldj = bijector.forward_log_det_jacobian(x, event_ndims=1).numpy()
+  ildj_at_forward = bijector.inverse_log_det_jacobian(
+      bijector_checks.fresh(forward_x), event_ndims=1).numpy()
+  np.testing.assert_allclose(fldj, -ildj_at_forward, rtol=0, atol=1e-12)
+  np.testing.assert_allclose(fldj, -_closed_form(w, b, forward_x)[1], rtol=0, atol=1e-10)
 
 
-def test_float32_and_image_events():
+def test_bijector_checks_vector_float64():
+  """The shared checks (autodiff Jacobian of the fixed-point forward, gradients) at D = 4.
+
+  Only once: `batch_jacobian` through the eager fixed-point loop costs seconds.
+  """
+  w, b, y = _problem(4, LIPSCHITZ[4], rows=6)
+  bijector = tffb.ResidualBlock(_g(w, b), tolerance=1e-13, max_iterations=1000,
+                                dtype=tf.float64)
+  out = bijector_checks.assert_bijective_and_log_det(bijector, tf.constant(y.reshape(
+      [2, 3, 4])), 1)
+  np.testing.assert_allclose(out["ildj"], _closed_form(w, b, out["y"])[1], rtol=0,
+                             atol=1e-10)
+
+
+def test_image_events_float64_and_float32():
   dim = 8
   w, b, y = _problem(dim, 0.9, rows=4)
   g_vector = _g(w, b)
   image_g = lambda v: tf.reshape(g_vector(tf.reshape(v, [-1, dim])), tf.shape(v))
-  image = tffb.ResidualBlock(image_g, event_ndims=3, tolerance=1e-12, max_iterations=1000,
-                             dtype=tf.float64)
-  images = tf.constant(y.reshape([4, 2, 2, 2]))
+  images = y.reshape([4, 2, 2, 2])
   _, log_det = _closed_form(w, b, y)
-  np.testing.assert_allclose(image.inverse_log_det_jacobian(images, event_ndims=3).numpy(),
-                             log_det, rtol=0, atol=1e-10)
-  bijector_checks.assert_bijective_and_log_det(image, images, 3)
-
-  single = tffb.ResidualBlock(g_vector, dtype=tf.float32)  # default tolerance 1e-6
-  bijector_checks.assert_bijective_and_log_det(single, tf.constant(y, tf.float32), 1)
+  image64 = tffb.ResidualBlock(image_g, event_ndims=3, tolerance=1e-13,
+                               max_iterations=1000, dtype=tf.float64)
+  np.testing.assert_allclose(
+      image64.inverse_log_det_jacobian(tf.constant(images), event_ndims=3).numpy(),
+      log_det, rtol=0, atol=1e-10)
+  np.testing.assert_allclose(
+      image64.forward(image64.inverse(tf.constant(images))).numpy(), images, rtol=0,
+      atol=1e-10)
+  # float32 with the default tolerance 1e-6: the shared checks at 1e-5 / 1e-4.
+  image32 = tffb.ResidualBlock(image_g, event_ndims=3, dtype=tf.float32)
+  out = bijector_checks.assert_bijective_and_log_det(image32,
+                                                     tf.constant(images, tf.float32), 3)
+  np.testing.assert_allclose(out["ildj"], _closed_form(w, b, out["y"].reshape([4, dim]))[1],
+                             rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("dim", [2, 4, 8])
@@ -115,7 +142,7 @@ def test_russian_roulette_through_the_bijector_is_unbiased(dim):
   z = (samples.mean(axis=0) - exact) / se
   print(f"D={dim} Lip={ROULETTE_LIPSCHITZ[dim]}: exact {exact}, mean {samples.mean(0)}, "
         f"SE {se}, z {z}")
-  assert len(np.unique(samples[:, 0])) > 100  # the seeds give different estimates
+  assert len(np.unique(samples[:, 0])) > 10  # the seeds draw different probes and counts
   assert np.all(se > 0) and np.abs(z).max() < 4.0
 
 
@@ -145,8 +172,9 @@ def test_stochastic_log_det_is_a_function_of_the_seed():
 
 
 def _non_convergence_problem():
-  """Lip(g) = 0.99; rows 0 (a fixed point of g = 0 ... only at y = 0) and 1 (tiny) converge
-  within 2 iterations, rows 2 and 3 (order one) do not."""
+  """Lip(g) = 0.99 and g(0) = 0: rows 0 (z = 0, solved at once) and 1 (|z| ~ 1e-9, its
+  steps are below the 1e-6 tolerance) converge within 2 iterations, rows 2 and 3 (|z| ~ 1)
+  do not."""
   w, _, y = _problem(4, 0.99, rows=4)
   z = np.concatenate([np.zeros([1, 4]), 1e-9 * y[:1], y[2:]], axis=0)
   return _g(w, np.zeros(4)), z
@@ -172,14 +200,16 @@ def test_non_convergence_gives_nan_rows_only_without_validate_args():
   result = bijector.forward(tf.constant(z)).numpy()
   assert np.all(np.isnan(result[2:]))
   assert np.all(np.isfinite(result[:2]))
-  # The converged rows are correct: the residual map takes them back to z, and they
-  # agree with a fully converged solve (both up to the 1e-6 tolerance's error).
+  # The converged rows are correct: they agree with a fully converged solve, and the
+  # residual map takes them back to z. After k steps the error is at most
+  # L^k |g(y*)| <= 1e-9 here (row 0 is exact).
   reference = tffb.ResidualBlock(g, tolerance=1e-13, max_iterations=10_000,
                                  dtype=tf.float64).forward(tf.constant(z)).numpy()
   assert np.all(np.isfinite(reference))
-  np.testing.assert_allclose(result[:2], reference[:2], rtol=0, atol=1e-12)
+  np.testing.assert_array_equal(result[0], 0.0)
+  np.testing.assert_allclose(result[:2], reference[:2], rtol=0, atol=2e-9)
   np.testing.assert_allclose(result[:2] + g(tf.constant(result[:2])).numpy(), z[:2],
-                             rtol=0, atol=1e-12)
+                             rtol=0, atol=4e-9)
   np.testing.assert_allclose(reference + g(tf.constant(reference)).numpy(), z, rtol=0,
                              atol=1e-11)
 
@@ -202,3 +232,8 @@ def test_argument_errors():
     tffb.ResidualBlock(g, tolerance=0.0)
   with pytest.raises(ValueError, match="max_iterations at least 1"):
     tffb.ResidualBlock(g, max_iterations=0)
+
+
+if __name__ == "__main__":
+  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

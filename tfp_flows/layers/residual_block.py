@@ -104,11 +104,18 @@ class ResidualBlock(flow_layer.FlowLayer):
     return math.prod(self._event_shape)
 
   def residual_fn(self, training=False):
-    """g as a callable on `[N, *event]` (training selects the power-iteration mode)."""
+    """g as a callable on `[N, *event]`, its normalised kernels computed once now.
+
+    The power iteration runs here (updating the persistent vectors when `training`),
+    not on every call of g, so a fixed-point solve that calls g many times costs no
+    extra power iterations.
+    """
+    kernels = [layer.kernel_for_call(training) for layer in self._net]
+
     def g(y):
       h = y
-      for i, layer in enumerate(self._net):
-        h = layer(h, training=training)
+      for i, (layer, kernel) in enumerate(zip(self._net, kernels)):
+        h = layer.apply_kernel(h, kernel)
         if i < len(self._activations):
           h = self._activations[i](h)
       return h
@@ -125,6 +132,8 @@ class ResidualBlock(flow_layer.FlowLayer):
   def log_det_mode(self, training=False):
     """The estimator in effect: "exact", "series (n terms)" or the training estimator."""
     if training:
+      if self.log_det == "series":
+        return f"series ({self.n_exact_terms} terms)"
       return self.log_det
     if self.event_size <= self.exact_max_dims:
       return "exact"

@@ -201,6 +201,14 @@ class _SpectralNorm(keras.layers.Layer):
     """
     return self._normalize(bool(training))[0]
 
+  def kernel_for_call(self, training):
+    """The normalised kernel of one call, updating u and v when `training` (as `call`).
+
+    Lets a caller that applies the layer many times with the same weights (a
+    fixed-point solve) run the power iteration once, then use `apply_kernel`.
+    """
+    return self._normalized_kernel_for_call(training)
+
   def _normalized_kernel_for_call(self, training):
     kernel, u, v, _ = self._normalize(bool(training))
     if training:
@@ -313,7 +321,11 @@ class SpectralNormDense(_SpectralNorm):
     self._build_weights((in_units, self.units), (self.units,))
 
   def call(self, inputs, training=None):
-    outputs = keras.ops.matmul(inputs, self._normalized_kernel_for_call(training))
+    return self.apply_kernel(inputs, self._normalized_kernel_for_call(training))
+
+  def apply_kernel(self, inputs, kernel):
+    """The layer's map with a given (already normalised) kernel: `inputs @ kernel + b`."""
+    outputs = keras.ops.matmul(inputs, kernel)
     if self.bias is not None:
       outputs = outputs + keras.ops.cast(self.bias, outputs.dtype)
     return outputs
@@ -405,7 +417,10 @@ class SpectralNormConv2D(_SpectralNorm):
     if tuple(inputs.shape[1:]) != self.input_size and None not in inputs.shape[1:]:
       raise ValueError(f"SpectralNormConv2D was built (and its norm bounded) for images "
                        f"{self.input_size}; got inputs of shape {tuple(inputs.shape)}.")
-    kernel = self._normalized_kernel_for_call(training)
+    return self.apply_kernel(inputs, self._normalized_kernel_for_call(training))
+
+  def apply_kernel(self, inputs, kernel):
+    """The layer's map with a given (already normalised) kernel: `conv(inputs) + b`."""
     outputs = tf.nn.conv2d(inputs, kernel, strides=self.strides,
                            padding=self.padding.upper())
     if self.bias is not None:

@@ -1,0 +1,582 @@
+"""Residual flow benchmark: the Neumann-series gradient against backprop through the series.
+
+The DESIGN's residual-flow cases, trained with batch 256, Adam (lr 1e-3), float32:
+
+* `rf2`:  `tfp_flows.models.ResidualFlow([2], num_blocks=4, hidden_units=(128, 128))` on
+  two moons (2,048 points, standardised).
+* `rf64`: `tfp_flows.models.ResidualFlow([64], num_blocks=8, hidden_units=(128, 128))`
+  on scikit-learn's 8x8 digits, flattened, dequantised with U[0, 1) noise once and
+  standardised (the same data as `benchmarks/nsf_benchmark.py`).
+
+Both use the preset's defaults otherwise: Lipschitz coefficient 0.97, ActNorm before
+every block, Russian-roulette log-det with a geometric count (p = 0.5, so one random term
+on average on top of the `n_exact_terms` always computed). Cases, per model and XLA
+setting (`jit_compile` of the train step):
+
+* `neumann:n`:  `logdet="russian_roulette", gradient="neumann", n_exact_terms=n`.
+* `backprop:n`: `logdet="russian_roulette", gradient="backprop", n_exact_terms=n`.
+* `exact`: `logdet="exact"` (dense Jacobian by `batch_jacobian`, log-det by QR): the
+  naive baseline, timed in the same run. It exists for 2-D and 64-D in graph mode and for
+  2-D under XLA; its 64-D XLA compile did not finish in 9 minutes (3 GB RSS) when tried,
+  so that case is left out unless `--exact_xla64` asks for it (with `--timeout_s`).
+
+There is no residual flow in stock TFP. DESIGN's reference figures are normflows' (63
+steps/s 2-D, 27 steps/s 64-D, "on this kind of machine", with n_exact_terms = 2 and the
+Neumann gradient, its defaults); they are QUOTED, not measured here, and the table's
+"vs normflows (quoted)" column divides by them. The target is >= 2x those figures.
+
+Every case runs in its own subprocess. The train step is a `tf.function` (GradientTape
+over `-mean(model(x, training=True))`, Keras 3 Adam `apply`), with `jit_compile` per the
+XLA setting. Reported per case: training steps/s (median over repeats, each repeat sized
+to about `--repeat_seconds`, after the first call and `--warmup_steps` steps), the first
+call's time (trace + compile + one step), the peak of TF's CPU allocator during the timed
+steps (workers run with `TF_CPU_ALLOCATOR_USE_BFC=true`, which makes
+`tf.config.experimental.get_memory_info("CPU:0")` work on CPU; XLA's buffers come from
+the same allocator; `--bfc=false` turns it off and the column reads "-"), the process's
+peak RSS (coarse: it includes TF, the traced graphs and the XLA executables), the loss
+at initialisation and the mean loss of the last timed repeat. The `neumann` case with the
+smallest n also times evaluation-mode `log_prob` (exact log-det for these sizes; the
+same for every case) and `sample(256)` (fixed-point inversion), and checks the samples
+are finite. With `--fit`, one extra case trains by `model.fit` over several short epochs
+and reports every epoch's time, to show that `fit` does not retrace after the first.
+
+Usage:
+  python benchmarks/residual_benchmark.py           # full run, about 12-15 minutes
+  python benchmarks/residual_benchmark.py --quick   # n_exact_terms 2 and 16, fewer repeats
+  python benchmarks/residual_benchmark.py --models=rf64 --xla=on --n_exact_terms=2,16
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_QUICK = flags.DEFINE_boolean("quick", False,
+                              "n_exact_terms 2 and 16 only, fewer and shorter repeats.")
+_MODELS = flags.DEFINE_list("models", ["rf2", "rf64"], "Models among rf2, rf64.")
+_GRADIENTS = flags.DEFINE_list("gradients", ["neumann", "backprop"],
+                               "Gradient estimators to sweep over n_exact_terms.")
+_N_EXACT = flags.DEFINE_list("n_exact_terms", None,
+                             "n_exact_terms values (default 2,4,8,16; quick 2,16).")
+_EXACT = flags.DEFINE_boolean("exact", True, "Also run the logdet='exact' baseline.")
+_EXACT_XLA64 = flags.DEFINE_boolean(
+    "exact_xla64", False, "Also try the 64-D exact baseline under XLA (its compile took "
+    "more than 9 minutes when tried; bounded by --timeout_s).")
+_XLA = flags.DEFINE_list("xla", ["off", "on"], "XLA settings to run: off, on.")
+_FIT = flags.DEFINE_list("fit", ["rf64:on"],
+                         "Extra model.fit cases (Neumann, smallest n) as model:xla; empty "
+                         "for none.")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed repeats (default 5, quick 3).")
+_REPEAT_SECONDS = flags.DEFINE_float(
+    "repeat_seconds", None, "Target length of one timed repeat (default 1.5, quick 0.8); "
+    "steps per repeat = this / the warm-up step time, clipped to [2, 40].")
+_WARMUP = flags.DEFINE_integer("warmup_steps", 3, "Untimed steps after the first call.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
+_LR = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+_BFC = flags.DEFINE_boolean("bfc", True,
+                            "Run workers with TF_CPU_ALLOCATOR_USE_BFC=true to report "
+                            "TF's allocator peak.")
+_TIMEOUT = flags.DEFINE_integer("timeout_s", 600, "Per-worker time limit (seconds).")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+_WORKER = flags.DEFINE_string("worker", None, "Internal: run one case, e.g. rf2:neumann:2:on.")
+
+_MARKER = "RESIDUAL_BENCHMARK_RESULT "
+_HIDDEN = (128, 128)
+_MODEL_SPECS = {
+    # name: (event dims, blocks, description, normflows steps/s quoted in DESIGN.md)
+    "rf2": (2, 4, "residual flow 2-D, 4 blocks, MLP 128x2, two moons", 63.0),
+    "rf64": (64, 8, "residual flow 64-D, 8 blocks, MLP 128x2, digits", 27.0),
+}
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _settings():
+  quick = _QUICK.value
+  return {
+      "repeats": _REPEATS.value or (3 if quick else 5),
+      "repeat_seconds": _REPEAT_SECONDS.value or (0.8 if quick else 1.5),
+      "warmup": _WARMUP.value,
+      "eval_repeats": 3 if quick else 5,
+      "eval_seconds": 0.3 if quick else 0.6,
+      "fit_epochs": 4 if quick else 6,
+      "fit_steps_per_epoch": 10 if quick else 20,
+  }
+
+
+def _n_exact_values():
+  values = _N_EXACT.value or (["2", "16"] if _QUICK.value else ["2", "4", "8", "16"])
+  return [int(v) for v in values]
+
+
+def _load_data(dims, batch_size):
+  """All points and a fixed pool of float32 batches [batch_size, dims]."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  if dims == 64:
+    from sklearn import datasets  # pylint: disable=import-outside-toplevel
+    x = datasets.load_digits().data.astype(np.float64)  # [1797, 64], ints 0..16
+    x = x + rng.uniform(size=x.shape)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+  else:
+    from tfp_flows import data  # pylint: disable=import-outside-toplevel
+    x = data.make_toy_2d("two_moons", 2048, seed=0).astype(np.float64)
+  x = x.astype(np.float32)
+  order = rng.permutation(len(x))
+  num_batches = len(x) // batch_size
+  return x, [x[order[i * batch_size:(i + 1) * batch_size]] for i in range(num_batches)]
+
+
+def _median(values):
+  values = sorted(values)
+  n = len(values)
+  if not n:
+    return float("nan")
+  return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def _sync(out):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for t in tf.nest.flatten(out):
+    if hasattr(t, "numpy"):
+      t.numpy()
+
+
+def _timed_rates(fn, args_list, repeats, seconds, items_per_call):
+  """items/s of `fn` per repeat; calls per repeat sized so a repeat lasts ~`seconds`."""
+  start = time.perf_counter()
+  _sync(fn(*args_list[0]))
+  per_call = time.perf_counter() - start
+  calls = max(1, int(round(seconds / max(per_call, 1e-6))))
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = None
+    for i in range(calls):
+      out = fn(*args_list[i % len(args_list)])
+    _sync(out)
+    rates.append(items_per_call * calls / (time.perf_counter() - start))
+  return rates, calls
+
+
+def _allocator_mb(key):
+  """TF's CPU allocator statistic `key` ("peak"/"current") in MB, or None."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    return tf.config.experimental.get_memory_info("CPU:0")[key] / 2**20
+  except ValueError:  # "Allocator stats not available" without the BFC allocator
+    return None
+
+
+def _reset_allocator_peak():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    tf.config.experimental.reset_memory_stats("CPU:0")
+  except ValueError:
+    pass
+
+
+def _run_worker(spec):
+  """Runs one case in this process; prints a JSON line prefixed by _MARKER."""
+  model_name, estimator, n_name, xla_name = spec.split(":")[:4]
+  use_fit = spec.endswith(":fit")
+  xla = xla_name == "on"
+  dims, num_blocks, _, _ = _MODEL_SPECS[model_name]
+  n_exact = int(n_name) if n_name != "-" else 2
+  cfg = dict(_settings(), batch=_BATCH.value, lr=_LR.value)
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import keras  # pylint: disable=import-outside-toplevel
+  import tfp_flows as tff  # pylint: disable=import-outside-toplevel
+
+  keras.utils.set_random_seed(0)
+  tf.random.set_seed(0)
+  x_all, batches_np = _load_data(dims, cfg["batch"])
+  batches = [tf.constant(b) for b in batches_np]
+  result = {"model": model_name, "estimator": estimator,
+            "n_exact": None if estimator == "exact" else n_exact, "xla": xla,
+            "fit": use_fit}
+
+  start = time.perf_counter()
+  model = tff.models.ResidualFlow(
+      [dims], num_blocks=num_blocks, hidden_units=_HIDDEN,
+      logdet="exact" if estimator == "exact" else "russian_roulette",
+      n_exact_terms=n_exact, gradient="backprop" if estimator == "backprop" else "neumann")
+  result["build_s"] = time.perf_counter() - start
+  variables = model.trainable_variables
+  result["num_params"] = int(sum(np.prod(v.shape) for v in variables))
+  optimizer = keras.optimizers.Adam(cfg["lr"])
+  result["init_loss"] = float(-tf.reduce_mean(model.log_prob(batches[0])))
+
+  if use_fit:
+    # ---- model.fit: several short epochs, timestamps per batch and per epoch.
+    model.compile(optimizer=optimizer, jit_compile=xla)
+    # Count Python calls of train_step: inside fit's tf.function they happen only while
+    # tracing, so the count is the number of traces (1 = no retracing).
+    traces = [0]
+    train_step = model.train_step
+
+    def counted_train_step(data):
+      traces[0] += 1
+      return train_step(data)
+
+    model.train_step = counted_train_step
+    batch_stamps, epoch_stamps = [], []
+
+    class Timer(keras.callbacks.Callback):
+
+      def on_train_batch_end(self, batch, logs=None):
+        batch_stamps.append(time.perf_counter())
+
+      def on_epoch_end(self, epoch, logs=None):
+        epoch_stamps.append(time.perf_counter())
+
+    ds = (tf.data.Dataset.from_tensor_slices(x_all).repeat().shuffle(2048, seed=0)
+          .batch(cfg["batch"], drop_remainder=True).prefetch(4))
+    steps = cfg["fit_steps_per_epoch"]
+    start = time.perf_counter()
+    history = model.fit(ds, epochs=cfg["fit_epochs"], steps_per_epoch=steps, verbose=0,
+                        callbacks=[Timer()])
+    result["first_call_s"] = batch_stamps[0] - start
+    bounds = [start] + epoch_stamps
+    result["epoch_s"] = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    # Steps/s per epoch from batch timestamps (epoch 1 without its first step; later
+    # epochs include the epoch boundary before them).
+    rates = [(steps - 1) / (batch_stamps[steps - 1] - batch_stamps[0])]
+    for e in range(1, cfg["fit_epochs"]):
+      rates.append(steps / (batch_stamps[(e + 1) * steps - 1] - batch_stamps[e * steps - 1]))
+    result["train_rates"] = rates[1:]
+    result["epoch1_rate"] = rates[0]
+    result["traces"] = traces[0]
+    result["last_loss"] = float(history.history["nll"][-1])
+    result["alloc_peak_mb"] = None
+  else:
+    optimizer.build(variables)
+
+    @tf.function(jit_compile=xla)
+    def train_step(x):
+      with tf.GradientTape() as tape:
+        loss = -tf.reduce_mean(model(x, training=True))
+      optimizer.apply(tape.gradient(loss, variables), variables)
+      return loss
+
+    start = time.perf_counter()
+    loss = train_step(batches[0])
+    _sync(loss)
+    result["first_call_s"] = time.perf_counter() - start
+    steps_done = 1
+    begin = time.perf_counter()
+    for _ in range(cfg["warmup"]):
+      loss = train_step(batches[steps_done % len(batches)])
+      steps_done += 1
+    _sync(loss)
+    per_step = (time.perf_counter() - begin) / max(cfg["warmup"], 1)
+    steps = int(min(40, max(2, round(cfg["repeat_seconds"] / max(per_step, 1e-6)))))
+    result["steps_per_repeat"] = steps
+    _reset_allocator_peak()
+    result["alloc_before_mb"] = _allocator_mb("current")
+    rates, losses = [], []
+    for _ in range(cfg["repeats"]):
+      repeat_losses = []
+      begin = time.perf_counter()
+      for _ in range(steps):
+        loss = train_step(batches[steps_done % len(batches)])
+        repeat_losses.append(loss)
+        steps_done += 1
+      _sync(loss)
+      rates.append(steps / (time.perf_counter() - begin))
+      losses.append(float(np.mean([l.numpy() for l in repeat_losses])))
+    result["alloc_peak_mb"] = _allocator_mb("peak")
+    result["train_rates"] = rates
+    result["last_loss"] = losses[-1]
+    result["train_steps_total"] = steps_done
+    result["traces"] = _num_traces(train_step)
+
+  # ---- evaluation-mode log_prob and sampling (the same for every training estimator).
+  if estimator == "neumann" and n_exact == min(_n_exact_values()) and not use_fit:
+
+    @tf.function(jit_compile=xla)
+    def sample_fn(seed):
+      return model.sample(cfg["batch"], seed=seed)
+
+    @tf.function(jit_compile=xla)
+    def log_prob_fn(x):
+      return model.log_prob(x)
+
+    seeds = [(tf.constant([7, i], tf.int32),) for i in range(4)]
+    start = time.perf_counter()
+    samples = sample_fn(*seeds[0]).numpy()
+    result["sample_first_call_s"] = time.perf_counter() - start
+    result["samples_finite"] = bool(np.isfinite(samples).all())
+    result["sample_rates"], _ = _timed_rates(sample_fn, seeds, cfg["eval_repeats"],
+                                             cfg["eval_seconds"], cfg["batch"])
+    start = time.perf_counter()
+    _sync(log_prob_fn(batches[0]))
+    result["log_prob_first_call_s"] = time.perf_counter() - start
+    result["log_prob_rates"], _ = _timed_rates(
+        log_prob_fn, [(b,) for b in batches], cfg["eval_repeats"], cfg["eval_seconds"],
+        cfg["batch"])
+  result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  print(_MARKER + json.dumps(result), flush=True)
+
+
+def _num_traces(fn):
+  """Concrete functions traced by a `tf.function` (1 = no retracing), or None."""
+  try:
+    return int(fn.experimental_get_tracing_count())
+  except AttributeError:
+    return None
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def _load():
+  with open("/proc/loadavg", encoding="utf-8") as f:
+    return " ".join(f.read().split()[:3])
+
+
+def _spawn(spec, argv_flags):
+  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  if _BFC.value:
+    env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+  start = time.perf_counter()
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+                          timeout=_TIMEOUT.value)
+  except subprocess.TimeoutExpired:
+    return {"spec": spec, "timeout": True, "wall_s": time.perf_counter() - start}
+  wall = time.perf_counter() - start
+  for line in proc.stdout.splitlines():
+    if line.startswith(_MARKER):
+      out = json.loads(line[len(_MARKER):])
+      out["wall_s"] = wall
+      out["spec"] = spec
+      return out
+  sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+  return {"spec": spec, "failed": proc.returncode, "wall_s": wall}
+
+
+def _fmt(value, spec="{:.1f}"):
+  return "-" if value is None else spec.format(value)
+
+
+def _training_table(results):
+  header = ("| model | estimator | n_exact | XLA | train steps/s | vs exact | vs normflows "
+            "(quoted) | first step s | allocator peak MB | peak RSS MB | loss init -> last |")
+  lines = [header, "|" + "---|" * 11]
+  exact = {(r["model"], r["xla"]): r for r in results
+           if r.get("estimator") == "exact" and "train_rates" in r}
+  for r in results:
+    if r.get("fit"):
+      continue
+    model, estimator, n_name, xla_name = r["spec"].split(":")[:4]
+    if "train_rates" not in r:
+      why = "timed out" if r.get("timeout") else f"failed ({r.get('failed')})"
+      lines.append(f"| {model} | {estimator} | {n_name} | {xla_name} | {why} after "
+                   f"{r['wall_s']:.0f} s | | | | | | |")
+      continue
+    rate = _median(r["train_rates"])
+    base = exact.get((model, r["xla"]))
+    vs_exact = "1.00x" if estimator == "exact" else (
+        f"{rate / _median(base['train_rates']):.2f}x" if base else "-")
+    quoted = _MODEL_SPECS[model][3]
+    lines.append(
+        f"| {model} | {estimator} | {n_name} | {xla_name} | {rate:.1f} | {vs_exact} | "
+        f"{rate / quoted:.2f}x | {r['first_call_s']:.1f} | {_fmt(r['alloc_peak_mb'])} | "
+        f"{r['peak_rss_mb']:.0f} | {r['init_loss']:.2f} -> {r['last_loss']:.2f} |")
+  return "\n".join(lines)
+
+
+def _memory_table(results, n_values):
+  """Allocator peak (and steps/s) against n_exact_terms, one row per model/XLA/gradient."""
+  rows = {}
+  for r in results:
+    if r.get("fit") or r.get("estimator") in (None, "exact") or "train_rates" not in r:
+      continue
+    rows.setdefault((r["model"], r["xla"], r["estimator"]), {})[r["n_exact"]] = r
+  header = ("| model | XLA | gradient | " + " | ".join(
+      f"n={n}: MB / steps/s" for n in n_values) + " | MB per extra term |")
+  lines = [header, "|" + "---|" * (4 + len(n_values))]
+  for (model, xla, estimator), by_n in rows.items():
+    cells = []
+    for n in n_values:
+      r = by_n.get(n)
+      cells.append("-" if r is None else
+                   f"{_fmt(r['alloc_peak_mb'])} / {_median(r['train_rates']):.1f}")
+    ns = [n for n in n_values if n in by_n and by_n[n]["alloc_peak_mb"] is not None]
+    slope = "-"
+    if len(ns) >= 2:
+      growth = by_n[ns[-1]]["alloc_peak_mb"] - by_n[ns[0]]["alloc_peak_mb"]
+      slope = f"{growth / (ns[-1] - ns[0]):.2f}"
+    lines.append(f"| {model} | {'on' if xla else 'off'} | {estimator} | " +
+                 " | ".join(cells) + f" | {slope} |")
+  return "\n".join(lines)
+
+
+def _ratio_table(results, n_values):
+  """Neumann / backprop steps/s at equal model, XLA and n; XLA on / off per estimator."""
+  by_key = {(r["model"], r["xla"], r.get("estimator"), r.get("n_exact")): r
+            for r in results if "train_rates" in r and not r.get("fit")}
+  lines = ["| model | n_exact | Neumann/backprop XLA off | Neumann/backprop XLA on | "
+           "XLA on/off Neumann | XLA on/off backprop |", "|---|---|---|---|---|---|"]
+  rate = lambda key: _median(by_key[key]["train_rates"]) if key in by_key else None
+  ratio = lambda a, b: "-" if a is None or b is None else f"{a / b:.2f}x"
+  for model in _MODEL_SPECS:
+    for n in n_values:
+      cells = [ratio(rate((model, x, "neumann", n)), rate((model, x, "backprop", n)))
+               for x in (False, True)]
+      cells += [ratio(rate((model, True, e, n)), rate((model, False, e, n)))
+                for e in ("neumann", "backprop")]
+      if any(c != "-" for c in cells):
+        lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _eval_table(results):
+  lines = ["| model | XLA | log_prob pts/s | first log_prob s | sample/s | first sample s | "
+           "samples finite |", "|---|---|---|---|---|---|---|"]
+  for r in results:
+    if "log_prob_rates" not in r:
+      continue
+    lines.append(
+        f"| {r['model']} | {'on' if r['xla'] else 'off'} | "
+        f"{_median(r['log_prob_rates']):,.0f} | {r['log_prob_first_call_s']:.1f} | "
+        f"{_median(r['sample_rates']):,.0f} | {r['sample_first_call_s']:.1f} | "
+        f"{'yes' if r['samples_finite'] else 'NO'} |")
+  return "\n".join(lines)
+
+
+def _fit_lines(results):
+  lines = []
+  for r in results:
+    if not r.get("fit") or "train_rates" not in r:
+      continue
+    lines.append(
+        f"  model.fit {r['spec']}: epoch times "
+        + ", ".join(f"{s:.2f}" for s in r["epoch_s"])
+        + f" s; steps/s epoch 1 (after its first step) {r['epoch1_rate']:.1f}, later "
+        f"epochs {', '.join(f'{v:.1f}' for v in r['train_rates'])}; first step "
+        f"{r['first_call_s']:.1f} s; train_function traces {r['traces']}; last-epoch nll "
+        f"{r['last_loss']:.2f}")
+  return "\n".join(lines)
+
+
+def _spread(results):
+  lines = ["train steps/s per repeat (min / median / max), steps per repeat, traces:"]
+  for r in results:
+    if "train_rates" not in r or r.get("fit"):
+      continue
+    t = r["train_rates"]
+    lines.append(f"  {r['spec']:22s} {min(t):7.1f} / {_median(t):7.1f} / {max(t):7.1f} "
+                 f"(n={len(t)} x {r['steps_per_repeat']} steps; traces {r['traces']}; "
+                 f"build {r['build_s']:.1f} s; worker wall {r['wall_s']:.0f} s; load "
+                 f"before {r['load_before']})")
+  return "\n".join(lines)
+
+
+def _fingerprint():
+  """md5 (12 hex) over the tfp_flows sources the workers import, to pin the version."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(importlib.util.find_spec("tfp_flows").origin)  # no TF import
+  digest = hashlib.md5()
+  for folder, _, files in sorted(os.walk(root)):
+    for name in sorted(files):
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        digest.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as f:
+          digest.update(f.read())
+  return f"{root} md5 {digest.hexdigest()[:12]}"
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    _run_worker(_WORKER.value)
+    return
+  for m in _MODELS.value:
+    if m not in _MODEL_SPECS:
+      raise app.UsageError(f"unknown model {m!r}")
+  for g in _GRADIENTS.value:
+    if g not in ("neumann", "backprop"):
+      raise app.UsageError(f"unknown gradient {g!r}")
+  for x in _XLA.value:
+    if x not in ("on", "off"):
+      raise app.UsageError(f"--xla takes on/off; got {x!r}")
+  n_values = _n_exact_values()
+  passthrough = [a for a in sys.argv[1:]
+                 if not a.startswith(("--models", "--gradients", "--xla", "--exact",
+                                      "--json_out", "--fit", "--timeout_s", "--bfc"))]
+  settings = _settings()
+  print(f"Residual flow benchmark: MLP {_HIDDEN}, batch {_BATCH.value}, Adam lr "
+        f"{_LR.value}, float32; n_exact_terms {n_values}; {settings['repeats']} repeats of "
+        f"~{settings['repeat_seconds']} s after the first call and {settings['warmup']} "
+        f"warm-up steps; BFC allocator {'on' if _BFC.value else 'off'}; "
+        f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}; "
+        f"load average {_load()}.", flush=True)
+  fingerprint = _fingerprint()
+  print(f"tfp_flows: {fingerprint}", flush=True)
+  specs = []
+  for m in _MODELS.value:
+    for x in _XLA.value:
+      if _EXACT.value and (m != "rf64" or x == "off" or _EXACT_XLA64.value):
+        specs.append(f"{m}:exact:-:{x}")
+      for n in n_values:
+        specs += [f"{m}:{g}:{n}:{x}" for g in _GRADIENTS.value]
+      if f"{m}:{x}" in _FIT.value:
+        specs.append(f"{m}:neumann:{min(n_values)}:{x}:fit")
+  results = []
+  start = time.perf_counter()
+  for spec in specs:
+    load_before = _load()
+    out = _spawn(spec, passthrough)
+    out["load_before"] = load_before
+    results.append(out)
+    if "train_rates" in out:
+      print(f"  {spec:24s} train {_median(out['train_rates']):6.1f} steps/s, first "
+            f"{out['first_call_s']:5.1f} s, alloc peak {_fmt(out['alloc_peak_mb'])} MB, "
+            f"RSS {out['peak_rss_mb']:.0f} MB ({out['wall_s']:.0f} s; load before "
+            f"{load_before}, after {_load()})", flush=True)
+    else:
+      print(f"  {spec:24s} {'TIMED OUT' if out.get('timeout') else 'FAILED'} after "
+            f"{out['wall_s']:.0f} s", flush=True)
+  print()
+  for m in _MODELS.value:
+    print(f"{m}: {_MODEL_SPECS[m][2]}; normflows {_MODEL_SPECS[m][3]:.0f} steps/s is "
+          "QUOTED from DESIGN.md, not measured here")
+  print()
+  print(_training_table(results))
+  print()
+  print("Allocator peak during the timed steps vs n_exact_terms:")
+  print(_memory_table(results, n_values))
+  print()
+  print(_ratio_table(results, n_values))
+  print()
+  print("Evaluation mode (exact log-det), from the Neumann n=%d cases:" % min(n_values))
+  print(_eval_table(results))
+  print()
+  fit = _fit_lines(results)
+  if fit:
+    print(fit)
+    print()
+  print(_spread(results))
+  print(f"\ntotal wall time {time.perf_counter() - start:.0f}s; load average {_load()}")
+  if _fingerprint() != fingerprint:
+    print("WARNING: the tfp_flows sources changed during the run; the cases may have "
+          "measured different versions.")
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
