@@ -73,8 +73,9 @@ _FIT = flags.DEFINE_list("fit", ["rf64:on"],
                          "for none.")
 _REPEATS = flags.DEFINE_integer("repeats", None, "Timed repeats (default 5, quick 3).")
 _REPEAT_SECONDS = flags.DEFINE_float(
-    "repeat_seconds", None, "Target length of one timed repeat (default 1.5, quick 0.8); "
-    "steps per repeat = this / the warm-up step time, clipped to [2, 40].")
+    "repeat_seconds", None, "Target length of one timed repeat (default 1.0, quick 0.6); "
+    "steps per repeat = this / the warm-up step time, clipped to [1, 40]; cases slower "
+    "than 1 s per step run 3 repeats.")
 _WARMUP = flags.DEFINE_integer("warmup_steps", 3, "Untimed steps after the first call.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
 _LR = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
@@ -86,6 +87,8 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSO
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one case, e.g. rf2:neumann:2:on.")
 
 _MARKER = "RESIDUAL_BENCHMARK_RESULT "
+_PHASE_MARKER = "RESIDUAL_BENCHMARK_TRAINING_DONE"
+_COMPILE_LOG = "Compilation of XLA executable"
 _HIDDEN = (128, 128)
 _MODEL_SPECS = {
     # name: (event dims, blocks, description, normflows steps/s quoted in DESIGN.md)
@@ -101,7 +104,7 @@ def _settings():
   quick = _QUICK.value
   return {
       "repeats": _REPEATS.value or (3 if quick else 5),
-      "repeat_seconds": _REPEAT_SECONDS.value or (0.8 if quick else 1.5),
+      "repeat_seconds": _REPEAT_SECONDS.value or (0.6 if quick else 1.0),
       "warmup": _WARMUP.value,
       "eval_repeats": 3 if quick else 5,
       "eval_seconds": 0.3 if quick else 0.6,
@@ -212,7 +215,6 @@ def _run_worker(spec):
   variables = model.trainable_variables
   result["num_params"] = int(sum(np.prod(v.shape) for v in variables))
   optimizer = keras.optimizers.Adam(cfg["lr"])
-  result["init_loss"] = float(-tf.reduce_mean(model.log_prob(batches[0])))
 
   if use_fit:
     # ---- model.fit: several short epochs, timestamps per batch and per epoch.
@@ -233,6 +235,8 @@ def _run_worker(spec):
 
       def on_train_batch_end(self, batch, logs=None):
         batch_stamps.append(time.perf_counter())
+        if len(batch_stamps) == 1:
+          result["init_loss"] = float(logs["nll"])
 
       def on_epoch_end(self, epoch, logs=None):
         epoch_stamps.append(time.perf_counter())
@@ -268,7 +272,7 @@ def _run_worker(spec):
 
     start = time.perf_counter()
     loss = train_step(batches[0])
-    _sync(loss)
+    result["init_loss"] = float(loss)  # the training loss of the first step
     result["first_call_s"] = time.perf_counter() - start
     steps_done = 1
     begin = time.perf_counter()
@@ -277,12 +281,13 @@ def _run_worker(spec):
       steps_done += 1
     _sync(loss)
     per_step = (time.perf_counter() - begin) / max(cfg["warmup"], 1)
-    steps = int(min(40, max(2, round(cfg["repeat_seconds"] / max(per_step, 1e-6)))))
+    steps = int(min(40, max(1, round(cfg["repeat_seconds"] / max(per_step, 1e-6)))))
+    repeats = cfg["repeats"] if per_step < 1.0 else 3  # slow baselines: fewer repeats
     result["steps_per_repeat"] = steps
     _reset_allocator_peak()
     result["alloc_before_mb"] = _allocator_mb("current")
     rates, losses = [], []
-    for _ in range(cfg["repeats"]):
+    for _ in range(repeats):
       repeat_losses = []
       begin = time.perf_counter()
       for _ in range(steps):
@@ -297,6 +302,10 @@ def _run_worker(spec):
     result["last_loss"] = losses[-1]
     result["train_steps_total"] = steps_done
     result["traces"] = _num_traces(train_step)
+
+  # The parent counts XLA compilations logged before this line (TF_CPP_VMODULE).
+  sys.stderr.write(_PHASE_MARKER + "\n")
+  sys.stderr.flush()
 
   # ---- evaluation-mode log_prob and sampling (the same for every training estimator).
   if estimator == "neumann" and n_exact == min(_n_exact_values()) and not use_fit:
@@ -344,7 +353,9 @@ def _load():
 
 def _spawn(spec, argv_flags):
   cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  # TF's XLA device compiler logs every compilation at this verbosity; the count before
+  # the worker's phase marker is the number of XLA compiles of the train step.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="device_compiler=1")
   if _BFC.value:
     env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
   start = time.perf_counter()
@@ -359,6 +370,12 @@ def _spawn(spec, argv_flags):
       out = json.loads(line[len(_MARKER):])
       out["wall_s"] = wall
       out["spec"] = spec
+      compiles = 0
+      for err_line in proc.stderr.splitlines():
+        if _PHASE_MARKER in err_line:
+          break
+        compiles += _COMPILE_LOG in err_line
+      out["xla_compiles"] = compiles
       return out
   sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
   return {"spec": spec, "failed": proc.returncode, "wall_s": wall}
@@ -370,8 +387,9 @@ def _fmt(value, spec="{:.1f}"):
 
 def _training_table(results):
   header = ("| model | estimator | n_exact | XLA | train steps/s | vs exact | vs normflows "
-            "(quoted) | first step s | allocator peak MB | peak RSS MB | loss init -> last |")
-  lines = [header, "|" + "---|" * 11]
+            "(quoted) | first step s | XLA compiles | allocator peak MB | peak RSS MB | "
+            "loss first -> last |")
+  lines = [header, "|" + "---|" * 12]
   exact = {(r["model"], r["xla"]): r for r in results
            if r.get("estimator") == "exact" and "train_rates" in r}
   for r in results:
@@ -381,7 +399,7 @@ def _training_table(results):
     if "train_rates" not in r:
       why = "timed out" if r.get("timeout") else f"failed ({r.get('failed')})"
       lines.append(f"| {model} | {estimator} | {n_name} | {xla_name} | {why} after "
-                   f"{r['wall_s']:.0f} s | | | | | | |")
+                   f"{r['wall_s']:.0f} s | | | | | | | |")
       continue
     rate = _median(r["train_rates"])
     base = exact.get((model, r["xla"]))
@@ -390,7 +408,8 @@ def _training_table(results):
     quoted = _MODEL_SPECS[model][3]
     lines.append(
         f"| {model} | {estimator} | {n_name} | {xla_name} | {rate:.1f} | {vs_exact} | "
-        f"{rate / quoted:.2f}x | {r['first_call_s']:.1f} | {_fmt(r['alloc_peak_mb'])} | "
+        f"{rate / quoted:.2f}x | {r['first_call_s']:.1f} | {r['xla_compiles']} | "
+        f"{_fmt(r['alloc_peak_mb'])} | "
         f"{r['peak_rss_mb']:.0f} | {r['init_loss']:.2f} -> {r['last_loss']:.2f} |")
   return "\n".join(lines)
 
@@ -465,7 +484,7 @@ def _fit_lines(results):
         + f" s; steps/s epoch 1 (after its first step) {r['epoch1_rate']:.1f}, later "
         f"epochs {', '.join(f'{v:.1f}' for v in r['train_rates'])}; first step "
         f"{r['first_call_s']:.1f} s; train_function traces {r['traces']}; last-epoch nll "
-        f"{r['last_loss']:.2f}")
+        f"{r['last_loss']:.2f}; XLA compiles {r['xla_compiles']}")
   return "\n".join(lines)
 
 

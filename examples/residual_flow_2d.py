@@ -51,7 +51,8 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def fit(x_train, args):
-  model = tff.models.ResidualFlow([2], num_blocks=args.blocks, hidden_units=(128, 128),
+  model = tff.models.ResidualFlow([2], num_blocks=args.blocks,
+                                  hidden_units=(args.hidden, args.hidden),
                                   logdet=args.logdet, n_exact_terms=args.n_exact_terms,
                                   gradient=args.gradient)
   steps = args.epochs * math.ceil(len(x_train) / 256)
@@ -68,6 +69,7 @@ def main():
   parser.add_argument("--output", default="residual_2d.png")
   parser.add_argument("--epochs", type=int, default=30)
   parser.add_argument("--blocks", type=int, default=8)
+  parser.add_argument("--hidden", type=int, default=128)
   parser.add_argument("--learning_rate", type=float, default=2e-3)
   parser.add_argument("--logdet", default="russian_roulette",
                       choices=["russian_roulette", "series", "exact"])
