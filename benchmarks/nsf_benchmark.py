@@ -84,6 +84,11 @@ _ONEDNN = flags.DEFINE_enum(
     "onednn", "default", ["default", "on", "off"],
     "TF_ENABLE_ONEDNN_OPTS for the workers (default: inherit; TF leaves oneDNN off on "
     "CPUs without AVX-512 VNNI/BF16/AMX, e.g. this AMD EPYC).")
+_QUIET_WAIT = flags.DEFINE_integer(
+    "quiet_wait", 0, "Before each case, wait up to this many seconds until other "
+    "processes use less than --quiet_cores CPU cores (the machine is shared).")
+_QUIET_CORES = flags.DEFINE_float("quiet_cores", 0.3,
+                                  "CPU cores other processes may use for --quiet_wait.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one case, e.g. nsf64:ours:on.")
 
@@ -390,18 +395,55 @@ def _run_worker(spec):
 # ----------------------------------------------------------------------------- parent
 
 
+def _cpu_jiffies():
+  """(busy, total) jiffies of the whole machine from /proc/stat."""
+  with open("/proc/stat", encoding="utf-8") as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  idle = fields[3] + fields[4]  # idle + iowait
+  return sum(fields) - idle, sum(fields)
+
+
+def _busy_cores(seconds):
+  """CPU cores in use by all processes over the next `seconds` (parent idle meanwhile)."""
+  busy0, total0 = _cpu_jiffies()
+  time.sleep(seconds)
+  busy1, total1 = _cpu_jiffies()
+  return (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
+
+
+def _wait_for_quiet():
+  """Waits (up to --quiet_wait s) until other processes use < --quiet_cores cores."""
+  if _QUIET_WAIT.value <= 0:
+    return 0.0
+  start = time.perf_counter()
+  while time.perf_counter() - start < _QUIET_WAIT.value:
+    if _busy_cores(3.0) < _QUIET_CORES.value:
+      break
+  return time.perf_counter() - start
+
+
 def _spawn(spec, argv_flags):
   cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   if _ONEDNN.value != "default":
     env["TF_ENABLE_ONEDNN_OPTS"] = "1" if _ONEDNN.value == "on" else "0"
+  busy0, total0 = _cpu_jiffies()
+  child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
   wall = time.perf_counter() - start
+  busy1, total1 = _cpu_jiffies()
+  child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+  # Cores busy on the machine during the case, minus the worker's own CPU time: what
+  # other processes used meanwhile (the worker itself uses up to 2 cores).
+  machine = (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
+  worker = ((child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)) / wall
   for line in proc.stdout.splitlines():
     if line.startswith(_MARKER):
       out = json.loads(line[len(_MARKER):])
       out["wall_s"] = wall
+      out["worker_cores"] = worker
+      out["other_cores"] = max(machine - worker, 0.0)
       return out
   sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
   raise RuntimeError(f"worker {spec} failed with exit code {proc.returncode}")
@@ -417,6 +459,7 @@ def _merge(runs):
   for key in ("first_call_s", "sample_first_call_s", "log_prob_first_call_s"):
     merged[key] = _median([run[key] for run in runs])
   merged["wall_s"] = sum(run["wall_s"] for run in runs)
+  merged["other_cores"] = max(run["other_cores"] for run in runs)
   return merged
 
 
@@ -431,8 +474,8 @@ def _fmt_loss(value):
 def _table(results):
   header = ("| model | case | XLA | train steps/s | vs stock | first step s | "
             "log_prob pts/s | vs stock | sample/s | vs stock | peak RSS MB | params | "
-            "loss init -> first / last repeat | samples finite |")
-  lines = [header, "|" + "---|" * 14]
+            "loss init -> first / last repeat | samples finite | other procs' cores |")
+  lines = [header, "|" + "---|" * 15]
   stock = {(r["model"], r["xla"]): r for r in results if r["case"] == "stock"}
   for r in results:
     s = stock.get((r["model"], r["xla"]))
@@ -448,7 +491,8 @@ def _table(results):
         f"{ratio('log_prob_rates', lp)} | {samp:,.0f} | {ratio('sample_rates', samp)} | "
         f"{r['peak_rss_mb']:.0f} | {r['num_params']:,} | "
         f"{r['init_loss']:.1f} -> {_fmt_loss(r['first_repeat_loss'])} / "
-        f"{_fmt_loss(r['last_repeat_loss'])} | {'yes' if r['samples_finite'] else 'NO'} |")
+        f"{_fmt_loss(r['last_repeat_loss'])} | {'yes' if r['samples_finite'] else 'NO'} | "
+        f"{r['other_cores']:.2f} |")
   return "\n".join(lines)
 
 
@@ -506,7 +550,7 @@ def main(argv):
       raise app.UsageError(f"--xla takes on/off; got {x!r}")
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--models", "--cases", "--xla", "--rounds",
-                                      "--json_out", "--onednn", "--fit"))]
+                                      "--json_out", "--onednn", "--fit", "--quiet"))]
   settings = _settings()
   onednn = (os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
             if _ONEDNN.value == "default" else _ONEDNN.value)
@@ -526,15 +570,20 @@ def main(argv):
           specs.append(f"{m}:ours_fit:{x}")
   runs = {s: [] for s in specs}
   start = time.perf_counter()
+  total_waited = 0.0
   for round_ in range(_ROUNDS.value):
     for spec in specs:
+      waited = _wait_for_quiet()
       load_before = _load()
       out = _spawn(spec, passthrough)
+      out["waited_s"] = waited
+      total_waited += waited
       runs[spec].append(out)
       print(f"  round {round_ + 1} {spec:20s} train {_median(out['train_rates']):6.1f} "
             f"steps/s, log_prob {_median(out['log_prob_rates']):8.0f}/s, sample "
-            f"{_median(out['sample_rates']):8.0f}/s ({out['wall_s']:.0f}s; load "
-            f"before {load_before}, after {_load()})", flush=True)
+            f"{_median(out['sample_rates']):8.0f}/s ({out['wall_s']:.0f}s after waiting "
+            f"{out['waited_s']:.0f}s; other processes used {out['other_cores']:.2f} "
+            f"cores; load before {load_before}, after {_load()})", flush=True)
   results = [_merge(runs[s]) for s in specs]
   print()
   for m in _MODELS.value:
@@ -543,7 +592,8 @@ def main(argv):
   print(_table(results))
   print()
   print(_spread(results))
-  print(f"\ntotal wall time {time.perf_counter() - start:.0f}s; load average {_load()}")
+  print(f"\ntotal wall time {time.perf_counter() - start:.0f}s (of which waiting for a "
+        f"quiet machine {total_waited:.0f}s); load average {_load()}")
   if _fingerprint() != fingerprint:
     print("WARNING: the tfp_flows sources changed during the run; the cases may have "
           "measured different versions.")

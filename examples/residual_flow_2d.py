@@ -58,7 +58,7 @@ def fit(x_train, args):
   steps = args.epochs * math.ceil(len(x_train) / 256)
   schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=steps,
                                                     alpha=0.05)
-  model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=True)
+  model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=not args.no_xla)
   timer = EpochTimer()
   model.fit(x_train, epochs=args.epochs, batch_size=256, verbose=0, callbacks=[timer])
   return model, timer.times
@@ -76,6 +76,7 @@ def main():
   parser.add_argument("--gradient", default="neumann", choices=["neumann", "backprop"])
   parser.add_argument("--n_exact_terms", type=int, default=2)
   parser.add_argument("--densities", default=",".join(data.TOY_2D))
+  parser.add_argument("--no_xla", action="store_true", help="train without jit_compile")
   args = parser.parse_args()
 
   keras.utils.set_random_seed(0)
