@@ -41,12 +41,18 @@ steps/s (median over repeats of timed steps after warm-up), the first-call (trac
 compile) time, `log_prob` points/s (batches of 256, `tf.function` with the same XLA
 setting), sampling samples/s (`sample(256)`), peak RSS, the number of parameters,
 ratios ours/stock with the same XLA setting, the loss at initialisation and the mean
-loss of the first and last timed repeats (a sanity check that both learn), and whether
-the samples drawn after training are finite.
+loss of the first and last timed repeats (a sanity check that both learn), whether
+the samples drawn after training are finite, and the CPU cores that *other* processes
+used while the case ran (machine-wide busy time from /proc/stat minus the worker's own
+CPU time). The machine is shared: the load average counts our own TF threads, so the
+last column is the one to check; `--quiet_wait` delays each case until others are idle.
+The header prints an md5 of the tfp_flows sources the workers import (others may edit
+the library during a run; a warning is printed if it changed).
 
 Usage:
-  python benchmarks/nsf_benchmark.py            # full run, about 10-15 minutes on 2 cores
-  python benchmarks/nsf_benchmark.py --quick    # fewer repeats and steps
+  python benchmarks/nsf_benchmark.py            # full run, about 10 minutes on 2 cores
+  python benchmarks/nsf_benchmark.py --quick    # fewer repeats and steps, about 6 minutes
+  python benchmarks/nsf_benchmark.py --quiet_wait=300   # wait for an idle machine per case
   python benchmarks/nsf_benchmark.py --models=nsf2 --xla=on --rounds=2
 """
 
