@@ -50,10 +50,22 @@ class FlowModel(keras.Model):
       not saved in the config; pass it again to `from_config` / `custom_objects`.
     context_shape: shape of one context row for conditional flows, else None.
     context_dtype: dtype of the context ("float32", or "int32" for class labels).
+    objective: what `fit` minimises: "maximum_likelihood", or "flow_matching" for a flow
+      whose base-side layer is a continuous flow with a `flow_matching_loss` (FFJORD):
+      the layers before it run in training mode (ActNorm initialises, dequantisation
+      adds noise) and the last one regresses its vector field on straight paths from
+      the standard-normal base, without solving the ODE; `fit` then logs
+      `flow_matching_loss`, and `evaluate`/`log_prob` are still exact likelihoods.
+    optimal_transport: with "flow_matching", pair each batch by entropic OT.
+
+  Layers may report per-call statistics (`statistic_names()`, `last_statistics`, e.g.
+  FFJORD's "nfe", the vector-field evaluations of its solves); `fit` and `evaluate` log
+  their sum over layers as metrics.
   """
 
   def __init__(self, flow_layers, event_shape, base_distribution=None, context_shape=None,
-               context_dtype="float32", **kwargs):
+               context_dtype="float32", objective="maximum_likelihood",
+               optimal_transport=False, **kwargs):
     super().__init__(**kwargs)
     flow_layers = list(flow_layers)
     if not flow_layers:
@@ -75,7 +87,30 @@ class FlowModel(keras.Model):
         tfd.Normal(np.float32(0), np.float32(1)), self.latent_shape)
     self._nll_tracker = keras.metrics.Mean(name="nll")
     self._bpd_tracker = keras.metrics.Mean(name="bits_per_dim")
+    names = sorted({name for layer in flow_layers for name in _statistic_names(layer)})
+    self._statistic_trackers = {name: keras.metrics.Mean(name=name) for name in names}
+    self.objective = objective
+    self.optimal_transport = bool(optimal_transport)
+    self._check_objective()
+    self._fm_tracker = keras.metrics.Mean(name="flow_matching_loss")
     self._create_weights()
+
+  def _check_objective(self):
+    if self.objective not in _OBJECTIVES:
+      raise ValueError(f"objective must be one of {_OBJECTIVES}; got {self.objective!r}.")
+    if self.objective != "flow_matching":
+      return
+    last = self.flow_layers[-1]
+    if not hasattr(last, "flow_matching_loss"):
+      raise ValueError("objective='flow_matching' trains a continuous flow: the base-side "
+                       f"(last) layer must be one, e.g. tff.layers.FFJORD; got {last.name!r}.")
+    others = [l.name for l in self.flow_layers[:-1] if hasattr(l, "flow_matching_loss")]
+    if others:
+      raise ValueError("objective='flow_matching' trains one vector field; the flow has "
+                       f"more continuous blocks ({others}): use a single block.")
+    if self._custom_base or self.context_shape is not None:
+      raise ValueError("objective='flow_matching' needs the default standard-normal base "
+                       "and an unconditional flow.")
 
   @property
   def flow_layers(self):
@@ -178,17 +213,45 @@ class FlowModel(keras.Model):
     if self.is_image_model:
       self._bpd_tracker.update_state(
           nll / (math.log(2.0) * math.prod(self.event_shape)), sample_weight=batch_size)
+    self._update_statistics(batch_size)
     if self.losses:
       return nll + tf.add_n([tf.cast(l, nll.dtype) for l in self.losses])
     return nll
 
+  def _update_statistics(self, batch_size):
+    totals = {}
+    for layer in self.flow_layers:
+      for name, value in getattr(layer, "last_statistics", {}).items():
+        totals[name] = totals[name] + value if name in totals else value
+    for name, value in totals.items():
+      self._statistic_trackers[name].update_state(value, sample_weight=batch_size)
+
+  def _flow_matching_loss(self, data):
+    x, _ = _unpack(data)
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+      x = tf.cast(x, self.compute_dtype)
+    for layer in self.flow_layers[:-1]:
+      x, _ = layer(x, training=True)
+    loss = self.flow_layers[-1].flow_matching_loss(
+        x, optimal_transport=self.optimal_transport)
+    self._fm_tracker.update_state(loss, sample_weight=tf.cast(tf.shape(x)[0], loss.dtype))
+    if self.losses:
+      return loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
+    return loss
+
   def train_step(self, data):
     with tf.GradientTape() as tape:
-      loss = self._loss_and_metrics(data, training=True)
+      if self.objective == "flow_matching":
+        loss = self._flow_matching_loss(data)
+      else:
+        loss = self._loss_and_metrics(data, training=True)
       # Gradients are summed over replicas, so each replica's loss is divided by their count.
       scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
     gradients = tape.gradient(scaled, self.trainable_variables)
     self.optimizer.apply(gradients, self.trainable_variables)
+    if self.objective == "flow_matching":
+      return {"flow_matching_loss": self._fm_tracker.result()}
     return self._metric_results()
 
   def test_step(self, data):
@@ -199,17 +262,21 @@ class FlowModel(keras.Model):
     results = {"nll": self._nll_tracker.result()}
     if self.is_image_model:
       results["bits_per_dim"] = self._bpd_tracker.result()
+    for name, tracker in self._statistic_trackers.items():
+      results[name] = tracker.result()
     return results
 
   @property
   def metrics(self):
-    return [self._nll_tracker, self._bpd_tracker]
+    return [self._nll_tracker, self._bpd_tracker, self._fm_tracker,
+            *self._statistic_trackers.values()]
 
   def get_config(self):
     return {"name": self.name,
             "flow_layers": [keras.saving.serialize_keras_object(l) for l in self.flow_layers],
             "event_shape": self.event_shape, "context_shape": self.context_shape,
-            "context_dtype": self.context_dtype}
+            "context_dtype": self.context_dtype, "objective": self.objective,
+            "optimal_transport": self.optimal_transport}
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
@@ -217,6 +284,14 @@ class FlowModel(keras.Model):
     config["flow_layers"] = [keras.saving.deserialize_keras_object(c, custom_objects)
                              for c in config["flow_layers"]]
     return cls(**config)
+
+
+_OBJECTIVES = ("maximum_likelihood", "flow_matching")
+
+
+def _statistic_names(layer):
+  names = getattr(layer, "statistic_names", None)
+  return tuple(names()) if names else ()
 
 
 def _stateless_seed(seed):

@@ -3,6 +3,7 @@
 from tfp_flows.bijectors.act_norm import ActNorm
 from tfp_flows.bijectors.autoregressive import Autoregressive
 from tfp_flows.bijectors.conditional_affine import ConditionalAffine
+from tfp_flows.bijectors.continuous import ContinuousFlow, ContinuousFlowResult
 from tfp_flows.bijectors.conditioning import conditional_kwargs, is_conditional
 from tfp_flows.bijectors.coupling import Coupling, checkerboard_mask
 from tfp_flows.bijectors.factor_out import FactorOut
@@ -17,7 +18,8 @@ from tfp_flows.bijectors.transformers import (AdditiveTransformer, AffineTransfo
 
 __all__ = [
     "ActNorm", "AdditiveTransformer", "AffineTransformer", "Autoregressive",
-    "CircularRationalQuadraticTransformer", "ConditionalAffine", "Coupling",
+    "CircularRationalQuadraticTransformer", "ConditionalAffine", "ContinuousFlow",
+    "ContinuousFlowResult", "Coupling",
     "FactorOut", "InvertibleConv1x1", "Logit", "RationalQuadraticTransformer",
     "ResidualBlock", "Squeeze", "Transformer", "checkerboard_mask",
     "conditional_kwargs", "fixed_point_solve", "is_conditional",

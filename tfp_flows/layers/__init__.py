@@ -6,6 +6,7 @@ from tfp_flows.layers.autoregressive import (AffineAutoregressive, Autoregressiv
 from tfp_flows.layers.coupling import AdditiveCoupling, AffineCoupling, CouplingLayer
 from tfp_flows.layers.dequantize import Dequantize
 from tfp_flows.layers.factor_out import FactorOut
+from tfp_flows.layers.ffjord import FFJORD
 from tfp_flows.layers.flow_layer import FlowChain, FlowLayer
 from tfp_flows.layers.gaussian_prior import GaussianPrior
 from tfp_flows.layers.glow_step import GlowStep
@@ -17,7 +18,7 @@ from tfp_flows.layers.squeeze import Squeeze
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling",
-    "AutoregressiveLayer", "CouplingLayer", "Dequantize", "FactorOut", "FlowChain",
+    "AutoregressiveLayer", "CouplingLayer", "Dequantize", "FFJORD", "FactorOut", "FlowChain",
     "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute", "ResidualBlock",
     "SplineAutoregressive", "SplineCoupling", "Squeeze",
 ]

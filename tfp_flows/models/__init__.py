@@ -1,7 +1,8 @@
 """Presets that assemble a FlowModel."""
 
+from tfp_flows.models.ffjord_flow import FFJORDFlow
 from tfp_flows.models.glow import Glow
 from tfp_flows.models.neural_spline_flow import NeuralSplineFlow
 from tfp_flows.models.residual_flow import ResidualFlow
 
-__all__ = ["Glow", "NeuralSplineFlow", "ResidualFlow"]
+__all__ = ["FFJORDFlow", "Glow", "NeuralSplineFlow", "ResidualFlow"]

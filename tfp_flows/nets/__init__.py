@@ -8,6 +8,11 @@ from tfp_flows.nets.mlp import MLP
 from tfp_flows.nets.spectral_norm import SpectralNormConv2D
 from tfp_flows.nets.spectral_norm import SpectralNormDense
 from tfp_flows.nets.spectral_norm import spectral_norm_exact
+from tfp_flows.nets.time_conditioned import ConcatSquashConv2D
+from tfp_flows.nets.time_conditioned import ConcatSquashDense
+from tfp_flows.nets.time_conditioned import TimeConditionedConvNet
+from tfp_flows.nets.time_conditioned import TimeConditionedMLP
 
-__all__ = ["GlowConvNet", "LipSwish", "MADE", "MLP", "SpectralNormConv2D",
-           "SpectralNormDense", "lip_swish", "spectral_norm_exact"]
+__all__ = ["ConcatSquashConv2D", "ConcatSquashDense", "GlowConvNet", "LipSwish", "MADE",
+           "MLP", "SpectralNormConv2D", "SpectralNormDense", "TimeConditionedConvNet",
+           "TimeConditionedMLP", "lip_swish", "spectral_norm_exact"]
