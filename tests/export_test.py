@@ -1,14 +1,18 @@
-"""tfp_flows.export: a SavedModel that serves without tfp_flows or TFP.
+"""tfp_flows.export: a SavedModel that serves every preset without tfp_flows or TFP.
 
-Each test exports a tiny Glow, then a fresh Python process in which importing
-`tfp_flows` or `tensorflow_probability` raises (and which checks at the end that neither
-is in `sys.modules`) loads it with `tf.saved_model.load`, calls every signature with two
-batch sizes and writes the outputs back. They are compared with the live model here:
-log_prob to 1e-5, seeded samples exactly (the same seed tensor), forward and inverse to
-float32 round-off.
+A module fixture builds one small model per case (weights moved away from the
+identity start), exports each, and runs every signature call of every case in one
+fresh Python process in which importing `tfp_flows` or `tensorflow_probability` raises
+(and which checks at the end that neither is in `sys.modules`). Each SavedModel is
+loaded twice there, as two servers would. The outputs are compared here with the live
+model: log_prob to 1e-6 (relative, plus 1e-6 absolute near zero), seeded samples
+exactly (the residual flow's fixed-point inverse to 1e-5, see `_SAMPLE_ATOL`),
+forward and inverse to float32 round-off.
 """
 
+import dataclasses
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -25,6 +29,11 @@ from tfp_flows.bijectors import conditioning
 
 NUM_BITS = 3
 IMAGE = [4, 4, 2]
+SEED = np.array([7, 9], "int32")
+OTHER_SEED = np.array([7, 10], "int32")
+FRESH_N = 20000  # draws of the Gaussian case's large sample_fresh call
+GAUSSIAN_LOC = np.array([1.0, -2.0])
+GAUSSIAN_STD = np.array([0.5, 2.0])
 
 _SERVER = textwrap.dedent("""
     import importlib.abc
@@ -42,29 +51,85 @@ _SERVER = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
 
-    calls = json.loads(open(sys.argv[1]).read())
-    loaded = {}
-    for i, call in enumerate(calls):
-      if call["dir"] not in loaded:
-        loaded[call["dir"]] = tf.saved_model.load(call["dir"])
-      function = loaded[call["dir"]].signatures[call["signature"]]
+    spec = json.loads(open(sys.argv[1]).read())
+    loaded, signatures = {}, {}
+    for call in spec["calls"]:
+      key = (call["dir"], call["copy"])
+      if key not in loaded:
+        loaded[key] = tf.saved_model.load(call["dir"])
+        signatures[call["dir"]] = {
+            name: {arg: spec.shape.as_list()
+                   for arg, spec in function.structured_input_signature[1].items()}
+            for name, function in loaded[key].signatures.items()}
+      function = loaded[key].signatures[call["signature"]]
       inputs = dict(np.load(call["inputs"]))
       outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
       np.savez(call["outputs"], **{k: v.numpy() for k, v in outputs.items()})
+    with open(spec["signatures"], "w") as f:
+      json.dump(signatures, f)
     assert "tensorflow_probability" not in sys.modules, "TFP was imported"
     assert "tfp_flows" not in sys.modules, "tfp_flows was imported"
-    print("SERVED", len(calls))
+    print("SERVED", len(spec["calls"]))
 """)
 
 
-def _glow(num_classes=None):
-  keras.utils.set_random_seed(0)
-  model = tff.models.Glow(IMAGE, num_scales=2, steps_per_scale=1, hidden_channels=8,
-                          num_bits=NUM_BITS, num_classes=num_classes)
-  rng = np.random.default_rng(1)
+@dataclasses.dataclass
+class _Case:
+  """A model and the inputs of its calls (`x3`, `x5` batches; `context*` if conditional)."""
+  model: tff.FlowModel
+  x3: np.ndarray
+  x5: np.ndarray
+  context3: np.ndarray = None
+  context5: np.ndarray = None
+  sample_context: np.ndarray = None
+  large_fresh_n: int = 0
+  outputs: dict = None
+  signatures: dict = None
+
+  def calls(self):
+    """{call name: (signature, copy, inputs)}; copy 1 is a second load of the export."""
+    with_context = lambda inputs, c: inputs if c is None else {**inputs, "context": c}
+    z2 = np.random.default_rng(2).normal(
+        size=[2, *self.model.latent_shape]).astype("float32")
+    n = lambda k: np.int32(k)
+    row = self.sample_context
+    large = {}
+    if self.large_fresh_n:
+      large["fresh_large"] = ("sample_fresh", 1, {"n": n(self.large_fresh_n)})
+    return {
+        **large,
+        "log_prob_3": ("log_prob", 0, with_context({"x": self.x3}, self.context3)),
+        "log_prob_5": ("log_prob", 0, with_context({"x": self.x5}, self.context5)),
+        "log_prob_5_again": ("log_prob", 1,
+                             with_context({"x": self.x5}, self.context5)),
+        "sample_2": ("sample", 0, with_context({"n": n(2), "seed": SEED}, row)),
+        "sample_5": ("sample", 0, with_context({"n": n(5), "seed": SEED}, row)),
+        "sample_5_again": ("sample", 1, with_context({"n": n(5), "seed": SEED}, row)),
+        "sample_5_other": ("sample", 0,
+                           with_context({"n": n(5), "seed": OTHER_SEED}, row)),
+        "fresh_a": ("sample_fresh", 0, with_context({"n": n(3)}, row)),
+        "fresh_b": ("sample_fresh", 0, with_context({"n": n(3)}, row)),
+        "fresh_copy": ("sample_fresh", 1, with_context({"n": n(3)}, row)),
+        "forward": ("forward", 0, with_context(
+            {"z": z2}, None if self.context3 is None else self.context3[:2])),
+        "inverse": ("inverse", 0, with_context({"x": self.inverse_input()},
+                                               self.context3)),
+    }
+
+  def inverse_input(self):
+    # Inside the dequantised pixel bins, where the data side of the bijector lives.
+    return self.x3 + 0.5 if _has_dequantize(self.model) else self.x3
+
+
+def _has_dequantize(model):
+  return isinstance(model.flow_layers[0], tff.layers.Dequantize)
+
+
+def _perturb(model, scale, seed=1):
+  rng = np.random.default_rng(seed)
   for weight in model.trainable_weights:  # away from the identity start
     value = keras.ops.convert_to_numpy(weight)
-    weight.assign(value + 0.1 * rng.normal(size=value.shape).astype(value.dtype))
+    weight.assign(value + scale * rng.normal(size=value.shape).astype(value.dtype))
   return model
 
 
@@ -73,21 +138,104 @@ def _pixels(n, seed):
   return rng.integers(0, 2 ** NUM_BITS, size=[n, *IMAGE]).astype("float32")
 
 
-def _serve(tmp_path, model_dir, calls):
-  """Runs the calls [(signature, inputs)] in a fresh process; returns their outputs."""
-  spec = []
-  for i, (signature, inputs) in enumerate(calls):
-    np.savez(tmp_path / f"in_{i}.npz", **inputs)
-    spec.append({"dir": str(model_dir), "signature": signature,
-                 "inputs": str(tmp_path / f"in_{i}.npz"),
-                 "outputs": str(tmp_path / f"out_{i}.npz")})
-  (tmp_path / "calls.json").write_text(json.dumps(spec))
-  result = subprocess.run([sys.executable, "-c", _SERVER, str(tmp_path / "calls.json")],
-                          capture_output=True, text=True, timeout=600, check=False,
-                          cwd=tmp_path)
+def _vectors(n, d, seed):
+  return np.random.default_rng(seed).normal(size=[n, d]).astype("float32")
+
+
+def _glow_case(num_classes=None):
+  keras.utils.set_random_seed(0)
+  model = _perturb(tff.models.Glow(IMAGE, num_scales=2, steps_per_scale=1,
+                                   hidden_channels=8, num_bits=NUM_BITS,
+                                   num_classes=num_classes), 0.1)
+  if num_classes is None:
+    return _Case(model, _pixels(3, 0), _pixels(5, 1))
+  prior = model.flow_layers[-1].flow_layers[-1]
+  prior.table.assign(np.random.default_rng(3).normal(size=[3, 32]).astype("float32"))
+  return _Case(model, _pixels(3, 0), _pixels(5, 1), np.array([0, 1, 2], "int32"),
+               np.array([2, 2, 0, 1, 1], "int32"), np.int32(1))
+
+
+def _spline_case(autoregressive, context_dims):
+  # The autoregressive flow samples through a tf.while_loop of D MADE passes.
+  keras.utils.set_random_seed(0)
+  model = _perturb(tff.models.NeuralSplineFlow(
+      3, num_layers=2, num_bins=4, hidden_units=(8,), autoregressive=autoregressive,
+      context_dims=context_dims), 0.2)
+  if context_dims is None:
+    return _Case(model, _vectors(3, 3, 4), _vectors(5, 3, 5))
+  return _Case(model, _vectors(3, 3, 4), _vectors(5, 3, 5), _vectors(3, 2, 6),
+               _vectors(5, 2, 7), _vectors(1, 2, 8)[0])
+
+
+def _residual_case(series):
+  """The preset (exact evaluation log-det), or blocks whose evaluation uses the series."""
+  keras.utils.set_random_seed(0)
+  if series:
+    # exact_max_dims=1 < D: evaluation uses the fixed-probe series estimator; Lipschitz
+    # 0.5 keeps it to 9 terms (0.97 would unroll ~150 terms into every traced graph).
+    blocks = [tff.layers.ResidualBlock(hidden_units=(8,), lipschitz=0.5, exact_max_dims=1)
+              for _ in range(2)]
+    model = tff.FlowModel(blocks, [3])
+  else:
+    model = tff.models.ResidualFlow([3], num_blocks=2, hidden_units=(8,))
+  return _Case(_perturb(model, 0.1), _vectors(3, 3, 4), _vectors(5, 3, 5))
+
+
+def _gaussian_case():
+  """x = loc + std * z: a flow whose distribution is a known diagonal Gaussian."""
+  model = tff.FlowModel([tff.layers.ActNorm(data_init=False)], [2])
+  layer = model.flow_layers[0]
+  layer.loc.assign(GAUSSIAN_LOC.astype("float32"))
+  layer.log_scale.assign(np.log(GAUSSIAN_STD).astype("float32"))
+  return _Case(model, _vectors(3, 2, 4), _vectors(5, 2, 5), large_fresh_n=FRESH_N)
+
+
+_CASES = {
+    "glow": lambda: _glow_case(),
+    "glow_class_conditional": lambda: _glow_case(num_classes=3),
+    "spline_coupling_conditional": lambda: _spline_case(False, 2),
+    "spline_autoregressive_conditional": lambda: _spline_case(True, 2),
+    "residual_flow": lambda: _residual_case(series=False),
+    "residual_series": lambda: _residual_case(series=True),
+    "gaussian": _gaussian_case,
+}
+
+# The residual flow samples by fixed-point iteration to a tolerance of 1e-5; the graph
+# and eager runs may differ in the last bits of each iterate (fused kernels), which
+# the contraction does not amplify beyond the solver tolerance.
+_SAMPLE_ATOL = {"residual_flow": 1e-5, "residual_series": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+  """{case name: _Case with `.outputs`}, all served by one fresh process."""
+  root = tmp_path_factory.mktemp("export")
+  cases, calls = {}, []
+  for name, make in _CASES.items():
+    case = cases[name] = make()
+    model_dir = root / name
+    assert pathlib.Path(export.save(case.model, model_dir)) == model_dir
+    for call_name, (signature, copy, inputs) in case.calls().items():
+      stem = root / f"{name}-{call_name}"
+      np.savez(f"{stem}-in.npz", **inputs)
+      calls.append({"case": name, "name": call_name, "dir": str(model_dir),
+                    "copy": copy, "signature": signature, "inputs": f"{stem}-in.npz",
+                    "outputs": f"{stem}-out.npz"})
+  spec = {"calls": calls, "signatures": str(root / "signatures.json")}
+  (root / "spec.json").write_text(json.dumps(spec))
+  result = subprocess.run([sys.executable, "-c", _SERVER, str(root / "spec.json")],
+                          capture_output=True, text=True, timeout=900, check=False,
+                          cwd=root)
   assert result.returncode == 0, result.stderr[-4000:]
   assert f"SERVED {len(calls)}" in result.stdout
-  return [dict(np.load(s["outputs"])) for s in spec]
+  for case in cases.values():
+    case.outputs = {}
+  for call in calls:
+    cases[call["case"]].outputs[call["name"]] = dict(np.load(call["outputs"]))
+  signatures = json.loads((root / "signatures.json").read_text())
+  for name, case in cases.items():
+    case.signatures = signatures[str(root / name)]
+  return cases
 
 
 def _live(model, direction, value, context=None):
@@ -99,100 +247,108 @@ def _live(model, direction, value, context=None):
   return getattr(bijector, direction)(tf.constant(value), **kwargs).numpy()
 
 
-def test_unconditional_glow_serves_without_the_library(tmp_path):
-  model = _glow()
-  model_dir = tmp_path / "glow"
-  assert pathlib.Path(export.save(model, model_dir)) == model_dir
-  x3, x5 = _pixels(3, 0), _pixels(5, 1)
-  z2 = np.random.default_rng(2).normal(size=[2, *model.latent_shape]).astype("float32")
-  seed = np.array([7, 9], "int32")
-  calls = [
-      ("log_prob", {"x": x3}),
-      ("log_prob", {"x": x5}),
-      ("sample", {"n": np.int32(2), "seed": seed}),
-      ("sample", {"n": np.int32(5), "seed": seed}),
-      ("forward", {"z": z2}),
-      ("inverse", {"x": x3 + 0.5}),
-  ]
-  out = _serve(tmp_path, model_dir, calls)
-
-  for (_, inputs), served in zip(calls[:2], out[:2]):
-    np.testing.assert_allclose(served["log_prob"], model.log_prob(inputs["x"]).numpy(),
-                               rtol=1e-5)
-  for (_, inputs), served in zip(calls[2:4], out[2:4]):
-    live = model.sample(int(inputs["n"]), seed=tf.constant(seed)).numpy()
-    assert served["samples"].shape == (int(inputs["n"]), *IMAGE)
-    np.testing.assert_array_equal(served["samples"], live)
-  # The first two of five samples are the two samples (same seed, same base draws).
-  np.testing.assert_array_equal(out[3]["samples"][:2], out[2]["samples"])
-  np.testing.assert_allclose(out[4]["x"], _live(model, "forward", z2), rtol=1e-5,
-                             atol=1e-4)
-  np.testing.assert_allclose(out[5]["z"], _live(model, "inverse", x3 + 0.5), rtol=1e-5,
-                             atol=1e-5)
+def _live_sample(case, n, seed):
+  return case.model.sample(n, seed=tf.constant(seed), context=case.sample_context).numpy()
 
 
-def test_class_conditional_glow_serves_without_the_library(tmp_path):
-  model = _glow(num_classes=3)
-  prior = model.flow_layers[-1].flow_layers[-1]
-  assert isinstance(prior, tff.layers.GaussianPrior)
-  prior.table.assign(np.random.default_rng(3).normal(size=[3, 32]).astype("float32"))
-  model_dir = tmp_path / "conditional_glow"
-  export.save(model, model_dir)
-  x3, x5 = _pixels(3, 0), _pixels(5, 1)
-  labels3, labels5 = np.array([0, 1, 2], "int32"), np.array([2, 2, 0, 1, 1], "int32")
-  z2 = np.random.default_rng(2).normal(size=[2, *model.latent_shape]).astype("float32")
-  seed = np.array([7, 9], "int32")
-  calls = [
-      ("log_prob", {"x": x3, "context": labels3}),
-      ("log_prob", {"x": x5, "context": labels5}),
-      ("sample", {"n": np.int32(2), "seed": seed, "context": np.int32(1)}),
-      ("sample", {"n": np.int32(5), "seed": seed, "context": np.int32(2)}),
-      ("forward", {"z": z2, "context": labels3[:2]}),
-      ("inverse", {"x": x3 + 0.5, "context": labels3}),
-  ]
-  out = _serve(tmp_path, model_dir, calls)
+def _context(case, batch):
+  return {3: case.context3, 5: case.context5}[batch]
 
-  for (_, inputs), served in zip(calls[:2], out[:2]):
-    live = model.log_prob(inputs["x"], context=inputs["context"]).numpy()
-    np.testing.assert_allclose(served["log_prob"], live, rtol=1e-5)
-  for (_, inputs), served in zip(calls[2:4], out[2:4]):
-    live = model.sample(int(inputs["n"]), seed=tf.constant(seed),
-                        context=inputs["context"]).numpy()
-    assert served["samples"].shape == (int(inputs["n"]), *IMAGE)
-    np.testing.assert_array_equal(served["samples"], live)
-  np.testing.assert_allclose(out[4]["x"], _live(model, "forward", z2, labels3[:2]),
+
+@pytest.mark.parametrize("name", list(_CASES))
+def test_log_prob_equals_the_live_model(served, name):
+  case = served[name]
+  for batch, x in ((3, case.x3), (5, case.x5)):
+    live = case.model.log_prob(x, context=_context(case, batch)).numpy()
+    np.testing.assert_allclose(case.outputs[f"log_prob_{batch}"]["log_prob"], live,
+                               rtol=1e-6, atol=1e-6)
+  # Deterministic: a second loaded copy gives the same numbers, bit for bit.
+  np.testing.assert_array_equal(case.outputs["log_prob_5_again"]["log_prob"],
+                                case.outputs["log_prob_5"]["log_prob"])
+
+
+@pytest.mark.parametrize("name", list(_CASES))
+def test_seeded_samples_equal_the_live_model(served, name):
+  case = served[name]
+  atol = _SAMPLE_ATOL.get(name, 0.0)
+  event = tuple(case.model.event_shape)
+  for n in (2, 5):
+    samples = case.outputs[f"sample_{n}"]["samples"]
+    assert samples.shape == (n, *event)
+    assert np.all(np.isfinite(samples))
+    np.testing.assert_allclose(samples, _live_sample(case, n, SEED), rtol=0, atol=atol)
+  # Same seed, same samples: in another loaded copy, and for the first rows of a
+  # larger draw (the same base draws, up to the round-off of batch-size dependent
+  # matmul blocking); another seed gives other samples.
+  five = case.outputs["sample_5"]["samples"]
+  np.testing.assert_array_equal(case.outputs["sample_5_again"]["samples"], five)
+  np.testing.assert_allclose(five[:2], case.outputs["sample_2"]["samples"], rtol=1e-5,
+                             atol=max(atol, 1e-6))
+  other = case.outputs["sample_5_other"]["samples"]
+  np.testing.assert_allclose(other, _live_sample(case, 5, OTHER_SEED), rtol=0, atol=atol)
+  assert not np.array_equal(other, five)
+
+
+@pytest.mark.parametrize("name", list(_CASES))
+def test_forward_and_inverse_equal_the_live_model(served, name):
+  case = served[name]
+  z2 = case.calls()["forward"][2]["z"]
+  context2 = None if case.context3 is None else case.context3[:2]
+  np.testing.assert_allclose(case.outputs["forward"]["x"],
+                             _live(case.model, "forward", z2, context2),
                              rtol=1e-5, atol=1e-4)
-  np.testing.assert_allclose(out[5]["z"], _live(model, "inverse", x3 + 0.5, labels3),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(case.outputs["inverse"]["z"],
+                             _live(case.model, "inverse", case.inverse_input(),
+                                   case.context3), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("autoregressive", [False, True])
-def test_conditional_neural_spline_flow_serves_without_the_library(tmp_path,
-                                                                  autoregressive):
-  # The autoregressive variant samples through a tf.while_loop of MADE passes.
-  keras.utils.set_random_seed(0)
-  model = tff.models.NeuralSplineFlow(3, num_layers=2, num_bins=4, hidden_units=(8,),
-                                      autoregressive=autoregressive, context_dims=2)
-  rng = np.random.default_rng(1)
-  for weight in model.trainable_weights:
-    value = keras.ops.convert_to_numpy(weight)
-    weight.assign(value + 0.2 * rng.normal(size=value.shape).astype(value.dtype))
-  model_dir = tmp_path / "nsf"
-  export.save(model, model_dir)
-  x = rng.normal(size=[4, 3]).astype("float32")
-  context = rng.normal(size=[4, 2]).astype("float32")
-  seed = np.array([3, 4], "int32")
-  calls = [("log_prob", {"x": x, "context": context}),
-           ("sample", {"n": np.int32(6), "seed": seed, "context": context[0]}),
-           ("forward", {"z": x, "context": context})]
-  out = _serve(tmp_path, model_dir, calls)
-  np.testing.assert_allclose(out[0]["log_prob"],
-                             model.log_prob(x, context=context).numpy(), rtol=1e-5,
-                             atol=1e-5)
-  np.testing.assert_array_equal(
-      out[1]["samples"], model.sample(6, seed=tf.constant(seed), context=context[0]))
-  np.testing.assert_allclose(out[2]["x"], _live(model, "forward", x, context),
-                             rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("name", list(_CASES))
+def test_batch_dimension_is_unknown_in_every_signature(served, name):
+  # One concrete function per signature serves both batch sizes above: the batch
+  # inputs are [None, ...], so nothing is retraced per batch size.
+  case = served[name]
+  signatures = case.signatures
+  assert sorted(signatures) == sorted(export.SIGNATURES)
+  model = case.model
+  assert signatures["log_prob"]["x"] == [None, *model.event_shape]
+  assert signatures["inverse"]["x"] == [None, *model.event_shape]
+  assert signatures["forward"]["z"] == [None, *model.latent_shape]
+  assert signatures["sample"] == {"n": [], "seed": [2], **(
+      {} if model.context_shape is None else {"context": model.context_shape})}
+  if model.context_shape is not None:
+    assert signatures["log_prob"]["context"] == [None, *model.context_shape]
+
+
+@pytest.mark.parametrize("name", list(_CASES))
+def test_sample_fresh_differs_per_call_and_returns_its_seed(served, name):
+  case = served[name]
+  atol = _SAMPLE_ATOL.get(name, 0.0)
+  draws = [case.outputs[k] for k in ("fresh_a", "fresh_b", "fresh_copy")]
+  seeds = [tuple(d["seed"]) for d in draws]
+  assert len(set(seeds)) == 3, seeds  # two calls, and a second loaded copy
+  for draw in draws:
+    assert draw["samples"].shape == (3, *case.model.event_shape)
+    assert draw["seed"].dtype == np.int32 and np.all(draw["seed"] >= 0)
+    # The returned seed reproduces the draw with the live model (and `sample`).
+    np.testing.assert_allclose(draw["samples"], _live_sample(case, 3, draw["seed"]),
+                               rtol=0, atol=atol)
+  if not _has_dequantize(case.model):  # integer pixels may coincide by chance
+    assert not np.array_equal(draws[0]["samples"], draws[1]["samples"])
+
+
+def test_sample_fresh_has_the_model_distribution(served):
+  # The Gaussian case is x = loc + std * z. Over n draws the sample mean has standard
+  # error std / sqrt(n), the sample std about std / sqrt(2 n), and the correlation
+  # 1 / sqrt(n); 5 standard errors bound each check, so a correct export fails one of
+  # the six with probability below 4e-6.
+  samples = served["gaussian"].outputs["fresh_large"]["samples"].astype(np.float64)
+  assert samples.shape == (FRESH_N, 2)
+  mean, std = samples.mean(0), samples.std(0)
+  np.testing.assert_array_less(np.abs(mean - GAUSSIAN_LOC),
+                               5 * GAUSSIAN_STD / math.sqrt(FRESH_N))
+  np.testing.assert_array_less(np.abs(std - GAUSSIAN_STD),
+                               5 * GAUSSIAN_STD / math.sqrt(2 * FRESH_N))
+  assert abs(np.corrcoef(samples.T)[0, 1]) < 5 / math.sqrt(FRESH_N)
 
 
 def test_export_is_reachable_as_tff_export():
