@@ -19,6 +19,9 @@ _WARM_START_ITERATIONS = 100
 # Above this many entries spectral_norm_exact switches from a dense SVD of the explicit
 # convolution matrix to ARPACK on the convolution as an operator (same answer, no matrix).
 _MAX_EXPLICIT_ENTRIES = 4_000_000
+# The Gram iteration of evaluation calls stops once its upper bound is within this
+# relative distance of its lower bound: the certified norm over-contracts by at most this.
+_GRAM_TOLERANCE = 1e-5
 
 
 def _positive_int(name, value):
@@ -72,18 +75,20 @@ def _adjoint_map(operator, kernel, y, input_shape):
                                 padding=operator[2])
 
 
+def _normalize_or_keep(x, previous):
+  """`x / |x|`, or `previous` where `x` is (numerically) zero."""
+  norm = tf.norm(tf.reshape(x, [-1]))
+  return tf.where(norm > _TINY_NORM, x / tf.maximum(norm, _TINY_NORM), previous)
+
+
 def _power_iteration(operator, kernel, u, v, num_iterations):
   """`num_iterations` steps `v <- A^T u / |A^T u|`, `u <- A v / |A v|` from `u`, `v`."""
   dtype = kernel.dtype
   v_shape = tuple(v.shape) if v.shape.is_fully_defined() else tf.shape(v)
 
-  def normalize_or_keep(x, previous):
-    norm = tf.norm(tf.reshape(x, [-1]))
-    return tf.where(norm > _TINY_NORM, x / tf.maximum(norm, _TINY_NORM), previous)
-
   def body(i, u, v):
-    v = normalize_or_keep(_adjoint_map(operator, kernel, u, v_shape), v)
-    u = normalize_or_keep(_linear_map(operator, kernel, v), u)
+    v = _normalize_or_keep(_adjoint_map(operator, kernel, u, v_shape), v)
+    u = _normalize_or_keep(_linear_map(operator, kernel, v), u)
     return i + 1, u, v
 
   # A while loop rather than unrolling: eval_iterations=20 convolution pairs would
@@ -91,6 +96,83 @@ def _power_iteration(operator, kernel, u, v, num_iterations):
   _, u, v = tf.while_loop(lambda i, u, v: i < num_iterations, body,
                           (tf.constant(0), tf.cast(u, dtype), tf.cast(v, dtype)))
   return u, v
+
+
+def _max_squarings(size, tolerance):
+  """Squarings after which the Gram bound is within `tolerance` of s1 for any spectrum.
+
+  After t squarings the bound is `(sum_i s_i^(4p))^(1/(4p))` with p = 2^t, at most
+  `rank^(1/(4p)) s1 <= size^(1/(4p)) s1`.
+  """
+  t = 0
+  while size ** (1.0 / (4 * 2 ** t)) > 1.0 + tolerance:
+    t += 1
+  return t
+
+
+def _gram_iteration(gram, tolerance):
+  """An upper bound on `sqrt(lambda_max(gram))` and the top eigenvector, by Gram iteration.
+
+  For the symmetric positive semi-definite `G = A^T A` (or `A A^T`) of a linear map A,
+  repeated squaring with renormalisation (Delattre et al. 2023):
+
+  ```none
+  M_0 = G / |G|_F,   M_j = M_{j-1}^2 / |M_{j-1}^2|_F = G^(2^j) / |G^(2^j)|_F
+  bound_j = |G^p|_F^(1/(2p)), p = 2^j:
+  log bound_j = log|G|_F / 2 + sum_{i<=j} log|M_{i-1}^2|_F / 2^(i+1)
+  s1 = lambda_max(G)^(1/2) <= bound_j = s1 (1 + sum_{i>1} (s_i/s1)^(4p))^(1/(4p))
+  ```
+
+  The bound holds for every j (a Frobenius norm is at least the spectral norm), never
+  increases with j, and its excess is at most `log(m) / (4p)` relative for m singular
+  values tied with s1: squaring separates s1 from the rest however close they are, which
+  power iteration on A does not. M_j tends to `v1 v1^T`, so its largest column is the top
+  eigenvector; `sqrt(x^T G x)` for that unit column x is a lower bound on s1. The loop
+  stops when bound <= (1 + tolerance) lower, or after `_max_squarings` steps (when the
+  bound is within `tolerance` of s1 whatever the spectrum); two products `x <- M_j x`
+  then refine the vector. Cost: one `n x n` matmul per step, about 8 steps for a
+  spectral gap of 5%, at most ~17 for n <= 256.
+
+  Args:
+    gram: symmetric PSD `[n, n]` tensor with static n.
+    tolerance: relative gap between the bounds at which to stop.
+
+  Returns:
+    `(bound, x)`: the upper bound (a scalar) and a unit `[n]` vector (zero if G is 0).
+  """
+  size = int(gram.shape[0])
+  tiny = tf.constant(_TINY_NORM, gram.dtype)
+  scale = tf.norm(gram)
+  log_bound = 0.5 * tf.math.log(tf.maximum(scale, tiny))
+
+  def top_vector(m):
+    column = tf.argmax(tf.reduce_sum(m * m, axis=0))
+    x = tf.gather(m, column, axis=1)
+    return x / tf.maximum(tf.norm(x), tiny)
+
+  def body(j, m, log_bound, _):
+    m = tf.matmul(m, m)
+    norm = tf.maximum(tf.norm(m), tiny)
+    m = m / norm
+    log_bound += tf.math.log(norm) * tf.pow(tf.constant(0.5, gram.dtype),
+                                            tf.cast(j + 2, gram.dtype))
+    x = top_vector(m)
+    lower = tf.sqrt(tf.maximum(tf.tensordot(x, tf.linalg.matvec(gram, x), 1), 0.0))
+    return j + 1, m, log_bound, tf.exp(log_bound) <= lower * (1.0 + tolerance)
+
+  _, m, log_bound, _ = tf.while_loop(
+      lambda j, m, log_bound, done: tf.logical_and(j < _max_squarings(size, tolerance),
+                                                    tf.logical_not(done)),
+      body, (tf.constant(0), gram / tf.maximum(scale, tiny), log_bound,
+             tf.constant(False)))
+  # The stopping rule bounds the Rayleigh quotient's error, which is quadratic in the
+  # vector's angle error e = (l2 / l1)^p, so e itself is only ~sqrt(tolerance / gap).
+  # Each product with M ~ v1 v1^T + e v2 v2^T multiplies e by e again (n^2 work).
+  x = top_vector(m)
+  for _ in range(2):
+    x = tf.linalg.matvec(m, x)
+    x = x / tf.maximum(tf.norm(x), tiny)
+  return tf.exp(log_bound), x
 
 
 _WARM_STARTS = {}
@@ -115,6 +197,19 @@ def _warm_start(operator, kernel, u, v):
   return _WARM_STARTS[operator](cast(kernel), cast(u), cast(v))
 
 
+def _matrix_gram(matrix):
+  """(Gram on the smaller side, lift to the input side) of the map `A x = matrix^T x`.
+
+  `matrix` is `[in, out]`. For in <= out the Gram is `A^T A = matrix matrix^T` and its
+  eigenvectors are input-side already; otherwise it is `A A^T = matrix^T matrix` and an
+  output-side x lifts to `A^T x = matrix x`.
+  """
+  if matrix.shape[0] <= matrix.shape[1]:
+    return tf.matmul(matrix, matrix, transpose_b=True), lambda x: x
+  return (tf.matmul(matrix, matrix, transpose_a=True),
+          lambda x: tf.linalg.matvec(matrix, x))
+
+
 def _random_unit(shape, dtype, seed):
   """A standard normal draw of `shape` scaled to unit l2 norm (a tensor)."""
   x = tf.convert_to_tensor(keras.initializers.RandomNormal(seed=seed)(shape, dtype=dtype))
@@ -122,18 +217,24 @@ def _random_unit(shape, dtype, seed):
 
 
 class _SpectralNorm(keras.layers.Layer):
-  """Shared power-iteration machinery; subclasses define the linear map `A` of the kernel.
+  """Shared normalisation machinery; subclasses define the linear map `A` of the kernel.
 
-  Subclasses set `self._operator` (see `_linear_map`), `self._u_shape` and
-  `self._v_shape` in `build`, then call `_build_weights(kernel_shape, bias_shape)`.
+  Subclasses set `self._operator` (see `_linear_map`), `self._u_shape`, `self._v_shape`
+  and `self._gram_size` (the size of the Gram matrix `_gram_and_lift` builds) in `build`,
+  then call `_build_weights(kernel_shape, bias_shape)`.
   """
 
-  def __init__(self, coefficient, num_iterations, eval_iterations, use_bias,
-               kernel_initializer, bias_initializer, seed, **kwargs):
+  def __init__(self, coefficient, num_iterations, eval_iterations, exact_max_dims,
+               use_bias, kernel_initializer, bias_initializer, seed, **kwargs):
     super().__init__(**kwargs)
     self.coefficient = _coefficient(coefficient)
     self.num_iterations = _positive_int("num_iterations", num_iterations)
     self.eval_iterations = _positive_int("eval_iterations", eval_iterations)
+    if (isinstance(exact_max_dims, bool) or not isinstance(exact_max_dims, numbers.Integral)
+        or exact_max_dims < 0):
+      raise ValueError("exact_max_dims must be a non-negative int (0: never certify); got "
+                       f"{exact_max_dims!r}.")
+    self.exact_max_dims = int(exact_max_dims)
     self.use_bias = bool(use_bias)
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
     self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -174,16 +275,48 @@ class _SpectralNorm(keras.layers.Layer):
     """`A^T u` for `u` shaped like `self.u`."""
     return _adjoint_map(self._operator, kernel, u, self._v_shape)
 
+  def _gram_and_lift(self, kernel):
+    """(Gram matrix of `A` on its smaller side, map of its vectors to the input side)."""
+    raise NotImplementedError
+
+  def norm_method(self, training=False):
+    """How a call bounds the norm: "power iteration (k steps)" or "Gram iteration".
+
+    "Gram iteration" (evaluation calls with a Gram matrix of at most `exact_max_dims`
+    rows) divides by a certified upper bound on the exact norm; power iteration by an
+    estimate that can fall short of it (see the class docstring).
+    """
+    if not training and self._gram_size <= self.exact_max_dims:
+      return "Gram iteration"
+    steps = self.num_iterations if training else self.eval_iterations
+    return f"power iteration ({steps} step{'s' if steps > 1 else ''})"
+
+  def _certified_sigma(self, kernel):
+    """(u, v, sigma) with sigma = a certified upper bound on |A|_2, within 1e-5 of it."""
+    frozen = tf.stop_gradient(kernel)
+    gram, lift = self._gram_and_lift(frozen)
+    bound, x = _gram_iteration(gram, _GRAM_TOLERANCE)
+    v = _normalize_or_keep(tf.reshape(lift(x), self._v_shape), tf.cast(self.v, kernel.dtype))
+    u = _normalize_or_keep(self._matvec(frozen, v), tf.cast(self.u, kernel.dtype))
+    rayleigh = tf.reduce_sum(u * self._matvec(kernel, v))
+    # The value is the bound; the gradient is that of s1 (u v^T through the Rayleigh
+    # quotient), scaled by bound / rayleigh (1 up to the tolerance) to match the value.
+    ratio = tf.where(rayleigh > _TINY_NORM, bound / tf.maximum(rayleigh, _TINY_NORM), 1.0)
+    return u, v, rayleigh * tf.stop_gradient(ratio)
+
   def _normalize(self, training):
     """(W_hat, u, v, sigma) for a training or evaluation call, without changing state."""
     kernel = tf.convert_to_tensor(self.kernel)
-    num_iterations = self.num_iterations if training else self.eval_iterations
-    # The vectors are constants of the normalisation (Miyato et al.): no
-    # gradient through the iteration, only through sigma(W) = u^T A(W) v.
-    u, v = _power_iteration(self._operator, tf.stop_gradient(kernel), self.u, self.v,
-                            num_iterations)
-    u, v = tf.stop_gradient(u), tf.stop_gradient(v)
-    sigma = tf.reduce_sum(u * self._matvec(kernel, v))
+    if not training and self._gram_size <= self.exact_max_dims:
+      u, v, sigma = self._certified_sigma(kernel)
+    else:
+      num_iterations = self.num_iterations if training else self.eval_iterations
+      # The vectors are constants of the normalisation (Miyato et al.): no
+      # gradient through the iteration, only through sigma(W) = u^T A(W) v.
+      u, v = _power_iteration(self._operator, tf.stop_gradient(kernel), self.u, self.v,
+                              num_iterations)
+      u, v = tf.stop_gradient(u), tf.stop_gradient(v)
+      sigma = tf.reduce_sum(u * self._matvec(kernel, v))
     # As in i-ResNet and Residual Flows: rescale only when sigma > coefficient, so a
     # kernel already inside the bound is used unchanged.
     factor = tf.maximum(tf.ones([], kernel.dtype), sigma / self.coefficient)
@@ -194,7 +327,7 @@ class _SpectralNorm(keras.layers.Layer):
 
     Args:
       training: True for the `num_iterations` estimate of a training call, False for the
-        `eval_iterations` estimate of an evaluation call.
+        normalisation of an evaluation call (see `norm_method`).
 
     Returns:
       A tensor shaped like `self.kernel`.
@@ -219,7 +352,7 @@ class _SpectralNorm(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), "coefficient": self.coefficient,
             "num_iterations": self.num_iterations, "eval_iterations": self.eval_iterations,
-            "use_bias": self.use_bias,
+            "exact_max_dims": self.exact_max_dims, "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             "seed": self.seed}
@@ -228,41 +361,58 @@ class _SpectralNorm(keras.layers.Layer):
 _MATH = """
   #### Mathematical Details
 
-  With `A` the linear map of the kernel `W` and persistent unit vectors `u` (output side)
-  and `v` (input side), each call runs `k` power iterations
+  With `A` the linear map of the kernel `W`, every call divides `W` by an estimate or a
+  bound `sigma` of `|A|_2 = s1`:
 
   ```none
-  v <- A^T u / |A^T u|,   u <- A v / |A v|
-  sigma = u^T A v                   (<= |A|_2 = s1, -> s1 as k grows)
   W_hat = W / max(1, sigma / coefficient)
   ```
 
-  (Miyato et al., Algorithm 1; i-ResNet and Residual Flows scale down only when
-  needed). `u` and `v` are constants of the normalisation (`tf.stop_gradient`); the
-  gradient reaches `W` directly and through `sigma(W) = u^T A(W) v`, whose gradient is
-  `u v^T` in matrix form.
+  (i-ResNet and Residual Flows scale down only when needed.)
 
-  State and modes. `build` starts `u`, `v` at the top singular pair of the initial kernel
-  (100 steps from seeded random unit vectors, as the Residual Flows reference code does),
-  so the bound holds from the first step. Training calls (`training=True`, as under
-  `fit`) take `k = num_iterations` steps and store the new `u`, `v` (`assign`): the
-  vectors track the slowly changing kernel across steps. Evaluation calls (`training`
-  None or False) take `k = eval_iterations` steps from the stored vectors and do NOT store
-  them: the output is a pure function of the weights (kernel, bias, u, v), identical call
-  after call, after a `.keras` reload and in an exported SavedModel, while the extra steps
-  tighten the estimate training left. `u`, `v` are non-trainable weights, saved with the
-  model and mirrored by tf.distribute (`aggregation="only_first_replica"`: every replica
-  computes the same update from the same kernel).
+  Training calls (`training=True`, as under `fit`): power iteration (Miyato et al.,
+  Algorithm 1) from persistent unit vectors `u` (output side) and `v` (input side),
+  `k = num_iterations` steps, stored back (`assign`) so the vectors track the slowly
+  changing kernel across steps:
 
-  Accuracy. sigma never exceeds the true norm `s1`, so `|A_hat|_2 <= coefficient` holds
-  up to the estimate's shortfall. It shrinks like `(s2 / s1)^(2k)` with a spectral gap,
-  slowly when the top singular values nearly coincide (then the shortfall is at most about
+  ```none
+  v <- A^T u / |A^T u|,   u <- A v / |A v|
+  sigma = u^T A v                   (<= s1, -> s1 as k grows)
+  ```
+
+  `u` and `v` are constants of the normalisation (`tf.stop_gradient`); the gradient
+  reaches `W` directly and through `sigma(W) = u^T A(W) v`, whose gradient is `u v^T` in
+  matrix form. `build` starts `u`, `v` at the top singular pair of the initial kernel
+  (100 steps from seeded random unit vectors, as the Residual Flows reference code does).
+
+  Evaluation calls (`training` None or False; `log_prob`, export) store nothing, so the
+  output is a pure function of the weights, identical call after call, after a `.keras`
+  reload and in a SavedModel. When the Gram matrix of `A` on its smaller side has at most
+  `exact_max_dims` rows, sigma is a certified upper bound on s1 by Gram iteration
+  (Delattre et al. 2023): with `G = A^T A` or `A A^T`, `s1 <= |G^p|_F^(1/(2p))` for every
+  `p = 2^j`, computed by repeated squaring; the iteration stops when the bound is within
+  1e-5 of the Rayleigh quotient of its own top vector (a lower bound), so
+  `|A_hat|_2 <= coefficient` holds up to float rounding and the kernel is contracted at
+  most 1e-5 more than needed. Squaring separates s1 from the rest of the spectrum however
+  close they are (the excess is `log(m) / (4p)` for m tied values), which power iteration
+  does not. Otherwise `eval_iterations` power steps run from the stored vectors, an
+  estimate as below. `norm_method(training)` says which is in effect. Cost of the Gram
+  iteration: building G (for convolutions, the map applied to the `n` basis images of its
+  smaller side) and ~8 to ~17 `n x n` matmuls.
+
+  Accuracy of power iteration. sigma never exceeds s1, so the bound holds up to the
+  estimate's shortfall. It shrinks like `(s2 / s1)^(2k)` with a spectral gap, slowly when
+  the top singular values nearly coincide (then the shortfall is at most about
   `s1 - s2`). Convolutions have such clusters, and under training the optimiser can grow
   an untracked direction of the cluster faster than one step per call follows it:
   measured on a 6x6 image with Adam 2e-3, a training step's normalised norm exceeded the
-  coefficient by up to 6%, the evaluation norm by 0.4%; from random vectors 20 steps can
+  coefficient by up to 6%, 20 further steps left 0.4%; from random vectors 20 steps can
   leave 2%, 100 steps 1e-6. Dense kernels tracked to 1e-5. For fast-moving convolutions
   raise `num_iterations`, and keep `coefficient` far enough below 1 to absorb the rest.
+
+  `u`, `v` are non-trainable weights, saved with the model and mirrored by tf.distribute
+  (`aggregation="only_first_replica"`: every replica computes the same update from the
+  same kernel).
 """
 
 
@@ -276,7 +426,8 @@ class SpectralNormDense(_SpectralNorm):
   1-Lipschitz activation) as a separate layer.
   {math}
   Here `A v = W^T v` (`W` is `[in, units]`), `u` is `[units]` and `v` is `[in]`. Cost per
-  power step: two matrix-vector products, O(in * units).
+  power step: two matrix-vector products, O(in * units). The Gram matrix is `W W^T` or
+  `W^T W`, of size `min(in, units)`.
 
   #### References
 
@@ -291,7 +442,10 @@ class SpectralNormDense(_SpectralNorm):
     units: size of the output.
     coefficient: the bound on the spectral norm, in (0, 1).
     num_iterations: power-iteration steps per training call (stored).
-    eval_iterations: power-iteration steps per evaluation call (not stored).
+    eval_iterations: power-iteration steps per evaluation call (not stored), used only
+      when the Gram matrix is larger than `exact_max_dims`.
+    exact_max_dims: largest Gram matrix (rows) for which evaluation calls use the
+      certified Gram-iteration bound (0: always power iteration).
     use_bias: whether to add a bias (it does not change the Lipschitz constant).
     kernel_initializer: initializer of the raw kernel `W`.
     bias_initializer: initializer of the bias.
@@ -305,10 +459,10 @@ class SpectralNormDense(_SpectralNorm):
   """
 
   def __init__(self, units, coefficient=0.97, num_iterations=1, eval_iterations=20,
-               use_bias=True, kernel_initializer="glorot_uniform",
+               exact_max_dims=256, use_bias=True, kernel_initializer="glorot_uniform",
                bias_initializer="zeros", seed=None, **kwargs):
-    super().__init__(coefficient, num_iterations, eval_iterations, use_bias,
-                     kernel_initializer, bias_initializer, seed, **kwargs)
+    super().__init__(coefficient, num_iterations, eval_iterations, exact_max_dims,
+                     use_bias, kernel_initializer, bias_initializer, seed, **kwargs)
     self.units = _positive_int("units", units)
 
   def build(self, input_shape):
@@ -318,7 +472,11 @@ class SpectralNormDense(_SpectralNorm):
     in_units = int(input_shape[-1])
     self._operator = ("dense",)
     self._u_shape, self._v_shape = (self.units,), (in_units,)
+    self._gram_size = min(in_units, self.units)
     self._build_weights((in_units, self.units), (self.units,))
+
+  def _gram_and_lift(self, kernel):
+    return _matrix_gram(kernel)
 
   def call(self, inputs, training=None):
     return self.apply_kernel(inputs, self._normalized_kernel_for_call(training))
@@ -350,7 +508,10 @@ class SpectralNormConv2D(_SpectralNorm):
   {math}
   Here `A v = conv2d(v, W)` and `A^T u = conv2d_transpose(u, W)` (its exact adjoint), with
   `v` shaped `[1, H, W, C]` and `u` shaped `[1, H', W', filters]`. Cost per power step:
-  two convolutions of one image.
+  two convolutions of one image. The Gram matrix is that of the explicit operator on its
+  smaller side, `min(H W C, H' W' filters)` rows (the convolution of that many basis
+  images); for a 1x1 kernel, whose operator is the `[C, filters]` kernel matrix applied
+  at every sampled pixel, that of the kernel matrix, `min(C, filters)` rows at any size.
 
   #### References
 
@@ -367,7 +528,10 @@ class SpectralNormConv2D(_SpectralNorm):
     kernel_size: an int or a pair `(kh, kw)`.
     coefficient: the bound on the operator norm, in (0, 1).
     num_iterations: power-iteration steps per training call (stored).
-    eval_iterations: power-iteration steps per evaluation call (not stored).
+    eval_iterations: power-iteration steps per evaluation call (not stored), used only
+      when the Gram matrix is larger than `exact_max_dims`.
+    exact_max_dims: largest Gram matrix (rows) for which evaluation calls use the
+      certified Gram-iteration bound (0: always power iteration).
     padding: "same" or "valid" (zero padding, as `tf.nn.conv2d`).
     strides: an int or a pair.
     use_bias: whether to add a bias.
@@ -382,11 +546,11 @@ class SpectralNormConv2D(_SpectralNorm):
   """
 
   def __init__(self, filters, kernel_size, coefficient=0.97, num_iterations=1,
-               eval_iterations=20, padding="same", strides=1, use_bias=True,
-               kernel_initializer="glorot_uniform", bias_initializer="zeros", seed=None,
-               **kwargs):
-    super().__init__(coefficient, num_iterations, eval_iterations, use_bias,
-                     kernel_initializer, bias_initializer, seed, **kwargs)
+               eval_iterations=20, exact_max_dims=256, padding="same", strides=1,
+               use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+               seed=None, **kwargs):
+    super().__init__(coefficient, num_iterations, eval_iterations, exact_max_dims,
+                     use_bias, kernel_initializer, bias_initializer, seed, **kwargs)
     self.filters = _positive_int("filters", filters)
     self.kernel_size = _pair("kernel_size", kernel_size)
     self.strides = _pair("strides", strides)
@@ -411,7 +575,31 @@ class SpectralNormConv2D(_SpectralNorm):
     self._operator = ("conv", self.strides, self.padding.upper())
     self._u_shape = (1, *out_size, self.filters)
     self._v_shape = (1, height, width, channels)
+    self._gram_size = (min(channels, self.filters) if self.kernel_size == (1, 1) else
+                       min(math.prod(self._v_shape), math.prod(self._u_shape)))
     self._build_weights((*self.kernel_size, channels, self.filters), (self.filters,))
+
+  def _gram_and_lift(self, kernel):
+    height, width, channels = self.input_size
+    if self.kernel_size == (1, 1):
+      # Pixel (0, 0) is read by every 1x1 convolution ("same" needs no padding for k = 1),
+      # so the kernel matrix's input-side vector placed there is a top input image.
+      gram, lift = _matrix_gram(tf.reshape(kernel, (channels, self.filters)))
+      return gram, lambda x: tf.pad(tf.reshape(lift(x), (1, 1, 1, channels)),
+                                    ((0, 0), (0, height - 1), (0, width - 1), (0, 0)))
+    num_in, num_out = math.prod(self._v_shape), math.prod(self._u_shape)
+    eye = lambda n: tf.eye(n, dtype=kernel.dtype)
+    if num_in <= num_out:  # rows A e_i: G = A^T A, eigenvectors are input images
+      rows = tf.reshape(self._matvec(kernel, tf.reshape(eye(num_in), (num_in, *self.input_size))),
+                        (num_in, num_out))
+      return tf.matmul(rows, rows, transpose_b=True), lambda x: x
+    # rows A^T e_j: G = A A^T; an output-side x lifts to A^T x = x^T rows.
+    rows = tf.reshape(tf.nn.conv2d_transpose(
+        tf.reshape(eye(num_out), (num_out, *self._u_shape[1:])), kernel,
+        output_shape=(num_out, height, width, channels), strides=self.strides,
+        padding=self.padding.upper()), (num_out, num_in))
+    return (tf.matmul(rows, rows, transpose_b=True),
+            lambda x: tf.linalg.matvec(rows, x, transpose_a=True))
 
   def call(self, inputs, training=None):
     if tuple(inputs.shape[1:]) != self.input_size and None not in inputs.shape[1:]:
@@ -453,7 +641,7 @@ def spectral_norm_exact(layer, training=False, normalized=True):
   Args:
     layer: a built `SpectralNormDense` or `SpectralNormConv2D`.
     training: which normalised kernel (see `normalized_kernel`): the one of the next
-      training call (`num_iterations` steps) or of an evaluation call (`eval_iterations`).
+      training call (`num_iterations` steps) or of an evaluation call (`norm_method`).
     normalized: False for the norm of the raw kernel `W` instead of `W_hat`.
 
   Returns:
