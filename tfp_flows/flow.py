@@ -264,6 +264,11 @@ class FlowModel(keras.Model):
       results["bits_per_dim"] = self._bpd_tracker.result()
     for name, tracker in self._statistic_trackers.items():
       results[name] = tracker.result()
+    if _is_multi_worker(tf.distribute.get_strategy()):
+      # Keras reduces the step logs across workers with strategy.reduce(MEAN, axis=0),
+      # which rejects scalars (tensorflow/tensorflow#72388); epoch logs still come
+      # from the metrics' own scalar results.
+      results = {name: tf.reshape(value, [1]) for name, value in results.items()}
     return results
 
   @property
@@ -304,6 +309,14 @@ def _stateless_seed(seed):
       raise ValueError(f"seed must be an int in [0, 2**31) or a [2] tensor; got {seed}.")
     return tf.constant([0, seed], tf.int32)
   return seed
+
+
+def _is_multi_worker(strategy):
+  """Whether `strategy` is a MultiWorkerMirroredStrategy over more than one task."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return False
+  spec = strategy.cluster_resolver.cluster_spec()
+  return sum(spec.num_tasks(job) for job in spec.jobs) > 1
 
 
 def _unpack(data):
