@@ -1,11 +1,13 @@
-"""Offline datasets: scikit-learn's bundled 8x8 digits, and the independent-pixel baseline."""
+"""Offline datasets: scikit-learn's bundled 8x8 digits, 2-D toys, users' `.npy` files, baselines."""
 
 import math
+import os
 
 import numpy as np
 
 __all__ = ["load_digits_images", "independent_pixel_bits_per_dim", "DIGITS_LEVELS",
-           "make_toy_2d", "TOY_2D", "dequantized_bits_per_dim", "gaussian_bits_per_dim"]
+           "make_toy_2d", "TOY_2D", "dequantized_bits_per_dim", "gaussian_bits_per_dim",
+           "load_npy"]
 
 DIGITS_LEVELS = 17  # the digits' grey levels are the integers 0..16
 
@@ -128,3 +130,49 @@ def gaussian_bits_per_dim(x_train, x_test, num_draws=8, seed=0):
     maha = np.einsum("ni,ij,nj->n", diff, precision, diff)
     total += np.mean(0.5 * (maha + log_det + dims * math.log(2 * math.pi)))
   return float(total / num_draws / (dims * math.log(2.0)))
+
+
+def load_npy(path):
+  """A user's `.npy` array of float vectors `[N, D]` or images `[N, H, W, C]`, checked.
+
+  The file is read without unpickling (`allow_pickle=False`), so an object array is
+  refused rather than executed. Values must be real numbers (bool, integer or float
+  dtypes) that are finite once cast to float32.
+
+  Returns:
+    The array as float32, shape `[N, D]` or `[N, H, W, C]`, `N >= 2`.
+
+  Raises:
+    ValueError: if the file is missing, is not a `.npy` array, or has the wrong rank,
+      dtype, size or non-finite values; the message names the file and the fix.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ValueError(f"{path!r} is not a file: pass the path of a .npy array "
+                     "(numpy.save(path, x)).")
+  try:
+    with open(path, "rb") as f:
+      x = np.lib.format.read_array(f, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise ValueError(f"{path!r} is not a readable .npy array ({e}); write it with "
+                     "numpy.save(path, x) from a numeric array.") from None
+  if x.dtype.kind not in "biuf":
+    raise ValueError(f"{path!r} holds dtype {x.dtype}; need real numbers (bool, integer "
+                     "or float), e.g. x.astype('float32').")
+  if x.ndim == 3:
+    raise ValueError(f"{path!r} has shape {list(x.shape)}; images need a channel axis "
+                     "[N, H, W, C] (for grey images save x[..., None]), vectors [N, D].")
+  if x.ndim not in (2, 4):
+    raise ValueError(f"{path!r} has shape {list(x.shape)}; need vectors [N, D] or images "
+                     "[N, H, W, C].")
+  if x.shape[0] < 2 or min(x.shape[1:]) < 1:
+    raise ValueError(f"{path!r} has shape {list(x.shape)}; need at least 2 rows (some "
+                     "are held out) and no empty axis.")
+  with np.errstate(over="ignore"):  # overflow to inf is reported below, with the row
+    x = x.astype("float32")
+  bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+  if bad.any():
+    rows = np.flatnonzero(bad)
+    raise ValueError(f"{path!r} has {len(rows)} row(s) with NaN or infinite values (in "
+                     f"float32), first at row {rows[0]}; drop or fix them.")
+  return x
