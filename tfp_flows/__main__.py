@@ -125,6 +125,8 @@ flags.register_validator("temperature", lambda t: t > 0,
 
 _MODEL_FILE = "model.keras"
 _RUN_FILE = "run.json"
+_RUN_KEYS = {"preset", "dataset", "data_file", "num_points", "test_fraction", "seed",
+             "num_bits", "image_shape", "row_shape", "event_shape", "value_range"}
 _PLOT_ROWS = 5000  # data rows drawn next to 2-D densities and scatter plots
 
 
@@ -228,6 +230,10 @@ def _load_run():
     model = keras.saving.load_model(model_file, compile=False)
   except (OSError, ValueError) as e:
     raise UsageError(f"cannot load the model in {model_dir!r}: {e}") from None
+  missing = sorted(_RUN_KEYS - set(run if isinstance(run, dict) else ()))
+  if missing:
+    raise UsageError(f"{run_file!r} lacks {', '.join(missing)}: write it again with "
+                     f"python -m tfp_flows train --output_dir={model_dir}")
   return model_dir, model, run
 
 

@@ -51,16 +51,24 @@ def _pyplot():
 
 
 def _image_grid(plt, images, value_range):
+  """One mosaic of the images, a pixel of background between them, in a single axes."""
   side = max(1, math.ceil(math.sqrt(len(images))))
-  fig, axes = plt.subplots(side, side, figsize=(side, side), squeeze=False)
   low, high = value_range or (float(images.min(initial=0.0)), float(images.max(initial=1.0)))
-  for axis in axes.flat:
-    axis.axis("off")
-  for image, axis in zip(images, axes.flat):
-    if image.shape[-1] == 3:
-      axis.imshow(np.clip((image - low) / max(high - low, 1e-12), 0.0, 1.0))
-    else:
-      axis.imshow(image[..., 0], cmap="gray_r", vmin=low, vmax=high)
+  images = np.clip((images - low) / max(high - low, 1e-12), 0.0, 1.0)
+  if images.shape[-1] != 3:
+    images = images[..., :1]
+  height, width, channels = images.shape[1:]
+  mosaic = np.zeros([side * (height + 1) + 1, side * (width + 1) + 1, channels])
+  for index, image in enumerate(images):
+    row, col = divmod(index, side)
+    top, left = 1 + row * (height + 1), 1 + col * (width + 1)
+    mosaic[top:top + height, left:left + width] = image
+  fig, axis = plt.subplots(figsize=(side, side))
+  if channels == 3:
+    axis.imshow(mosaic)
+  else:
+    axis.imshow(mosaic[..., 0], cmap="gray_r", vmin=0.0, vmax=1.0)
+  axis.axis("off")
   return fig
 
 
