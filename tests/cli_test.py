@@ -1,10 +1,12 @@
 """python -m tfp_flows: train, evaluate, sample, export; summaries; user errors.
 
 Most cases call `main` in-process with freshly parsed flags and tiny settings (eager,
-one epoch of two or three batches); two run `python -m tfp_flows` in a subprocess to
-check the exit status and that stderr holds a message and no traceback. Every number
-the CLI prints or logs is compared with an independent computation on the reloaded
-`.keras` model and data rebuilt here from the documented split.
+one epoch of two or three batches); exit statuses go through `run` (absl's `app.run`,
+what `python -m tfp_flows` calls), and one case runs `python -m tfp_flows` in a
+subprocess. User errors must give one message on stderr and no traceback. The NLLs,
+baseline and TensorBoard values the CLI prints or logs are compared with independent
+computations on the reloaded `.keras` model and data rebuilt here from the documented
+split.
 """
 
 import glob

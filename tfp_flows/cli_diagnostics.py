@@ -23,7 +23,8 @@ def layer_log_dets(model, x):
 
   Walks `model.flow_layers` data -> base as `log_prob` does, so
   `log p(x) = log N(z) + sum_i log|det dz_i / dz_{i-1}|` (z_0 = x, z = last z_i) and
-  the returned means add up to `mean(model.log_prob(x))`.
+  the returned means add up to `mean(model.log_prob(x))`. Only top-level layers are
+  listed: a multi-scale `FactorOut` reports its split prior and nested scales as one.
 
   Args:
     model: an unconditional `tfp_flows.FlowModel`.
