@@ -94,6 +94,8 @@ class FlowModel(keras.Model):
     self._check_objective()
     self._fm_tracker = keras.metrics.Mean(name="flow_matching_loss")
     self._create_weights()
+    # Every weight exists now. Keras callbacks (BackupAndRestore) refuse unbuilt models.
+    self.built = True
 
   def _check_objective(self):
     if self.objective not in _OBJECTIVES:
