@@ -139,6 +139,15 @@ CASES += [
     Case("residual_block_image",
          lambda: [tff.layers.ResidualBlock(hidden_units=(4,), seed=1)], IMAGE, 8,
          train_equals_eval=False),
+    # Two concat-squash layers of 5 tensors each (kernel, bias, gate kernel and bias,
+    # time bias). Training uses a Hutchinson trace, evaluation the exact one.
+    Case("ffjord_vector",
+         lambda: [tff.layers.FFJORD(hidden_units=(8,), rtol=1e-4, atol=1e-4, seed=1)],
+         VECTOR, 10, train_equals_eval=False),
+    Case("ffjord_image_rk4",
+         lambda: [tff.layers.FFJORD(hidden_units=(4,), solver="rk4", num_steps=4,
+                                    gradient="backprop", seed=1)],
+         IMAGE, 10, train_equals_eval=False),
 ]
 
 

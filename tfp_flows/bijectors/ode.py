@@ -77,7 +77,7 @@ def _axpy(y, h, ks, weights, batched):
     total = None
     for w, k in zip(weights, ks):
       if w != 0.0:
-        term = tf.cast(w, y_j.dtype) * k[j]
+        term = tf.constant(w, y_j.dtype) * k[j]
         total = term if total is None else total + term
     if total is None:
       out.append(y_j)
@@ -134,7 +134,7 @@ def _initial_step(fn, s, y, f0, rtol, atol, batched, controlled):
 def _dopri5(fn, y0, rtol, atol, max_num_steps, batched, controlled, shared_steps):
   dtype = y0[0].dtype
   batch = tf.shape(y0[0])[0]
-  rtol, atol = tf.cast(rtol, dtype), tf.cast(atol, dtype)
+  rtol, atol = tf.constant(rtol, dtype), tf.constant(atol, dtype)
   s0 = tf.zeros([batch], dtype)
   f0 = fn(s0, y0)
   h = _initial_step(fn, s0, y0, f0, rtol, atol, batched, controlled)
@@ -145,18 +145,41 @@ def _dopri5(fn, y0, rtol, atol, max_num_steps, batched, controlled, shared_steps
     del step, h, y, k1
     return tf.reduce_any(s < 1.0)
 
+  # The full tableau: row i (1..6) gives stage i's input from the 7 stacked slopes;
+  # row 6 is the 5th-order solution, whose slope is the next step's first (FSAL).
+  tableau = tf.constant([list(row) + [0.0] * (7 - len(row)) for row in _A + (_B,)], dtype)
+  nodes = tf.constant(_C + (1.0,), dtype)
+  error_weights = tf.constant(_E, dtype)
+
+  def combine(y, h, slopes, weights):
+    """`y + h * sum_i weights[i] slopes[i]` per component, slopes stacked on axis 0."""
+    out = []
+    for y_j, k_j, is_batched in zip(y, slopes, batched):
+      total = tf.tensordot(weights, k_j, axes=[[0], [0]])
+      out.append(y_j + (_row_shape(h, y_j) if is_batched else h[0]) * total)
+    return out
+
   def body(step, s, h, y, k1):
     active = s < 1.0
     last = h >= 1.0 - s
     h_used = tf.where(active, tf.where(last, 1.0 - s, h), tf.zeros_like(h))
-    ks = [k1]
-    for i in range(1, 6):
-      stage = _axpy(y, h_used, ks, _A[i], batched)
-      ks.append(fn(s + _C[i] * h_used, stage))
-    y_new = _axpy(y, h_used, ks, _B, batched)
-    k7 = fn(s + h_used, y_new)
-    ks.append(k7)
-    error = _axpy([tf.zeros_like(y_j) for y_j in y], h_used, ks, _E, batched)
+
+    # The six new stages in an inner loop, so the graph (and XLA's compile) holds one
+    # evaluation of fn rather than six.
+    def stage(i, slopes):
+      f = fn(s + nodes[i] * h_used, combine(y, h_used, slopes, tableau[i]))
+      return i + 1, [tf.tensor_scatter_nd_update(k_j, [[i]], f_j[None])
+                     for k_j, f_j in zip(slopes, f)]
+
+    slopes = [tf.concat([k_j[None], tf.zeros([6] + k_j.shape.as_list(), k_j.dtype)
+                         if k_j.shape.is_fully_defined() else
+                         tf.zeros(tf.concat([[6], tf.shape(k_j)], 0), k_j.dtype)], 0)
+              for k_j in k1]
+    _, slopes = tf.while_loop(lambda i, slopes: i < 7, stage, (tf.constant(1), slopes),
+                              maximum_iterations=6)
+    y_new = combine(y, h_used, slopes, tableau[6])
+    k7 = [k_j[6] for k_j in slopes]
+    error = combine([tf.zeros_like(y_j) for y_j in y], h_used, slopes, error_weights)
     ratio = tf.stop_gradient(_error_ratio(y, y_new, error, rtol, atol, controlled))
     if shared_steps:
       ratio = tf.fill([batch], tf.reduce_max(tf.where(active, ratio, tf.zeros_like(ratio))))
@@ -191,7 +214,7 @@ def _fixed_step(fn, y0, solver, num_steps, batched):
   nodes, stages, weights = _FIXED_STAGES[solver]
   dtype = y0[0].dtype
   batch = tf.shape(y0[0])[0]
-  h = tf.fill([batch], tf.cast(1.0 / num_steps, dtype))
+  h = tf.fill([batch], tf.constant(1.0 / num_steps, dtype))
 
   def body(step, y):
     s = tf.cast(step, dtype) * h

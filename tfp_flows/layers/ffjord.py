@@ -213,7 +213,7 @@ class FFJORD(flow_layer.FlowLayer):
     u = tf.random.stateless_uniform(tf.shape(x)[:1], seeds[1], dtype=x.dtype)
     column = tf.reshape(u, [-1] + [1] * (x.shape.rank - 1))
     x_t = (1.0 - column) * z + column * x
-    end_time = tf.cast(self.end_time, x.dtype)
+    end_time = tf.constant(self.end_time, x.dtype)
     target = (x - z) / end_time
     return tf.reduce_mean(tf.square(self.vector_field(u * end_time, x_t) - target))
 
