@@ -54,6 +54,7 @@ Usage:
   python benchmarks/nsf_benchmark.py --quick    # fewer repeats and steps, about 6 minutes
   python benchmarks/nsf_benchmark.py --quiet_wait=300   # wait for an idle machine per case
   python benchmarks/nsf_benchmark.py --models=nsf2 --xla=on --rounds=2
+  python benchmarks/nsf_benchmark.py --baseline_src=/tmp/old  # + an older tfp_flows
 """
 
 import json
@@ -73,6 +74,10 @@ _MODELS = flags.DEFINE_list("models", ["nsf64", "maf64", "nsf2"],
                             "Models among nsf64 (coupling 64-D), maf64 (autoregressive "
                             "64-D), nsf2 (coupling 2-D).")
 _CASES = flags.DEFINE_list("cases", ["ours", "stock"], "Cases among ours, stock.")
+_BASELINE = flags.DEFINE_string(
+    "baseline_src", None, "Also time, as case `base`, the tfp_flows package found in "
+    "this directory (e.g. `git archive <commit> tfp_flows | tar -x -C DIR`), to compare "
+    "two versions of the library in one run.")
 _FIT = flags.DEFINE_list("fit", ["nsf64:on"],
                          "Extra ours_fit cases as model:xla (empty for none).")
 _XLA = flags.DEFINE_list("xla", ["off", "on"], "XLA settings to run: off, on.")
@@ -276,12 +281,12 @@ def _run_worker(spec):
   total_train = cfg["warmup"] + 1 + cfg["repeats"] * cfg["steps"]
   result = {"model": model_name, "case": impl, "xla": xla}
 
-  if impl in ("ours", "ours_fit"):
+  if impl in ("ours", "ours_fit", "base"):
     model = _build_ours(dims, num_layers, autoregressive)
     variables = model.trainable_variables
     optimizer = keras.optimizers.Adam(cfg["lr"])
     result["init_loss"] = float(-tf.reduce_mean(model.log_prob(batches[0])))
-    if impl == "ours":
+    if impl != "ours_fit":
       optimizer.build(variables)
 
       @tf.function(jit_compile=xla)
@@ -431,6 +436,9 @@ def _wait_for_quiet():
 def _spawn(spec, argv_flags):
   cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  if spec.split(":")[1] == "base":
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.abspath(_BASELINE.value)] + env.get("PYTHONPATH", "").split(os.pathsep))
   if _ONEDNN.value != "default":
     env["TF_ENABLE_ONEDNN_OPTS"] = "1" if _ONEDNN.value == "on" else "0"
   busy0, total0 = _cpu_jiffies()
@@ -519,11 +527,27 @@ def _spread(results):
   return "\n".join(lines)
 
 
-def _fingerprint():
+def _versus_base(results):
+  """ours / base (the --baseline_src version) per model and XLA setting."""
+  base = {(r["model"], r["xla"]): r for r in results if r["case"] == "base"}
+  lines = ["ours / base (same run):"]
+  for r in results:
+    b = base.get((r["model"], r["xla"]))
+    if r["case"] != "ours" or b is None:
+      continue
+    ratios = [f"{name} {_fmt_ratio(_median(r[key]), _median(b[key]))}"
+              for name, key in (("train", "train_rates"), ("log_prob", "log_prob_rates"),
+                                ("sample", "sample_rates"))]
+    lines.append(f"  {r['model']:5s} xla={'on ' if r['xla'] else 'off'} " + ", ".join(ratios))
+  return "\n".join(lines)
+
+
+def _fingerprint(root=None):
   """md5 (12 hex) over the tfp_flows sources the workers import, to pin the version."""
   import hashlib  # pylint: disable=import-outside-toplevel
   import importlib.util  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(importlib.util.find_spec("tfp_flows").origin)  # no TF import
+  if root is None:
+    root = os.path.dirname(importlib.util.find_spec("tfp_flows").origin)  # no TF import
   digest = hashlib.md5()
   for folder, _, files in sorted(os.walk(root)):
     for name in sorted(files):
@@ -548,15 +572,22 @@ def main(argv):
   for m in _MODELS.value:
     if m not in _MODEL_SPECS:
       raise app.UsageError(f"unknown model {m!r}")
-  for c in _CASES.value:
+  cases = list(_CASES.value)
+  for c in cases:
     if c not in ("ours", "stock"):
       raise app.UsageError(f"unknown case {c!r}")
+  if _BASELINE.value:
+    base_root = os.path.join(os.path.abspath(_BASELINE.value), "tfp_flows")
+    if not os.path.isfile(os.path.join(base_root, "__init__.py")):
+      raise app.UsageError(f"--baseline_src={_BASELINE.value!r} has no tfp_flows package.")
+    cases.append("base")
   for x in _XLA.value:
     if x not in ("on", "off"):
       raise app.UsageError(f"--xla takes on/off; got {x!r}")
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--models", "--cases", "--xla", "--rounds",
-                                      "--json_out", "--onednn", "--fit", "--quiet"))]
+                                      "--json_out", "--onednn", "--fit", "--quiet",
+                                      "--baseline_src"))]
   settings = _settings()
   onednn = (os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
             if _ONEDNN.value == "default" else _ONEDNN.value)
@@ -567,10 +598,12 @@ def main(argv):
         flush=True)
   fingerprint = _fingerprint()
   print(f"tfp_flows: {fingerprint}", flush=True)
+  if _BASELINE.value:
+    print(f"baseline (case base): {_fingerprint(base_root)}", flush=True)
   specs = []
   for m in _MODELS.value:
     for x in _XLA.value:
-      specs += [f"{m}:{c}:{x}" for c in _CASES.value]
+      specs += [f"{m}:{c}:{x}" for c in cases]
       for fit in _FIT.value:
         if fit == f"{m}:{x}":
           specs.append(f"{m}:ours_fit:{x}")
@@ -598,6 +631,8 @@ def main(argv):
   print(_table(results))
   print()
   print(_spread(results))
+  if _BASELINE.value:
+    print(_versus_base(results))
   print(f"\ntotal wall time {time.perf_counter() - start:.0f}s (of which waiting for a "
         f"quiet machine {total_waited:.0f}s); load average {_load()}")
   if _fingerprint() != fingerprint:
