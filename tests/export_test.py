@@ -4,10 +4,11 @@ A module fixture builds one small model per case (weights moved away from the
 identity start), exports each, and runs every signature call of every case in one
 fresh Python process in which importing `tfp_flows` or `tensorflow_probability` raises
 (and which checks at the end that neither is in `sys.modules`). Each SavedModel is
-loaded twice there, as two servers would. The outputs are compared here with the live
-model: log_prob to 1e-6 (relative, plus 1e-6 absolute near zero), seeded samples
-exactly (the residual flow's fixed-point inverse to 1e-5, see `_SAMPLE_ATOL`),
-forward and inverse to float32 round-off.
+loaded twice there with `tf.saved_model.load`, as two servers would, and once by the
+TF1 session loader that TensorFlow Serving uses. The outputs are compared here with
+the live model: log_prob to 1e-6 (relative, plus 1e-6 absolute near zero), seeded
+samples exactly (the residual flow's fixed-point inverse to 1e-5, see
+`_SAMPLE_ATOL`), forward and inverse to float32 round-off.
 """
 
 import dataclasses
@@ -51,9 +52,22 @@ _SERVER = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
 
+    def session_run(directory, signature, inputs):
+      # The TF1 session loader, as TensorFlow Serving and `saved_model_cli run` use.
+      with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], directory)
+        signature_def = meta_graph.signature_def[signature]
+        feeds = {signature_def.inputs[k].name: v for k, v in inputs.items()}
+        fetches = {k: v.name for k, v in signature_def.outputs.items()}
+        return session.run(fetches, feeds)
+
     spec = json.loads(open(sys.argv[1]).read())
     loaded, signatures = {}, {}
     for call in spec["calls"]:
+      inputs = dict(np.load(call["inputs"]))
+      if call["copy"] == "session":
+        np.savez(call["outputs"], **session_run(call["dir"], call["signature"], inputs))
+        continue
       key = (call["dir"], call["copy"])
       if key not in loaded:
         loaded[key] = tf.saved_model.load(call["dir"])
@@ -62,7 +76,6 @@ _SERVER = textwrap.dedent("""
                    for arg, spec in function.structured_input_signature[1].items()}
             for name, function in loaded[key].signatures.items()}
       function = loaded[key].signatures[call["signature"]]
-      inputs = dict(np.load(call["inputs"]))
       outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
       np.savez(call["outputs"], **{k: v.numpy() for k, v in outputs.items()})
     with open(spec["signatures"], "w") as f:
@@ -87,7 +100,11 @@ class _Case:
   signatures: dict = None
 
   def calls(self):
-    """{call name: (signature, copy, inputs)}; copy 1 is a second load of the export."""
+    """{call name: (signature, copy, inputs)}.
+
+    Copy 1 is a second `tf.saved_model.load` of the export, "session" a load by the
+    TF1 session loader that TensorFlow Serving uses.
+    """
     with_context = lambda inputs, c: inputs if c is None else {**inputs, "context": c}
     z2 = np.random.default_rng(2).normal(
         size=[2, *self.model.latent_shape]).astype("float32")
@@ -102,6 +119,11 @@ class _Case:
         "log_prob_5": ("log_prob", 0, with_context({"x": self.x5}, self.context5)),
         "log_prob_5_again": ("log_prob", 1,
                              with_context({"x": self.x5}, self.context5)),
+        "default_3": ("serving_default", 0, with_context({"x": self.x3}, self.context3)),
+        "session_log_prob_5": ("log_prob", "session",
+                               with_context({"x": self.x5}, self.context5)),
+        "session_sample_5": ("sample", "session",
+                             with_context({"n": n(5), "seed": SEED}, row)),
         "sample_2": ("sample", 0, with_context({"n": n(2), "seed": SEED}, row)),
         "sample_5": ("sample", 0, with_context({"n": n(5), "seed": SEED}, row)),
         "sample_5_again": ("sample", 1, with_context({"n": n(5), "seed": SEED}, row)),
@@ -181,6 +203,14 @@ def _residual_case(series):
   return _Case(_perturb(model, 0.1), _vectors(3, 3, 4), _vectors(5, 3, 5))
 
 
+def _ffjord_case():
+  # rk4 with its fixed step count traces faster than dopri5's adaptive loop (which
+  # exports as well).
+  keras.utils.set_random_seed(0)
+  model = tff.models.FFJORDFlow([3], hidden_units=(8,), solver="rk4")
+  return _Case(_perturb(model, 0.1), _vectors(3, 3, 4), _vectors(5, 3, 5))
+
+
 def _gaussian_case():
   """x = loc + std * z: a flow whose distribution is a known diagonal Gaussian."""
   model = tff.FlowModel([tff.layers.ActNorm(data_init=False)], [2])
@@ -197,6 +227,7 @@ _CASES = {
     "spline_autoregressive_conditional": lambda: _spline_case(True, 2),
     "residual_flow": lambda: _residual_case(series=False),
     "residual_series": lambda: _residual_case(series=True),
+    "ffjord": _ffjord_case,
     "gaussian": _gaussian_case,
 }
 
@@ -265,6 +296,21 @@ def test_log_prob_equals_the_live_model(served, name):
   # Deterministic: a second loaded copy gives the same numbers, bit for bit.
   np.testing.assert_array_equal(case.outputs["log_prob_5_again"]["log_prob"],
                                 case.outputs["log_prob_5"]["log_prob"])
+  # "serving_default" (what a request without a signature name runs) is log_prob.
+  np.testing.assert_array_equal(case.outputs["default_3"]["log_prob"],
+                                case.outputs["log_prob_3"]["log_prob"])
+
+
+@pytest.mark.parametrize("name", list(_CASES))
+def test_tensorflow_serving_session_loader_gives_the_same_outputs(served, name):
+  # TensorFlow Serving restores the variables through the TF1 session loader, and
+  # optimises the graph as a whole (last-bit differences in the residual series).
+  case = served[name]
+  np.testing.assert_allclose(case.outputs["session_log_prob_5"]["log_prob"],
+                             case.outputs["log_prob_5"]["log_prob"], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(case.outputs["session_sample_5"]["samples"],
+                             case.outputs["sample_5"]["samples"], rtol=1e-6,
+                             atol=_SAMPLE_ATOL.get(name, 0.0))
 
 
 @pytest.mark.parametrize("name", list(_CASES))
@@ -308,7 +354,8 @@ def test_batch_dimension_is_unknown_in_every_signature(served, name):
   # inputs are [None, ...], so nothing is retraced per batch size.
   case = served[name]
   signatures = case.signatures
-  assert sorted(signatures) == sorted(export.SIGNATURES)
+  assert sorted(signatures) == sorted(export.SIGNATURES + ("serving_default",))
+  assert signatures["serving_default"] == signatures["log_prob"]
   model = case.model
   assert signatures["log_prob"]["x"] == [None, *model.event_shape]
   assert signatures["inverse"]["x"] == [None, *model.event_shape]

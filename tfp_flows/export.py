@@ -22,8 +22,10 @@ class _FlowServing(tf.Module):
   def __init__(self, model):
     super().__init__(name="flow_serving")
     # Only the variables are tracked: a tracked Keras model would add its own serving
-    # function, traced without the context a conditional flow needs.
-    self.flow_variables = list(model.variables)
+    # function, traced without the context a conditional flow needs. They are tracked
+    # as the tf.Variables under the Keras 3 wrappers: session-based loaders (TensorFlow
+    # Serving, `saved_model_cli run`) leave wrapped variables uninitialised.
+    self.flow_variables = [variable.value for variable in model.variables]
     event = [None, *model.event_shape]
     latent = [None, *model.latent_shape]
     conditional = model.context_shape is not None
@@ -93,6 +95,7 @@ def save(model, path):
     it drew; fresh samples on every call (seeded from the OS per loaded copy), and
     `sample(n, seed)` with the returned seed reproduces them.
   * `forward`: `z [N, *latent_shape]` -> `x`;  `inverse`: `x` -> `z` (+ `context`).
+  * `serving_default`: the same function as `log_prob`.
 
   Load with `tf.saved_model.load(path).signatures["log_prob"](x=...)`, or serve with
   TensorFlow Serving under the same signature and input names.
@@ -107,5 +110,7 @@ def save(model, path):
   serving = _FlowServing(model)
   signatures = {name: getattr(serving, name).get_concrete_function()
                 for name in SIGNATURES}
+  # What TensorFlow Serving and saved_model_cli run when a request names no signature.
+  signatures["serving_default"] = signatures["log_prob"]
   tf.saved_model.save(serving, str(path), signatures=signatures)
   return path
