@@ -40,8 +40,13 @@ same for every case) and `sample(256)` (fixed-point inversion), and checks the s
 are finite. With `--fit`, one extra case trains by `model.fit` over several short epochs
 and reports every epoch's time, to show that `fit` does not retrace after the first.
 
+The machine is shared: every case reports the CPU cores that *other* processes used
+while it ran (machine-wide busy time from /proc/stat minus the worker's own CPU time),
+and `--quiet_wait` delays each case until they are idle (as `nsf_benchmark.py` does).
+
 Usage:
   python benchmarks/residual_benchmark.py           # full run, about 12-15 minutes
+  python benchmarks/residual_benchmark.py --quiet_wait=300   # wait for an idle machine
   python benchmarks/residual_benchmark.py --quick   # n_exact_terms 2 and 16, fewer repeats
   python benchmarks/residual_benchmark.py --models=rf64 --xla=on --n_exact_terms=2,16
 """
@@ -83,6 +88,11 @@ _BFC = flags.DEFINE_boolean("bfc", True,
                             "Run workers with TF_CPU_ALLOCATOR_USE_BFC=true to report "
                             "TF's allocator peak.")
 _TIMEOUT = flags.DEFINE_integer("timeout_s", 600, "Per-worker time limit (seconds).")
+_QUIET_WAIT = flags.DEFINE_integer(
+    "quiet_wait", 0, "Before each case, wait up to this many seconds until other "
+    "processes use less than --quiet_cores CPU cores (the machine is shared).")
+_QUIET_CORES = flags.DEFINE_float("quiet_cores", 0.3,
+                                  "CPU cores other processes may use for --quiet_wait.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: run one case, e.g. rf2:neumann:2:on.")
 
@@ -351,6 +361,33 @@ def _load():
     return " ".join(f.read().split()[:3])
 
 
+def _cpu_jiffies():
+  """(busy, total) jiffies of the whole machine from /proc/stat."""
+  with open("/proc/stat", encoding="utf-8") as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  idle = fields[3] + fields[4]  # idle + iowait
+  return sum(fields) - idle, sum(fields)
+
+
+def _busy_cores(seconds):
+  """CPU cores in use by all processes over the next `seconds` (parent idle meanwhile)."""
+  busy0, total0 = _cpu_jiffies()
+  time.sleep(seconds)
+  busy1, total1 = _cpu_jiffies()
+  return (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
+
+
+def _wait_for_quiet():
+  """Waits (up to --quiet_wait s) until other processes use < --quiet_cores cores."""
+  if _QUIET_WAIT.value <= 0:
+    return 0.0
+  start = time.perf_counter()
+  while time.perf_counter() - start < _QUIET_WAIT.value:
+    if _busy_cores(3.0) < _QUIET_CORES.value:
+      break
+  return time.perf_counter() - start
+
+
 def _spawn(spec, argv_flags):
   cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
   # TF's XLA device compiler logs every compilation at this verbosity; the count before
@@ -358,6 +395,8 @@ def _spawn(spec, argv_flags):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="device_compiler=1")
   if _BFC.value:
     env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+  busy0, total0 = _cpu_jiffies()
+  child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.perf_counter()
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
@@ -365,11 +404,19 @@ def _spawn(spec, argv_flags):
   except subprocess.TimeoutExpired:
     return {"spec": spec, "timeout": True, "wall_s": time.perf_counter() - start}
   wall = time.perf_counter() - start
+  busy1, total1 = _cpu_jiffies()
+  child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+  # Cores busy on the machine during the case minus the worker's own CPU time: what other
+  # processes used meanwhile (the worker itself uses up to 2 cores).
+  machine = (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
+  worker = ((child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)) / wall
   for line in proc.stdout.splitlines():
     if line.startswith(_MARKER):
       out = json.loads(line[len(_MARKER):])
       out["wall_s"] = wall
       out["spec"] = spec
+      out["worker_cores"] = worker
+      out["other_cores"] = max(machine - worker, 0.0)
       compiles = 0
       for err_line in proc.stderr.splitlines():
         if _PHASE_MARKER in err_line:
@@ -388,8 +435,8 @@ def _fmt(value, spec="{:.1f}"):
 def _training_table(results):
   header = ("| model | estimator | n_exact | XLA | train steps/s | vs exact | vs normflows "
             "(quoted) | first step s | XLA compiles | allocator peak MB | peak RSS MB | "
-            "loss first -> last |")
-  lines = [header, "|" + "---|" * 12]
+            "loss first -> last | other procs' cores |")
+  lines = [header, "|" + "---|" * 13]
   exact = {(r["model"], r["xla"]): r for r in results
            if r.get("estimator") == "exact" and "train_rates" in r}
   for r in results:
@@ -399,7 +446,7 @@ def _training_table(results):
     if "train_rates" not in r:
       why = "timed out" if r.get("timeout") else f"failed ({r.get('failed')})"
       lines.append(f"| {model} | {estimator} | {n_name} | {xla_name} | {why} after "
-                   f"{r['wall_s']:.0f} s | | | | | | | |")
+                   f"{r['wall_s']:.0f} s | | | | | | | | |")
       continue
     rate = _median(r["train_rates"])
     base = exact.get((model, r["xla"]))
@@ -410,7 +457,8 @@ def _training_table(results):
         f"| {model} | {estimator} | {n_name} | {xla_name} | {rate:.1f} | {vs_exact} | "
         f"{rate / quoted:.2f}x | {r['first_call_s']:.1f} | {r['xla_compiles']} | "
         f"{_fmt(r['alloc_peak_mb'])} | "
-        f"{r['peak_rss_mb']:.0f} | {r['init_loss']:.2f} -> {r['last_loss']:.2f} |")
+        f"{r['peak_rss_mb']:.0f} | {r['init_loss']:.2f} -> {r['last_loss']:.2f} | "
+        f"{r['other_cores']:.2f} |")
   return "\n".join(lines)
 
 
@@ -534,7 +582,8 @@ def main(argv):
   n_values = _n_exact_values()
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--models", "--gradients", "--xla", "--exact",
-                                      "--json_out", "--fit", "--timeout_s", "--bfc"))]
+                                      "--json_out", "--fit", "--timeout_s", "--bfc",
+                                      "--quiet"))]
   settings = _settings()
   print(f"Residual flow benchmark: MLP {_HIDDEN}, batch {_BATCH.value}, Adam lr "
         f"{_LR.value}, float32; n_exact_terms {n_values}; {settings['repeats']} repeats of "
@@ -555,16 +604,21 @@ def main(argv):
         specs.append(f"{m}:neumann:{min(n_values)}:{x}:fit")
   results = []
   start = time.perf_counter()
+  total_waited = 0.0
   for spec in specs:
+    waited = _wait_for_quiet()
+    total_waited += waited
     load_before = _load()
     out = _spawn(spec, passthrough)
     out["load_before"] = load_before
+    out["waited_s"] = waited
     results.append(out)
     if "train_rates" in out:
       print(f"  {spec:24s} train {_median(out['train_rates']):6.1f} steps/s, first "
             f"{out['first_call_s']:5.1f} s, alloc peak {_fmt(out['alloc_peak_mb'])} MB, "
-            f"RSS {out['peak_rss_mb']:.0f} MB ({out['wall_s']:.0f} s; load before "
-            f"{load_before}, after {_load()})", flush=True)
+            f"RSS {out['peak_rss_mb']:.0f} MB ({out['wall_s']:.0f} s after waiting "
+            f"{waited:.0f} s; other processes used {out['other_cores']:.2f} cores; load "
+            f"before {load_before}, after {_load()})", flush=True)
     else:
       print(f"  {spec:24s} {'TIMED OUT' if out.get('timeout') else 'FAILED'} after "
             f"{out['wall_s']:.0f} s", flush=True)
@@ -588,7 +642,8 @@ def main(argv):
     print(fit)
     print()
   print(_spread(results))
-  print(f"\ntotal wall time {time.perf_counter() - start:.0f}s; load average {_load()}")
+  print(f"\ntotal wall time {time.perf_counter() - start:.0f}s (of which waiting for a "
+        f"quiet machine {total_waited:.0f}s); load average {_load()}")
   if _fingerprint() != fingerprint:
     print("WARNING: the tfp_flows sources changed during the run; the cases may have "
           "measured different versions.")
