@@ -87,6 +87,10 @@ _PRETRAIN = flags.DEFINE_integer("pretrain_steps", 400,
 _COMPILE_TIMEOUT = flags.DEFINE_integer(
     "compile_timeout", 300, "Kill a case whose first call (trace + compile) has not "
     "finished after this many seconds, and report it as not finished.")
+_CASE_TIMEOUT = flags.DEFINE_integer(
+    "case_timeout", 1200, "Kill a case still running after this many seconds (its "
+    "figures so far are kept).")
+_VERBOSE = flags.DEFINE_boolean("verbose", False, "Echo the workers' result lines.")
 _QUIET_WAIT = flags.DEFINE_integer(
     "quiet_wait", 0, "Before each case, wait up to this many seconds until other "
     "processes use less than --quiet_cores CPU cores (the machine is shared).")
@@ -452,17 +456,23 @@ def _spawn(spec, argv_flags):
     try:
       line = lines.get(timeout=1.0)
     except queue.Empty:
-      if phase and time.perf_counter() - phase_start > _COMPILE_TIMEOUT.value:
-        proc.kill()
-        proc.wait()
+      now = time.perf_counter()
+      if phase and now - phase_start > _COMPILE_TIMEOUT.value:
         out["timeout"] = (phase, _COMPILE_TIMEOUT.value)
-        break
-      continue
+      elif now - start > _CASE_TIMEOUT.value:
+        out["timeout"] = ("case", _CASE_TIMEOUT.value)
+      else:
+        continue
+      proc.kill()
+      proc.wait()
+      break
     if line is None:
       proc.wait()
       break
     if not line.startswith(_MARKER):
       continue
+    if _VERBOSE.value:
+      print(f"    [{time.perf_counter() - start:.0f}s] {line.strip()}", flush=True)
     fields = json.loads(line[len(_MARKER):])
     if fields.get("event") == "start":
       phase, phase_start = fields["phase"], time.perf_counter()
@@ -617,7 +627,8 @@ def main(argv):
       raise app.UsageError(f"--xla takes on/off; got {x!r}")
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--cases", "--xla", "--json_out", "--quiet",
-                                      "--weights", "--compile_timeout"))]
+                                      "--weights", "--compile_timeout", "--case_timeout",
+                                      "--verbose"))]
   settings = _settings()
   print(f"FFJORD benchmark: two moons, MLP {_HIDDEN} softplus, dopri5 rtol {_RTOL.value} "
         f"atol {_ATOL.value}, max_num_steps {_MAX_NUM_STEPS}, batch {_BATCH.value}, Adam lr "
