@@ -189,12 +189,12 @@ def _weights(path):
 
 
 def _counted(fn, counter):
-  """`fn(t, z)` that adds 1 to `counter` per evaluation."""
+  """`fn(t, z, ...)` that adds 1 to `counter` per evaluation."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  def field(t, z):
+  def field(*args):
     with tf.control_dependencies([counter.assign_add(1)]):
-      return fn(t, z)
+      return fn(*args)
 
   return field
 
@@ -280,8 +280,11 @@ def _run_worker(spec):
     model = _build_ours()
     layer = model.flow_layers[-1]
     layer.net.set_weights(weights)
-    # The layer builds its bijector from `self.vector_field`; counting wraps it.
+    # The layer builds its bijector from `self.vector_field` and, for the trace, the
+    # net's forward-mode products `self.vector_field_with_tangents`; counting wraps both.
     layer.vector_field = _counted(lambda t, z: layer.net(z, t), counter)
+    layer.vector_field_with_tangents = _counted(
+        lambda t, z, v: layer.net.call_with_tangents(z, t, v), counter)
     variables = model.trainable_variables
 
     def train_loss(x):

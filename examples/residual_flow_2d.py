@@ -8,7 +8,7 @@ fit next to that of a full-covariance Gaussian and the neural spline flow's as r
 by `examples/spline_flow_2d.py` (not run here); the density and the NLL use the exact
 log-det (evaluation mode), the samples invert every block by fixed-point iteration.
 
-Run: python examples/residual_flow_2d.py [--output residual_2d.png] [--epochs 30]
+Run: python examples/residual_flow_2d.py [--output residual_2d.png] [--epochs 60]
 """
 
 import argparse
@@ -70,7 +70,7 @@ def fit(x_train, args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--output", default="residual_2d.png")
-  parser.add_argument("--epochs", type=int, default=30)
+  parser.add_argument("--epochs", type=int, default=60)
   parser.add_argument("--blocks", type=int, default=8)
   parser.add_argument("--hidden", type=int, default=128)
   parser.add_argument("--learning_rate", type=float, default=5e-3)

@@ -140,6 +140,10 @@ class FFJORD(flow_layer.FlowLayer):
   def vector_field(self, t, z):
     return self.net(z, t)
 
+  def vector_field_with_tangents(self, t, z, tangents):
+    """`(f(t, z), J v)`: the net's forward-mode products (`ContinuousFlow`'s `jvp_fn`)."""
+    return self.net.call_with_tangents(z, t, tangents)
+
   def make_bijector(self, training=False, seed=None):
     if training:
       trace = self.trace
@@ -154,7 +158,9 @@ class FFJORD(flow_layer.FlowLayer):
         end_time=self.integration_time, trace=trace, noise=self.noise, seed=seed,
         solver=self.solver, rtol=self.rtol, atol=self.atol,
         max_num_steps=self.max_num_steps, num_steps=self.num_steps,
-        gradient=self.gradient, validate_args=self.validate_args,
+        gradient=self.gradient,
+        jvp_fn=self.vector_field_with_tangents if self.net.supports_tangents else None,
+        validate_args=self.validate_args,
         dtype=self.compute_dtype, name=self.bijector_name())
 
   def _draw_seed(self):

@@ -1,4 +1,15 @@
-"""Time-conditioned vector fields `f(t, z)` for continuous flows (concat-squash layers)."""
+"""Time-conditioned vector fields `f(t, z)` for continuous flows (concat-squash layers).
+
+Besides `call(z, t)`, each net computes Jacobian-vector products in forward mode,
+`call_with_tangents(z, t, tangents) -> (f, J_f(z) v for each tangent v)`, by carrying
+the tangents through the layers with the primal: every layer is linear in z before a
+per-unit gate, so a tangent goes through the same kernel (without bias or time shift)
+and the activation multiplies it by the activation's derivative. f and K tangents cost
+about 1 + K passes of the net and no backward pass: the continuous flows' traces use
+this (see `tfp_flows.bijectors.ContinuousFlow`, `jvp_fn`). The activations with a
+closed-form derivative are listed in `_ACTIVATION_DERIVATIVES`; others fall back to
+reverse-mode autodiff in the flow.
+"""
 
 import keras
 from keras import ops
@@ -7,12 +18,69 @@ __all__ = ["ConcatSquashDense", "ConcatSquashConv2D", "TimeConditionedMLP",
            "TimeConditionedConvNet"]
 
 
+def _softplus_and_derivative(h):
+  # One exponential serves both: softplus(h) = max(h, 0) + log(1 + e), sigmoid(h) =
+  # (1 or e) / (1 + e) with e = exp(-|h|) <= 1, so nothing overflows.
+  e = ops.exp(-ops.abs(h))
+  return ops.relu(h) + ops.log(1.0 + e), ops.where(h >= 0, 1.0, e) / (1.0 + e)
+
+
+def _tanh_and_derivative(h):
+  y = ops.tanh(h)
+  return y, 1.0 - ops.square(y)
+
+
+def _sigmoid_and_derivative(h):
+  y = ops.sigmoid(h)
+  return y, y * (1.0 - y)
+
+
+def _swish_and_derivative(h):
+  gate = ops.sigmoid(h)
+  return h * gate, gate * (1.0 + h * (1.0 - gate))
+
+
+def _linear_and_derivative(h):
+  return h, ops.ones_like(h)
+
+
+# Activations with a closed-form derivative: the nets' forward-mode products need it.
+_ACTIVATION_DERIVATIVES = {
+    "softplus": _softplus_and_derivative,
+    "tanh": _tanh_and_derivative,
+    "sigmoid": _sigmoid_and_derivative,
+    "swish": _swish_and_derivative,
+    "silu": _swish_and_derivative,
+    "linear": _linear_and_derivative,
+}
+
+
 def _column(t, like):
   """Time as a `[B, 1]` column (a scalar time is broadcast over the batch)."""
   t = ops.cast(t, like.dtype)
   if len(t.shape) == 0:
     return ops.ones_like(like[:, :1]) * t
   return ops.reshape(t, [-1, 1])
+
+
+def _with_tangents(net, z, t, tangents):
+  """Primal and tangents through `net`'s concat-squash layers (see the module doc)."""
+  if not net.supports_tangents:
+    raise ValueError(
+        f"{type(net).__name__} computes forward-mode products only for the activations "
+        f"{sorted(_ACTIVATION_DERIVATIVES)} and without mixed precision; got activation "
+        f"{net.activation!r}, dtype policy {net.dtype_policy.name!r}. Use one of them, or "
+        "let the continuous flow use reverse-mode autodiff (no jvp_fn).")
+  if not net.built:
+    net.build(tuple(z.shape))
+  dtype = net.compute_dtype
+  h, v = ops.cast(z, dtype), ops.cast(tangents, dtype)
+  activation = _ACTIVATION_DERIVATIVES[net.activation]
+  for layer in net._hidden:  # pylint: disable=protected-access
+    pre, v = layer.call_with_tangents(h, t, v)
+    h, slope = activation(pre)
+    v = v * slope
+  return net._output.call_with_tangents(h, t, v)  # pylint: disable=protected-access
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
@@ -52,6 +120,16 @@ class ConcatSquashDense(keras.layers.Layer):
     t = _column(t, z)
     gate = ops.sigmoid(ops.matmul(t, self.gate_kernel) + self.gate_bias)
     return (ops.matmul(z, self.kernel) + self.bias) * gate + ops.matmul(t, self.time_bias)
+
+  def call_with_tangents(self, z, t, tangents):
+    """`call(z, t)` and its Jacobian-vector products `(W v) * gate`, `tangents [K, B, D]`."""
+    t = _column(t, z)
+    gate = ops.sigmoid(ops.matmul(t, self.gate_kernel) + self.gate_bias)
+    out = (ops.matmul(z, self.kernel) + self.bias) * gate + ops.matmul(t, self.time_bias)
+    num = ops.shape(tangents)[0]
+    flat = ops.reshape(tangents, (-1, ops.shape(tangents)[-1]))
+    moved = ops.reshape(ops.matmul(flat, self.kernel), (num, -1, self.units))
+    return out, moved * gate
 
   def get_config(self):
     return {**super().get_config(), "units": self.units, "zero_init": self.zero_init}
@@ -97,6 +175,18 @@ class ConcatSquashConv2D(keras.layers.Layer):
     out = ops.conv(z, self.kernel, padding="same") + self.bias
     return out * gate[:, None, None, :] + shift[:, None, None, :]
 
+  def call_with_tangents(self, z, t, tangents):
+    """`call(z, t)` and its products `conv(v) * gate`, `tangents [K, B, H, W, C]`."""
+    t = _column(t, z[:, 0, 0, :])
+    gate = ops.sigmoid(ops.matmul(t, self.gate_kernel) + self.gate_bias)[:, None, None, :]
+    shift = ops.matmul(t, self.time_bias)
+    out = (ops.conv(z, self.kernel, padding="same") + self.bias) * gate
+    shape = ops.shape(tangents)
+    flat = ops.reshape(tangents, (-1,) + tuple(shape[2:]))
+    moved = ops.conv(flat, self.kernel, padding="same")
+    moved = ops.reshape(moved, (shape[0], -1) + tuple(ops.shape(moved)[1:]))
+    return out + shift[:, None, None, :], moved * gate
+
   def get_config(self):
     return {**super().get_config(), "filters": self.filters,
             "kernel_size": self.kernel_size, "zero_init": self.zero_init}
@@ -122,12 +212,13 @@ class TimeConditionedMLP(keras.layers.Layer):
       raise ValueError(f"hidden_units must be positive sizes; got {hidden_units!r}.")
     self.activation = activation
     self._activation = keras.activations.get(activation)
-    self._hidden = [ConcatSquashDense(u, name=f"hidden_{i}")
+    self._hidden = [ConcatSquashDense(u, dtype=self.dtype_policy, name=f"hidden_{i}")
                     for i, u in enumerate(self.hidden_units)]
     self._output = None
 
   def build(self, input_shape):
-    self._output = ConcatSquashDense(input_shape[-1], zero_init=True, name="output")
+    self._output = ConcatSquashDense(input_shape[-1], zero_init=True,
+                                     dtype=self.dtype_policy, name="output")
     shape = tuple(input_shape)
     for layer in self._hidden:
       layer.build(shape)
@@ -139,6 +230,19 @@ class TimeConditionedMLP(keras.layers.Layer):
     for layer in self._hidden:
       h = self._activation(layer(h, t))
     return self._output(h, t)
+
+  @property
+  def supports_tangents(self):
+    """Whether `call_with_tangents` works: the activation has a closed-form derivative."""
+    return (isinstance(self.activation, str) and self.activation in _ACTIVATION_DERIVATIVES
+            and self.compute_dtype == self.variable_dtype)
+
+  def call_with_tangents(self, z, t, tangents):
+    """`(call(z, t), J v)` for the stacked tangents `v` `[K, B, *event]` (forward mode).
+
+    Costs one pass of the net plus K linear passes of the kernels (no backward pass).
+    """
+    return _with_tangents(self, z, t, tangents)
 
   def get_config(self):
     return {**super().get_config(), "hidden_units": list(self.hidden_units),
@@ -161,12 +265,13 @@ class TimeConditionedConvNet(keras.layers.Layer):
       raise ValueError(f"hidden_channels must be positive sizes; got {hidden_channels!r}.")
     self.activation = activation
     self._activation = keras.activations.get(activation)
-    self._hidden = [ConcatSquashConv2D(c, name=f"hidden_{i}")
+    self._hidden = [ConcatSquashConv2D(c, dtype=self.dtype_policy, name=f"hidden_{i}")
                     for i, c in enumerate(self.hidden_channels)]
     self._output = None
 
   def build(self, input_shape):
-    self._output = ConcatSquashConv2D(input_shape[-1], zero_init=True, name="output")
+    self._output = ConcatSquashConv2D(input_shape[-1], zero_init=True,
+                                      dtype=self.dtype_policy, name="output")
     shape = tuple(input_shape)
     for layer in self._hidden:
       layer.build(shape)
@@ -178,6 +283,19 @@ class TimeConditionedConvNet(keras.layers.Layer):
     for layer in self._hidden:
       h = self._activation(layer(h, t))
     return self._output(h, t)
+
+  @property
+  def supports_tangents(self):
+    """Whether `call_with_tangents` works: the activation has a closed-form derivative."""
+    return (isinstance(self.activation, str) and self.activation in _ACTIVATION_DERIVATIVES
+            and self.compute_dtype == self.variable_dtype)
+
+  def call_with_tangents(self, z, t, tangents):
+    """`(call(z, t), J v)` for the stacked tangents `v` `[K, B, *event]` (forward mode).
+
+    Costs one pass of the net plus K linear passes of the kernels (no backward pass).
+    """
+    return _with_tangents(self, z, t, tangents)
 
   def get_config(self):
     return {**super().get_config(), "hidden_channels": list(self.hidden_channels),
