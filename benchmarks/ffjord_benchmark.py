@@ -47,8 +47,14 @@ compile), evals/step and evaluations/s, `log_prob` points/s, `sample` samples/s,
 ours/stock at the same XLA setting, losses, and the cores *other* processes used
 meanwhile (the machine is shared; `--quiet_wait` delays each case until it is idle).
 
+Separate processes measured minutes apart can disagree by 1.5x on this shared machine,
+so `--interleaved` runs ours and stock in one process instead and alternates rounds of
+each (ours with and without XLA; stock without, since its XLA compile does not finish),
+giving per-round ratios that load changes hit alike.
+
 Usage:
   python benchmarks/ffjord_benchmark.py                   # full run
+  python benchmarks/ffjord_benchmark.py --interleaved     # ours vs stock, same process
   python benchmarks/ffjord_benchmark.py --quick           # fewer repeats and steps
   python benchmarks/ffjord_benchmark.py --quiet_wait=300  # wait for an idle machine per case
   python benchmarks/ffjord_benchmark.py --cases=ours,stock --xla=on --compile_timeout=600
@@ -96,6 +102,10 @@ _QUIET_WAIT = flags.DEFINE_integer(
     "processes use less than --quiet_cores CPU cores (the machine is shared).")
 _QUIET_CORES = flags.DEFINE_float("quiet_cores", 0.3,
                                   "CPU cores other processes may use for --quiet_wait.")
+_INTERLEAVED = flags.DEFINE_boolean(
+    "interleaved", False, "Instead of the cases: ours (per --xla) and stock (without XLA) "
+    "in one process, alternating rounds of training steps and log_prob calls, so load "
+    "changes hit both alike; reports per-round ratios.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Internal: the shared starting weights.")
 _WORKER = flags.DEFINE_string("worker", None,
@@ -242,22 +252,11 @@ def _timed_rates(fn, args_list, repeats, seconds, items_per_call, counter):
   return rates, calls, (int(counter.numpy()) - before) / (repeats * calls)
 
 
-def _run_worker(spec):
-  """Runs one case (`impl:xla:part`); prints JSON lines prefixed by _MARKER."""
-  impl, xla_name, part = spec.split(":")
-  xla = xla_name == "on"
-  cfg = dict(_settings(), batch=_BATCH.value, lr=_LR.value)
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import keras  # pylint: disable=import-outside-toplevel
+def _build_case(impl, cfg, weights, counter, fwd_nfe):
+  """(model, variables, train_loss, log_prob, sample) of `impl` from shared `weights`."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tfp_flows import nets  # pylint: disable=import-outside-toplevel
-
-  keras.utils.set_random_seed(0)
-  tf.random.set_seed(0)
-  batches = [tf.constant(b) for b in _load_batches(cfg["batch"])]
-  weights = _weights(_WEIGHTS.value)
-  counter = tf.Variable(0, dtype=tf.int64, trainable=False)
-  fwd_nfe = []
+  model = None
   if impl == "stock":
     net = nets.TimeConditionedMLP(_HIDDEN)
     net.build((None, 2))
@@ -299,6 +298,83 @@ def _run_worker(spec):
     def sample(seed):
       return model.sample(cfg["batch"], seed=seed)
 
+  return model, variables, train_loss, log_prob, sample
+
+
+def _train_step(variables, train_loss, learning_rate):
+  """One Adam step on `train_loss` (a plain function, for `tf.function`)."""
+  import keras  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  optimizer = keras.optimizers.Adam(learning_rate)
+  optimizer.build(variables)
+
+  def train_step(x):
+    with tf.GradientTape() as tape:
+      loss, _ = train_loss(x)
+    optimizer.apply(tape.gradient(loss, variables), variables)
+    return loss
+
+  return train_step
+
+
+def _run_duel(xla_name):
+  """Ours (XLA per `xla_name`) and stock (without XLA) in one process, interleaved.
+
+  Rounds alternate `steps` training steps (then log_prob calls) of each, so both see the
+  same machine state; reports per-round rates and the per-round ratios.
+  """
+  import keras  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  cfg = dict(_settings(), batch=_BATCH.value, lr=_LR.value)
+  keras.utils.set_random_seed(0)
+  batches = [tf.constant(b) for b in _load_batches(cfg["batch"])]
+  weights = _weights(_WEIGHTS.value)
+  counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+  steps, calls = {}, {}
+  for impl, jit in (("ours", xla_name == "on"), ("stock", False)):
+    _, variables, train_loss, log_prob, _ = _build_case(impl, cfg, weights, counter, [])
+    steps[impl] = tf.function(_train_step(variables, train_loss, cfg["lr"]),
+                              jit_compile=jit)
+    calls[impl] = tf.function(log_prob, jit_compile=jit)
+    for _ in range(1 + cfg["warmup"]):
+      _sync(steps[impl](batches[0]))
+      _sync(calls[impl](batches[0]))
+  rounds = {("train", impl): [] for impl in steps}
+  rounds.update({("log_prob", impl): [] for impl in steps})
+  evals = {key: [] for key in rounds}
+  for r in range(2 * cfg["repeats"]):
+    for impl in (("ours", "stock") if r % 2 == 0 else ("stock", "ours")):
+      for part, fn, count, items in (("train", steps[impl], cfg["steps"], 1),
+                                     ("log_prob", calls[impl], 4 * cfg["steps"],
+                                      cfg["batch"])):
+        before = int(counter.numpy())
+        begin = time.perf_counter()
+        for i in range(count):
+          out = fn(batches[(r + i) % len(batches)])
+        _sync(out)
+        rounds[(part, impl)].append(items * count / (time.perf_counter() - begin))
+        evals[(part, impl)].append((int(counter.numpy()) - before) / count)
+  _emit(duel={f"{part}:{impl}": {"rates": rates, "evals": evals[(part, impl)]}
+              for (part, impl), rates in rounds.items()})
+
+
+def _run_worker(spec):
+  """Runs one case (`impl:xla:part`); prints JSON lines prefixed by _MARKER."""
+  impl, xla_name, part = spec.split(":")
+  xla = xla_name == "on"
+  cfg = dict(_settings(), batch=_BATCH.value, lr=_LR.value)
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import keras  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  keras.utils.set_random_seed(0)
+  tf.random.set_seed(0)
+  batches = [tf.constant(b) for b in _load_batches(cfg["batch"])]
+  weights = _weights(_WEIGHTS.value)
+  counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+  fwd_nfe = []
+  model, variables, train_loss, log_prob, sample = _build_case(impl, cfg, weights,
+                                                               counter, fwd_nfe)
   optimizer = keras.optimizers.Adam(cfg["lr"])
   optimizer.build(variables)
   _emit(num_params=int(sum(np.prod(v.shape) for v in variables)))
@@ -564,6 +640,9 @@ def _summary(out, part):
   def median(key, spec):
     return _fmt(_median(out[key]), spec) if key in out else "-"
 
+  if part == "both":
+    return "interleaved rounds done" if "duel" in out else "no result"
+
   if part == "train":
     return (f"train {median('train_rates', '.2f')} steps/s, evals/step "
             f"{median('evals_per_step', '.1f')}, first step "
@@ -573,7 +652,34 @@ def _summary(out, part):
           f"{_fmt(out.get('log_prob_first_call_s'), '.1f')}s")
 
 
+def _duel_table(results):
+  """Interleaved rounds: medians and the median / range of the per-round ratios."""
+  lines = ["Interleaved in one process (rounds alternate ours and stock; stock without "
+           "XLA in both rows; ratio = ours/stock per round, median [min, max]):", "",
+           "| ours XLA | part | ours /s | stock /s | ratio | ours evals/call | stock "
+           "evals/call | evals/s ratio | other procs' cores |", "|" + "---|" * 9]
+  for (_, xla, _), r in results.items():
+    duel = r.get("duel")
+    if not duel:
+      lines.append(f"| {xla} | - | did not finish | | | | | | {r['other_cores']:.2f} |")
+      continue
+    for part, unit in (("train", "steps"), ("log_prob", "points")):
+      ours, stock = duel[f"{part}:ours"], duel[f"{part}:stock"]
+      ratios = [a / b for a, b in zip(ours["rates"], stock["rates"])]
+      e_ours, e_stock = _median(ours["evals"]), _median(stock["evals"])
+      eval_ratios = [a * e_ours / (b * e_stock) for a, b in zip(ours["rates"],
+                                                                stock["rates"])]
+      lines.append(
+          f"| {xla} | {part} ({unit}) | {_median(ours['rates']):,.1f} | "
+          f"{_median(stock['rates']):,.1f} | {_median(ratios):.2f}x [{min(ratios):.2f}, "
+          f"{max(ratios):.2f}] | {e_ours:.1f} | {e_stock:.1f} | "
+          f"{_median(eval_ratios):.2f}x | {r['other_cores']:.2f} |")
+  return "\n".join(lines)
+
+
 def _tables(results):
+  if _INTERLEAVED.value:
+    return _duel_table(results)
   lines = ["Training (batch 256; evals = vector-field evaluations, forward + adjoint; "
            "fm and fm_ot solve no ODE, their loss is the flow-matching regression):", "",
            "| case | XLA | train steps/s | vs stock | fwd NFE | evals/step | evals/s | "
@@ -619,6 +725,9 @@ def main(argv):
   if _WORKER.value == "pretrain":
     _run_pretrain(_WEIGHTS.value)
     return
+  if _WORKER.value and _WORKER.value.startswith("duel:"):
+    _run_duel(_WORKER.value.split(":")[1])
+    return
   if _WORKER.value:
     _run_worker(_WORKER.value)
     return
@@ -630,6 +739,7 @@ def main(argv):
       raise app.UsageError(f"--xla takes on/off; got {x!r}")
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--cases", "--xla", "--json_out", "--quiet",
+                                      "--interleaved",
                                       "--weights", "--compile_timeout", "--case_timeout",
                                       "--verbose"))]
   settings = _settings()
@@ -655,11 +765,14 @@ def main(argv):
         specs.append((impl, xla, "train"))
         if impl in ("ours", "stock"):
           specs.append((impl, xla, "eval"))
+    if _INTERLEAVED.value:
+      specs = [("duel", xla, "both") for xla in _XLA.value]
     for impl, xla, part in specs:
       waited = _wait_for_quiet()
       total_waited += waited
       load_before = _load()
-      out = _spawn(f"{impl}:{xla}:{part}", passthrough + [f"--weights={weights}"])
+      spec = f"duel:{xla}" if impl == "duel" else f"{impl}:{xla}:{part}"
+      out = _spawn(spec, passthrough + [f"--weights={weights}"])
       results[(impl, xla, part)] = out
       summary = _summary(out, part)
       if out.get("timeout"):

@@ -21,8 +21,7 @@ __all__ = ["ConcatSquashDense", "ConcatSquashConv2D", "TimeConditionedMLP",
 def _softplus_and_derivative(h):
   # One exponential serves both: softplus(h) = max(h, 0) + log(1 + e), sigmoid(h) =
   # (1 or e) / (1 + e) with e = exp(-|h|) <= 1, so nothing overflows.
-  e = ops.exp(-ops.abs(h))
-  return ops.relu(h) + ops.log(1.0 + e), ops.where(h >= 0, 1.0, e) / (1.0 + e)
+  return ops.softplus(h), ops.sigmoid(h)
 
 
 def _tanh_and_derivative(h):
