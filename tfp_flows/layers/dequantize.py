@@ -5,6 +5,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import preprocessing
+from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
 
 __all__ = ["Dequantize"]
@@ -15,7 +16,7 @@ class Dequantize(flow_layer.FlowLayer):
   """Integer pixels in [0, 2**num_bits) -> logit space, with every Jacobian counted.
 
   Data -> base: `v = x + u` (training: `u ~ U[0, 1)` from the layer's
-  `keras.random.SeedGenerator`; evaluation: `u = 1/2`, the bin centre, so `log_prob` is
+  `keras.random.SeedGenerator`, independent on every `tf.distribute` replica; evaluation: `u = 1/2`, the bin centre, so `log_prob` is
   deterministic), then the bijector `tfb.Chain([tfb.Scale(2**num_bits), Logit(alpha)])`
   maps `v` to `logit(alpha + (1 - 2 alpha) v / 2**num_bits)`; with `alpha=None` it is
   Glow's linear map `v / 2**num_bits - 1/2` instead.
@@ -56,8 +57,9 @@ class Dequantize(flow_layer.FlowLayer):
   def call(self, inputs, context=None, training=None):
     inputs = tf.cast(inputs, self.compute_dtype)
     if training:
-      noise = keras.random.uniform(tf.shape(inputs), seed=self.seed_generator,
-                                   dtype=inputs.dtype)
+      noise = tf.random.stateless_uniform(
+          tf.shape(inputs), _replica_seed.draw_replica_seed(self.seed_generator),
+          dtype=inputs.dtype)
     else:
       noise = tf.constant(0.5, inputs.dtype)
     return super().call(inputs + noise, context=context, training=training)

@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfp_flows import nets
 from tfp_flows.bijectors import continuous
 from tfp_flows.bijectors import ode
+from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
 
 __all__ = ["FFJORD"]
@@ -30,7 +31,8 @@ class FFJORD(flow_layer.FlowLayer):
   Which trace estimator is in effect depends on the mode (`trace_mode(training)`):
 
   * training: `trace` ("hutchinson" by default, one probe per row drawn per step from
-    the layer's `keras.random.SeedGenerator` and fixed along the trajectory);
+    the layer's `keras.random.SeedGenerator`, independently on every `tf.distribute`
+    replica, and fixed along the trajectory);
   * evaluation (`log_prob`, `.bijector`, export): "exact" when the event has at most
     `exact_max_dims` entries, else Hutchinson with a fixed probe seed (deterministic
     and unbiased, but a one-probe estimate per row).
@@ -164,7 +166,7 @@ class FFJORD(flow_layer.FlowLayer):
         dtype=self.compute_dtype, name=self.bijector_name())
 
   def _draw_seed(self):
-    return keras.random.randint([2], 0, 2**31 - 1, seed=self.seed_generator, dtype="int32")
+    return _replica_seed.draw_replica_seed(self.seed_generator)
 
   def statistic_names(self):
     return ("nfe",)

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfp_flows import nets
 from tfp_flows.bijectors import residual
+from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
 
 __all__ = ["ResidualBlock"]
@@ -27,8 +28,9 @@ class ResidualBlock(flow_layer.FlowLayer):
 
   * training (`fit`, `model(x, training=True)`): `log_det` ("russian_roulette" by
     default: unbiased, `n_exact_terms` terms always computed), with probes and counts
-    seeded per step from the layer's `keras.random.SeedGenerator`, so
-    `keras.utils.set_random_seed` makes runs repeatable, under XLA too;
+    seeded per step from the layer's `keras.random.SeedGenerator` (independently on
+    every `tf.distribute` replica), so `keras.utils.set_random_seed` makes runs
+    repeatable, under XLA too;
   * evaluation (`log_prob`, `.bijector`, `model.distribution`, export): "exact" (dense
     Jacobian; deterministic) when the event has at most `exact_max_dims` entries, else
     a "series" whose truncation bias `D L^(n+1) / ((n+1)(1 - L))` is below 1e-3 nats,
@@ -148,8 +150,7 @@ class ResidualBlock(flow_layer.FlowLayer):
       method, num_terms = "series", self._eval_series_terms()
       seed = tf.constant([20191104, 0], tf.int32)
     if method != "exact" and seed is None:
-      seed = keras.random.randint([2], 0, 2**31 - 1, seed=self.seed_generator,
-                                  dtype="int32")
+      seed = _replica_seed.draw_replica_seed(self.seed_generator)
     return residual.ResidualBlock(
         self.residual_fn(training), event_ndims=len(self._event_shape), log_det=method,
         gradient=self.gradient, seed=seed, num_terms=num_terms,
