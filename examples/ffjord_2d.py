@@ -166,9 +166,8 @@ def main():
   parser.add_argument("--no_xla", action="store_true", help="train without jit_compile")
   parser.add_argument(
       "--actnorm", action="store_true",
-      help="an ActNorm before the block. Off by default: flow matching also trains the "
-      "ActNorm, whose log-det is not in its loss, and shrinking the data towards 0 drives "
-      "that loss to 0 (a collapse).")
+      help="a data-initialised ActNorm before the block (flow matching does not train "
+      "it: its output is a constant of the regression)")
   args = parser.parse_args()
   methods = args.methods.split(",")
   densities = args.densities.split(",")

@@ -53,7 +53,8 @@ class FlowModel(keras.Model):
     objective: what `fit` minimises: "maximum_likelihood", or "flow_matching" for a flow
       whose base-side layer is a continuous flow with a `flow_matching_loss` (FFJORD):
       the layers before it run in training mode (ActNorm initialises, dequantisation
-      adds noise) and the last one regresses its vector field on straight paths from
+      adds noise) but are not trained by it (their output is a constant of the
+      regression), and the last one regresses its vector field on straight paths from
       the standard-normal base, without solving the ODE; `fit` then logs
       `flow_matching_loss`, and `evaluate`/`log_prob` are still exact likelihoods.
     optimal_transport: with "flow_matching", pair each batch by entropic OT.
@@ -83,8 +84,10 @@ class FlowModel(keras.Model):
     self.flow.build((None, *event_shape))
     self.latent_shape = self.flow.bijector.inverse_event_shape(event_shape).as_list()
     self._custom_base = base_distribution is not None
+    # The weights' dtype (float32 under mixed precision, float64 with floatx float64).
+    base_dtype = np.dtype(self.dtype_policy.variable_dtype)
     self.base_distribution = base_distribution or tfd.Sample(
-        tfd.Normal(np.float32(0), np.float32(1)), self.latent_shape)
+        tfd.Normal(base_dtype.type(0), base_dtype.type(1)), self.latent_shape)
     self._nll_tracker = keras.metrics.Mean(name="nll")
     self._bpd_tracker = keras.metrics.Mean(name="bits_per_dim")
     names = sorted({name for layer in flow_layers for name in _statistic_names(layer)})
@@ -235,6 +238,9 @@ class FlowModel(keras.Model):
       x = tf.cast(x, self.compute_dtype)
     for layer in self.flow_layers[:-1]:
       x, _ = layer(x, training=True)
+    # The layers before the field only transform the data (ActNorm initialises from it):
+    # the regression must not train them, or shrinking the data would shrink the loss.
+    x = tf.stop_gradient(x)
     loss = self.flow_layers[-1].flow_matching_loss(
         x, optimal_transport=self.optimal_transport)
     self._fm_tracker.update_state(loss, sample_weight=tf.cast(tf.shape(x)[0], loss.dtype))
@@ -250,8 +256,11 @@ class FlowModel(keras.Model):
         loss = self._loss_and_metrics(data, training=True)
       # Gradients are summed over replicas, so each replica's loss is divided by their count.
       scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
-    gradients = tape.gradient(scaled, self.trainable_variables)
-    self.optimizer.apply(gradients, self.trainable_variables)
+    # Flow matching trains the field alone (see `_flow_matching_loss`).
+    variables = (self.flow_layers[-1].trainable_variables
+                 if self.objective == "flow_matching" else self.trainable_variables)
+    gradients = tape.gradient(scaled, variables)
+    self.optimizer.apply(gradients, variables)
     if self.objective == "flow_matching":
       return {"flow_matching_loss": self._fm_tracker.result()}
     return self._metric_results()

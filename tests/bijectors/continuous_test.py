@@ -221,6 +221,76 @@ def test_step_cap_raises_with_validate_args_and_gives_nan_rows_without():
   assert not result.success.numpy().any()
 
 
+def test_adjoint_backward_solve_out_of_steps_gives_nan_gradients_or_raises():
+  # A field whose backward (augmented) solve needs more steps than its forward one:
+  # near the cap the forward solve finishes and the backward one does not. Its
+  # gradient must then be NaN (or raise), never a finite gradient of a truncated solve.
+  weight = tf.Variable(np.random.default_rng(0).normal(size=[2, 2]) * 3.0)
+  x = tf.constant(np.random.default_rng(0).normal(size=[5, 2]))
+  field = lambda t, z: tf.tanh(tf.linalg.matvec(weight, z)) * (1 + 3 * tf.sin(8 * t))[:, None]
+
+  def gradient(method, cap, validate_args=False):
+    bijector = tffb.ContinuousFlow(field, trace="exact", gradient=method, rtol=1e-6,
+                                   atol=1e-6, max_num_steps=cap,
+                                   validate_args=validate_args, dtype=tf.float64)
+
+    @tf.function
+    def run():
+      with tf.GradientTape() as tape:
+        result = bijector.solve(x, "inverse")
+        loss = tf.reduce_sum(result.value ** 2) - tf.reduce_sum(result.log_det)
+      return tf.reduce_all(result.success), tape.gradient(loss, weight)
+    return [t.numpy() for t in run()]
+
+  reference = gradient("backprop", 1000)[1]
+  outcomes = []
+  for cap in range(14, 22):
+    forward_finished, grad = gradient("adjoint", cap)
+    if not forward_finished:
+      continue
+    if np.isnan(grad).all():
+      outcomes.append("nan")
+      with pytest.raises(tf.errors.InvalidArgumentError, match="backward ODE solve"):
+        gradient("adjoint", cap, validate_args=True)
+    else:
+      np.testing.assert_allclose(grad, reference, rtol=1e-4, err_msg=f"cap {cap}")
+      outcomes.append("finite")
+  assert "nan" in outcomes and "finite" in outcomes, outcomes
+
+
+def test_end_time_must_be_positive_in_any_form():
+  field = _linear_field(tf.float32)
+  for end_time in (np.float32(-1.0), tf.constant(-1.0), tf.constant(0.0), -2):
+    with pytest.raises(ValueError, match="end_time must be positive"):
+      tffb.ContinuousFlow(field, end_time=end_time)
+  negative = tf.Variable(-0.5)
+  checked = tffb.ContinuousFlow(field, end_time=negative, validate_args=True)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="end_time must be positive"):
+    checked.forward(tf.constant(Z, tf.float32))
+
+
+def test_content_keyed_probes_make_a_point_s_log_det_batch_independent():
+  field = _nonlinear_field(tf.float64)
+  z = tf.constant(Z)
+
+  def log_det(keyed, value):
+    bijector = tffb.ContinuousFlow(field, trace="hutchinson", seed=tf.constant([1, 2]),
+                                   content_keyed_probes=keyed, rtol=1e-9, atol=1e-9,
+                                   dtype=tf.float64)
+    return bijector.solve(value, "inverse").log_det.numpy()
+
+  keyed = log_det(True, z)
+  reversed_rows = log_det(True, z[::-1])
+  np.testing.assert_allclose(reversed_rows[::-1], keyed, rtol=1e-7, atol=1e-9)
+  np.testing.assert_allclose(log_det(True, z[3:4]), keyed[3:4], rtol=1e-7, atol=1e-9)
+  # By row index instead, the same points get other probes in another order.
+  by_index = log_det(False, z)
+  assert np.abs(log_det(False, z[::-1])[::-1] - by_index).max() > 1e-3
+  with pytest.raises(ValueError, match="Rademacher"):
+    tffb.ContinuousFlow(field, trace="hutchinson", seed=[1, 2], noise="gaussian",
+                        content_keyed_probes=True)
+
+
 @pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
 def test_learned_end_time_and_field_weights_get_the_same_gradients(gradient):
   sqrt_end_time = tf.Variable(0.9, dtype=tf.float64)

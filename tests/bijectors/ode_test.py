@@ -87,6 +87,11 @@ def test_bad_arguments_are_clear_errors():
     ode.integrate(fn, [tf.constant(Y0)], solver="rk4")
   with pytest.raises(ValueError, match="rtol"):
     ode.integrate(fn, [tf.constant(Y0)], rtol=0.0)
+  for cap in (2.5, float("inf"), True, 0):
+    with pytest.raises(ValueError, match="max_num_steps must be a positive int"):
+      ode.integrate(fn, [tf.constant(Y0)], max_num_steps=cap)
+  with pytest.raises(ValueError, match="positive int num_steps"):
+    ode.integrate(fn, [tf.constant(Y0)], solver="euler", num_steps=4.0)
 
 
 def _loss_and_gradient_fn(integrator, matrix, jit):

@@ -214,6 +214,24 @@ def test_non_convergence_gives_nan_rows_only_without_validate_args():
                              atol=1e-11)
 
 
+def test_float32_inverse_converges_far_from_the_origin():
+  # Far from the origin float32 round-off alone moves the iterate by an ulp of z
+  # (7.6e-6 at |z| ~ 100) each step, above an absolute tolerance of 1e-6; the tolerance
+  # is relative to max(1, |z|) so these rows converge instead of coming back NaN.
+  w, b, _ = _problem(4, 0.8)
+  g = _g(w, b)
+  z = np.random.default_rng(1).normal(size=[200, 4]) * np.array([[1.0], [10.0]]).repeat(
+      100, axis=0) * 10.0
+  bijector = tffb.ResidualBlock(g, tolerance=1e-6, max_iterations=200, dtype=tf.float32)
+  y = bijector.forward(tf.constant(z, tf.float32)).numpy()
+  assert np.all(np.isfinite(y))
+  reference = tffb.ResidualBlock(g, tolerance=1e-13, max_iterations=10_000,
+                                 dtype=tf.float64).forward(tf.constant(z)).numpy()
+  scale = np.maximum(1.0, np.abs(z).max(axis=1, keepdims=True))
+  # Converged to the relative tolerance, plus the float32 rounding of the solution.
+  assert np.all(np.abs(y - reference) <= (1e-6 / (1 - 0.8) + 2e-7) * scale)
+
+
 def test_argument_errors():
   g = lambda y: 0.5 * tf.tanh(y)
   with pytest.raises(ValueError, match="residual_fn must be callable"):

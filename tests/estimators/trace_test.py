@@ -156,6 +156,55 @@ def test_probes_moments_determinism_and_xla(distribution):
   np.testing.assert_allclose(v32.numpy(), v, rtol=1e-6, atol=1e-6)
 
 
+def test_content_keyed_probes_follow_the_point_not_its_batch_position():
+  rng = np.random.default_rng(5)
+  x = tf.constant(rng.normal(size=[6, 3, 2]))
+  seed = tf.constant([3, 9], tf.int64)
+  v = estimators.content_keyed_probes(x, seed).numpy()
+  assert v.shape == (6, 3, 2) and set(np.unique(v)) == {-1.0, 1.0}
+  order = [4, 0, 5, 2, 1, 3]
+  np.testing.assert_array_equal(
+      estimators.content_keyed_probes(tf.gather(x, order), seed).numpy(), v[order])
+  np.testing.assert_array_equal(estimators.content_keyed_probes(x[2:3], seed).numpy(),
+                                v[2:3])
+  xla = tf.function(estimators.content_keyed_probes, jit_compile=True)(x, seed).numpy()
+  np.testing.assert_array_equal(xla, v)
+  # Keyed at 8 mantissa bits: a few ulps of round-off (an exported graph's kernels)
+  # change a row's probe only across a rounding boundary, ~D * 2 / 2^15 of rows here.
+  rows = tf.constant(rng.normal(size=[5000, 4]).astype(np.float32))
+  nudged = tf.constant(np.nextafter(np.nextafter(rows.numpy(), np.inf), np.inf))
+  changed = np.any(estimators.content_keyed_probes(rows, seed).numpy()
+                   != estimators.content_keyed_probes(nudged, seed).numpy(), axis=1)
+  assert changed.mean() < 0.005, changed.mean()
+  # -0.0 and 0.0 are one point; float32 inputs give float32 probes.
+  zeros = tf.constant([[0.0, 1.0], [-0.0, 1.0]])
+  keyed = estimators.content_keyed_probes(zeros, seed)
+  assert keyed.dtype == tf.float32
+  np.testing.assert_array_equal(keyed.numpy()[0], keyed.numpy()[1])
+
+
+def test_content_keyed_probes_are_hutchinson_probes_over_seeds():
+  # Over seeds (the hash family), one fixed point's probe has E[v] = 0 and
+  # E[v v^T] = I, so v^T A v averages to tr(A); the bounds are 4 standard errors.
+  num_seeds, dim = 3000, 4
+  rng = np.random.default_rng(6)
+  x = tf.constant(rng.normal(size=[1, dim]))
+  matrix = rng.normal(size=[dim, dim])
+  draw = tf.function(lambda seed: estimators.content_keyed_probes(x, seed)[0])
+  v = np.stack([draw(tf.constant([s, 1], tf.int64)).numpy() for s in range(num_seeds)])
+  assert np.all(np.abs(v.mean(0)) < 4.0 / np.sqrt(num_seeds))
+  off_diagonal = (v.T @ v / num_seeds)[~np.eye(dim, dtype=bool)]
+  assert np.all(np.abs(off_diagonal) < 4.0 / np.sqrt(num_seeds))
+  estimates = np.einsum("si,ij,sj->s", v, matrix, v)
+  standard_error = estimates.std() / np.sqrt(num_seeds)
+  assert abs(estimates.mean() - np.trace(matrix)) < 4 * standard_error
+  # Across points with one seed the probes are unrelated too.
+  many = estimators.content_keyed_probes(
+      tf.constant(rng.normal(size=[20_000, dim])), tf.constant([1, 2])).numpy()
+  assert np.all(np.abs(many.mean(0)) < 4.0 / np.sqrt(len(many)))
+  assert abs(np.mean(many[:, 0] * many[:, 1])) < 4.0 / np.sqrt(len(many))
+
+
 def test_errors_name_the_bad_value():
   with pytest.raises(ValueError, match="'uniform'"):
     estimators.hutchinson_probes([2, 2], [0, 0], distribution="uniform")

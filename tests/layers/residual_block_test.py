@@ -199,6 +199,70 @@ def test_argument_errors():
     tff.layers.ResidualBlock(hidden_units=(0,))
   with pytest.raises(ValueError, match=r"takes vectors \[N, D\] or images"):
     tff.FlowModel([tff.layers.ResidualBlock(hidden_units=(4,))], [2, 2])
+  # Checked at construction, not at the first call.
+  with pytest.raises(ValueError, match="n_exact_terms must be an int >= 0"):
+    tff.layers.ResidualBlock(n_exact_terms=-1)
+  with pytest.raises(ValueError, match="n_exact_terms must be an int >= 1 with "
+                                       "log_det='series'"):
+    tff.layers.ResidualBlock(log_det="series", n_exact_terms=0)
+  with pytest.raises(ValueError, match="exact_max_dims must be a non-negative int"):
+    tff.layers.ResidualBlock(exact_max_dims=-5)
+  with pytest.raises(ValueError, match="tolerance must be positive"):
+    tff.layers.ResidualBlock(tolerance=0.0)
+  with pytest.raises(ValueError, match="max_iterations must be an int >= 1"):
+    tff.layers.ResidualBlock(max_iterations=0)
+  with pytest.raises(ValueError, match="power_iterations must be an int >= 1"):
+    tff.layers.ResidualBlock(power_iterations=0)
+
+
+def test_power_iterations_reach_every_spectral_norm_layer_and_the_config():
+  model = tff.models.ResidualFlow([D], num_blocks=2, hidden_units=(8,),
+                                  power_iterations=3)
+  blocks = [l for l in model.flow_layers if isinstance(l, tff.layers.ResidualBlock)]
+  assert [layer.num_iterations for b in blocks for layer in b._net] == [3] * 4  # pylint: disable=protected-access
+  assert blocks[0]._net[0].norm_method(training=True) == "power iteration (3 steps)"  # pylint: disable=protected-access
+  clone = tff.layers.ResidualBlock.from_config(blocks[0].get_config())
+  assert clone.power_iterations == 3
+
+
+def test_float64_block_matches_the_float64_jacobian():
+  layer = tff.layers.ResidualBlock(hidden_units=(16,), lipschitz=0.9, dtype="float64")
+  layer.build((None, D))
+  _perturb(layer)
+  x = np.random.default_rng(3).normal(size=(8, D))
+  z, ildj = layer(tf.constant(x), training=False)
+  assert z.dtype == tf.float64 and ildj.dtype == tf.float64
+  assert all(w.dtype == "float64" for w in layer.weights if "seed" not in w.path)
+  np.testing.assert_allclose(ildj.numpy(), _reference_log_det(layer, x), rtol=1e-10,
+                             atol=1e-12)
+
+
+def test_evaluation_series_is_the_same_for_a_point_in_any_batch():
+  # exact_max_dims=0 forces the evaluation series (one probe per point, keyed by the
+  # point's values), whose estimate must not depend on the point's batch or position.
+  model, layer = _model(exact_max_dims=0)
+  assert layer.log_det_mode().startswith("series (")
+  x = _data(shape=(6, D))
+  log_prob = model.log_prob(x).numpy()
+  order = [3, 5, 0, 1, 4, 2]
+  np.testing.assert_allclose(model.log_prob(x[order]).numpy(), log_prob[order],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(model.log_prob(x[4:5]).numpy(), log_prob[4:5], rtol=1e-6,
+                             atol=1e-6)
+  # The estimate is one-probe Hutchinson: unbiased up to the 1e-3 truncation bias, not
+  # exact per point; the mean over many points is within 4 standard errors of exact.
+  many = _data(shape=(2000, D), seed=7)
+  errors = (layer(tf.constant(many), training=False)[1].numpy()
+            - _reference_log_det(layer, many))
+  assert abs(errors.mean()) < 4 * errors.std() / np.sqrt(len(errors)) + 1e-3
+
+
+def test_validate_args_raises_when_sampling_does_not_converge():
+  model, _ = _model(max_iterations=1, validate_args=True)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="fixed-point inverse"):
+    model.sample(4, seed=(1, 2))
+  unchecked, _ = _model(max_iterations=1)
+  assert np.isnan(keras.ops.convert_to_numpy(unchecked.sample(4, seed=(1, 2)))).any()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,46 @@ def test_flow_matching_learns_a_gaussian_without_solving_and_log_prob_is_exact()
                              nll, rtol=1e-4)
 
 
+def test_flow_matching_does_not_train_the_layers_before_the_field():
+  # The regression loss falls if ActNorm shrinks the data; the ActNorm before the
+  # field must keep its data initialisation while the field trains.
+  model = tff.models.FFJORDFlow([2], hidden_units=(8,), training="flow_matching")
+  actnorm, field = model.flow_layers
+  snapshots = {}
+
+  class AfterFirstBatch(keras.callbacks.Callback):
+
+    def on_train_batch_end(self, batch, logs=None):
+      if "actnorm" not in snapshots:
+        snapshots["actnorm"] = [w.numpy().copy() for w in actnorm.trainable_weights]
+        snapshots["field"] = [w.numpy().copy() for w in field.trainable_weights]
+
+  model.compile(optimizer=keras.optimizers.Adam(2e-2))
+  model.fit(_gaussian(1024, 8), epochs=4, batch_size=128, verbose=0,
+            callbacks=[AfterFirstBatch()])
+  for before, weight in zip(snapshots["actnorm"], actnorm.trainable_weights):
+    np.testing.assert_array_equal(weight.numpy(), before)
+  assert max(np.abs(w.numpy() - b).max()
+             for w, b in zip(field.trainable_weights, snapshots["field"])) > 1e-2
+
+
+def test_evaluation_hutchinson_log_prob_is_the_same_for_a_point_in_any_batch():
+  # Above exact_max_dims evaluation uses one probe per point keyed by its values.
+  layer = tff.layers.FFJORD(hidden_units=(8,), exact_max_dims=0, solver="rk4",
+                            num_steps=4, gradient="backprop")
+  model = tff.FlowModel([layer], [3])
+  for weight in layer.net.trainable_weights:
+    weight.assign(0.3 * np.random.default_rng(2).normal(size=weight.shape))
+  assert layer.trace_mode(False) == "hutchinson (keyed probe)"
+  x = np.random.default_rng(3).normal(size=[6, 3]).astype("float32")
+  log_prob = model.log_prob(x).numpy()
+  order = [2, 0, 5, 3, 1, 4]
+  np.testing.assert_allclose(model.log_prob(x[order]).numpy(), log_prob[order],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(model.log_prob(x[1:2]).numpy(), log_prob[1:2], rtol=1e-6,
+                             atol=1e-6)
+
+
 def test_flow_matching_with_optimal_transport_pairs_rows_of_the_batch():
   model = tff.models.FFJORDFlow([2], hidden_units=(8,), actnorm=False,
                                 training="flow_matching", optimal_transport=True)

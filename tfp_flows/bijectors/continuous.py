@@ -2,11 +2,13 @@
 
 import collections
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import _log_det_cache
 from tfp_flows.bijectors import ode
+from tfp_flows.estimators import trace as trace_estimators
 
 __all__ = ["ContinuousFlow", "ContinuousFlowResult"]
 
@@ -53,8 +55,9 @@ class ContinuousFlow(tfb.Bijector):
   * "hutchinson": `e^T (df/dz) e` with one probe e per row (Rademacher or Gaussian),
     drawn once per solve from the stateless `seed` and held fixed along the trajectory
     so the integrand is a smooth function of t (Grathwohl et al. 2019): unbiased, one
-    Jacobian product per evaluation. Rademacher probes have the smaller variance,
-    `2 sum_{i != j} J_ij^2` against Gaussian's `2 |J|_F^2`.
+    Jacobian product per evaluation. With S = (J + J^T) / 2 the symmetric part,
+    Rademacher probes have the smaller variance, `2 sum_{i != j} S_ij^2` against
+    Gaussian's `2 |S|_F^2` (the antisymmetric part of J adds none).
 
   The products are forward-mode `J v` when a `jvp_fn` is given (the nets of
   `tfp_flows.nets` provide one, `call_with_tangents`): f and K tangents in one pass,
@@ -93,7 +96,8 @@ class ContinuousFlow(tfb.Bijector):
   def __init__(self, vector_field, event_ndims=1, end_time=1.0, trace="exact",
                noise="rademacher", seed=None, solver="dopri5", rtol=1e-5, atol=1e-5,
                max_num_steps=1000, num_steps=None, gradient="adjoint", jvp_fn=None,
-               validate_args=False, dtype=tf.float32, name="continuous_flow"):
+               content_keyed_probes=False, validate_args=False, dtype=tf.float32,
+               name="continuous_flow"):
     """Creates the flow.
 
     Args:
@@ -113,6 +117,10 @@ class ContinuousFlow(tfb.Bijector):
         `[K, N, *event]` and the products stacked alike: forward-mode Jacobian products
         for the trace (e.g. `lambda t, z, v: net.call_with_tangents(z, t, v)`); it must
         agree with `vector_field`. Without it the products are reverse-mode autodiff.
+      content_keyed_probes: draw each row's Rademacher probe from the row's values at
+        the start of the solve (`tfp_flows.estimators.trace.content_keyed_probes`)
+        rather than its batch index, so a point's Hutchinson log-det does not depend on
+        the batch it is in.
       validate_args: raise when the solver does not finish; check inputs are finite.
       dtype: float dtype.
       name: bijector name.
@@ -127,6 +135,9 @@ class ContinuousFlow(tfb.Bijector):
       raise ValueError(f"trace must be one of {_TRACES}; got {trace!r}.")
     if noise not in _NOISES:
       raise ValueError(f"noise must be one of {_NOISES}; got {noise!r}.")
+    if content_keyed_probes and noise != "rademacher":
+      raise ValueError("content_keyed_probes draws Rademacher probes; got "
+                       f"noise={noise!r}.")
     if trace == "hutchinson" and seed is None:
       raise ValueError("trace='hutchinson' draws probes: pass a stateless seed (a [2] int "
                        "tensor), or use trace='exact'.")
@@ -136,7 +147,9 @@ class ContinuousFlow(tfb.Bijector):
       raise ValueError(f"gradient must be one of {_GRADIENTS}; got {gradient!r}.")
     if int(event_ndims) < 1:
       raise ValueError(f"event_ndims must be at least 1; got {event_ndims!r}.")
-    if isinstance(end_time, (int, float)) and not end_time > 0:
+    known_end_time = (tf.get_static_value(end_time) if tf.is_tensor(end_time)
+                      else end_time)
+    if known_end_time is not None and not np.all(np.asarray(known_end_time) > 0):
       raise ValueError(f"end_time must be positive; got {end_time!r}.")
     ode._check(solver, rtol, atol, max_num_steps, num_steps)  # pylint: disable=protected-access
     self._f = vector_field
@@ -145,6 +158,7 @@ class ContinuousFlow(tfb.Bijector):
     self._trace = trace
     self._noise = noise
     self._seed = seed
+    self._content_keyed_probes = bool(content_keyed_probes)
     self._solver_kwargs = {"solver": solver, "rtol": rtol, "atol": atol,
                            "max_num_steps": max_num_steps, "num_steps": num_steps}
     self._gradient = gradient
@@ -163,6 +177,8 @@ class ContinuousFlow(tfb.Bijector):
     return flat, shape[:tf.rank(x) - event_ndims]
 
   def _probe(self, z):
+    if self._content_keyed_probes:
+      return trace_estimators.content_keyed_probes(z, self._seed)
     if self._noise == "gaussian":
       return tf.random.stateless_normal(tf.shape(z), self._seed, dtype=z.dtype)
     bits = tf.random.stateless_uniform(tf.shape(z), self._seed, minval=0, maxval=2,
@@ -246,6 +262,10 @@ class ContinuousFlow(tfb.Bijector):
     # A Python float goes straight to `dtype`: tf.cast would round it through float32.
     end_time = (tf.constant(self._end_time, dtype) if isinstance(self._end_time, float)
                 else tf.cast(self._end_time, dtype))
+    if self.validate_args:
+      with tf.control_dependencies([tf.debugging.assert_positive(
+          end_time, f"{self.name}: end_time must be positive.")]):
+        end_time = tf.identity(end_time)
     sign = 1.0 if direction == "forward" else -1.0
     probe = self._probe(flat) if self._trace == "hutchinson" and (
         log_det or regularize) else None
@@ -272,8 +292,12 @@ class ContinuousFlow(tfb.Bijector):
     state = [flat] + [zeros] * (int(log_det) + 2 * int(regularize)) + [zeros + end_time]
     # The regularisers only accumulate and T is constant: no error control for them.
     controlled = [True] * (1 + int(log_det)) + [False] * (1 + 2 * int(regularize))
-    integrator = ode.integrate_adjoint if self._gradient == "adjoint" else ode.integrate
-    result = integrator(dynamics, state, controlled=controlled, **self._solver_kwargs)
+    if self._gradient == "adjoint":
+      result = ode.integrate_adjoint(dynamics, state, controlled=controlled,
+                                     validate_args=self.validate_args,
+                                     **self._solver_kwargs)
+    else:
+      result = ode.integrate(dynamics, state, controlled=controlled, **self._solver_kwargs)
     final = self._mark_failures(result)
     out = tf.reshape(final[0], tf.shape(value))
     parts = [tf.reshape(part, batch_shape) for part in final[1:-1]]

@@ -20,6 +20,7 @@ in `ODEResult.success` (and the callers turn it into NaN or an error).
 """
 
 import collections
+import numbers
 
 import tensorflow as tf
 
@@ -52,17 +53,22 @@ _E = (35 / 384 - 5179 / 57600, 0.0, 500 / 1113 - 7571 / 16695, 125 / 192 - 393 /
       -2187 / 6784 + 92097 / 339200, 11 / 84 - 187 / 2100, -1 / 40)
 
 
+def _is_positive_int(value):
+  return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          and value >= 1)
+
+
 def _check(solver, rtol, atol, max_num_steps, num_steps):
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
   if solver == "dopri5":
     if not (rtol > 0 and atol > 0):
       raise ValueError(f"rtol and atol must be positive; got rtol={rtol!r}, atol={atol!r}.")
-    if max_num_steps is None or int(max_num_steps) < 1:
+    if not _is_positive_int(max_num_steps):
       raise ValueError("max_num_steps must be a positive int: the adaptive solver never "
                        f"runs an unbounded loop; got {max_num_steps!r}.")
-  elif num_steps is None or int(num_steps) < 1:
-    raise ValueError(f"solver={solver!r} takes a fixed positive num_steps; "
+  elif not _is_positive_int(num_steps):
+    raise ValueError(f"solver={solver!r} takes a fixed positive int num_steps; "
                      f"got {num_steps!r}.")
 
 
@@ -270,7 +276,7 @@ def integrate(fn, state, solver="dopri5", rtol=1e-5, atol=1e-5, max_num_steps=10
   return _fixed_step(fn, state, solver, int(num_steps), batched)
 
 
-def integrate_adjoint(fn, state, controlled=None, **solver_kwargs):
+def integrate_adjoint(fn, state, controlled=None, validate_args=False, **solver_kwargs):
   """`integrate` with gradients by the adjoint method (Chen et al. 2018; Pontryagin).
 
   The forward solve is not recorded. Its gradient solves, from s = 1 back to 0 with
@@ -285,13 +291,17 @@ def integrate_adjoint(fn, state, controlled=None, **solver_kwargs):
   product per evaluation, and the gradient carries the solver's error (it is the exact
   gradient of the continuous problem, not of the discretisation). Error control of the
   backward solve covers `y` and `a` (the "seminorm" of Kidger et al. 2021), not
-  `a_theta`, which only accumulates.
+  `a_theta`, which only accumulates. The backward solve shares `max_num_steps`; if it
+  does not reach s = 0 within them, every gradient it returns is NaN (the batch shares
+  its steps), or, with `validate_args`, the gradient computation raises.
 
   Args:
     fn: as for `integrate`; the variables it reads (those a tape sees in the forward
       solve, `tf.custom_gradient`'s convention) receive gradients.
     state: list of tensors at s = 0 (all batched).
     controlled: per component, whether it (and its adjoint) enters the error control.
+    validate_args: raise `InvalidArgumentError` when the backward solve does not finish
+      (outside XLA, which drops assertions) instead of returning NaN gradients.
     **solver_kwargs: `solver`, `rtol`, `atol`, `max_num_steps`, `num_steps`.
 
   Returns:
@@ -326,8 +336,18 @@ def integrate_adjoint(fn, state, controlled=None, **solver_kwargs):
       back = integrate(augmented, aug0, batched=[True] * (2 * n) + [False] * len(params),
                        controlled=controlled * 2 + [False] * len(params),
                        shared_steps=True, **solver_kwargs)
-      a0 = back.state[n:2 * n]
-      return a0, back.state[2 * n:]
+      finished = tf.reduce_all(back.success)
+      if validate_args:
+        with tf.control_dependencies([tf.debugging.assert_equal(finished, True, message=(
+            "the adjoint's backward ODE solve did not reach s = 0 within max_num_steps="
+            f"{solver_kwargs.get('max_num_steps')} steps; raise max_num_steps or loosen "
+            "rtol/atol"))]):
+          finished = tf.identity(finished)
+      # An unfinished backward solve stopped short of s = 0: its adjoint is the
+      # gradient of another problem, so it must not reach the optimizer as a number.
+      gradients = [tf.where(finished, g, tf.constant(float("nan"), g.dtype))
+                   for g in back.state[n:]]
+      return gradients[:n], gradients[n:]
 
     return result.state, grad
 

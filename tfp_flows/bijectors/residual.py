@@ -18,14 +18,18 @@ def fixed_point_solve(g, z, tolerance=1e-6, max_iterations=100):
 
   With Lip(g) = L < 1 the iteration contracts: after k steps the error is at most
   `L^k / (1 - L) * |g(z)|`, so it converges linearly (faster for smaller L). A row has
-  converged when its largest change in one step is at most `tolerance`; the loop stops
-  when every row has, or after `max_iterations` steps. Runs in a `tf.while_loop`
-  (XLA-compilable); each step costs one evaluation of g.
+  converged when its largest change in one step is at most
+  `tolerance * max(1, max|z_row|)`: absolute near the origin, relative far from it,
+  where float round-off alone keeps the iterate moving by an ulp of `z` (1e-5 at
+  |z| ~ 100 in float32). The loop stops when every row has converged, or after
+  `max_iterations` steps. Runs in a `tf.while_loop` (XLA-compilable); each step costs
+  one evaluation of g.
 
   Args:
     g: callable mapping `[N, *event]` to `[N, *event]`.
     z: tensor `[N, *event]`.
-    tolerance: largest accepted change per row in the last step.
+    tolerance: largest accepted change per row in the last step, relative to
+      `max(1, max|z_row|)`.
     max_iterations: cap on the number of steps.
 
   Returns:
@@ -33,7 +37,8 @@ def fixed_point_solve(g, z, tolerance=1e-6, max_iterations=100):
     the tolerance, and the number of steps taken.
   """
   axes = list(range(1, z.shape.rank))
-  tolerance = tf.cast(tolerance, z.dtype)
+  tolerance = tf.cast(tolerance, z.dtype) * tf.maximum(
+      tf.ones([], z.dtype), tf.reduce_max(tf.abs(z), axis=axes))
 
   def cond(i, y, change):
     return tf.reduce_any(change > tolerance)
@@ -94,8 +99,8 @@ class ResidualBlock(tfb.Bijector):
 
   def __init__(self, residual_fn, event_ndims=1, log_det="exact", gradient="neumann",
                seed=None, num_terms=10, n_exact_terms=2, distribution="geometric",
-               tolerance=1e-6, max_iterations=100, validate_args=False, dtype=tf.float32,
-               name="residual_block"):
+               tolerance=1e-6, max_iterations=100, content_keyed_probes=False,
+               validate_args=False, dtype=tf.float32, name="residual_block"):
     """Creates the block.
 
     Args:
@@ -108,8 +113,12 @@ class ResidualBlock(tfb.Bijector):
       num_terms: terms of "series".
       n_exact_terms: terms the roulette always computes.
       distribution: "geometric" or "poisson", the roulette's count distribution.
-      tolerance: fixed-point tolerance (largest change per row in the last step).
+      tolerance: fixed-point tolerance (largest change per row in the last step,
+        relative to `max(1, max|z_row|)`; see `fixed_point_solve`).
       max_iterations: fixed-point iteration cap.
+      content_keyed_probes: stochastic estimators draw each row's probe from its values
+        (`tfp_flows.estimators.trace.content_keyed_probes`), not its batch index, so a
+        point's log-det does not depend on the batch it is in.
       validate_args: raise on non-convergence and non-finite inputs.
       dtype: float dtype.
       name: bijector name.
@@ -141,6 +150,7 @@ class ResidualBlock(tfb.Bijector):
     self._distribution = distribution
     self._tolerance = float(tolerance)
     self._max_iterations = int(max_iterations)
+    self._content_keyed_probes = bool(content_keyed_probes)
     super().__init__(forward_min_event_ndims=int(event_ndims), dtype=tf.as_dtype(dtype),
                      validate_args=validate_args, parameters=parameters, name=name)
 
@@ -163,7 +173,8 @@ class ResidualBlock(tfb.Bijector):
     g_y, log_det = log_det_series.estimate_log_det(
         self._g, flat, method=self._log_det, gradient=self._gradient, seed=self._seed,
         num_terms=self._num_terms, n_exact_terms=self._n_exact_terms,
-        distribution=self._distribution, return_output=True)
+        distribution=self._distribution, content_keyed_probes=self._content_keyed_probes,
+        return_output=True)
     z = y + tf.reshape(g_y, tf.shape(y))
     return z, tf.reshape(log_det, batch_shape)
 

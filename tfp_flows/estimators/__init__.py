@@ -8,11 +8,11 @@ Neumann-gradient power series.
 from tfp_flows.estimators.log_det_series import (estimate_log_det, neumann_log_det,
                                                  power_series_log_det,
                                                  russian_roulette_log_det)
-from tfp_flows.estimators.trace import (exact_jacobian_log_det, exact_trace,
-                                        hutchinson_probes, hutchinson_trace)
+from tfp_flows.estimators.trace import (content_keyed_probes, exact_jacobian_log_det,
+                                        exact_trace, hutchinson_probes, hutchinson_trace)
 
 __all__ = [
-    "estimate_log_det", "exact_jacobian_log_det", "exact_trace", "hutchinson_probes",
+    "content_keyed_probes", "estimate_log_det", "exact_jacobian_log_det", "exact_trace", "hutchinson_probes",
     "hutchinson_trace", "neumann_log_det", "power_series_log_det",
     "russian_roulette_log_det",
 ]

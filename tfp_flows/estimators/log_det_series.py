@@ -200,7 +200,8 @@ def neumann_log_det(g, x, probe, seed, n_exact_terms=2, distribution="geometric"
 def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=None, *,
                      num_terms=10, n_exact_terms=2, distribution="geometric",
                      geometric_p=0.5, poisson_rate=2.0, max_num_terms=64,
-                     probe_distribution="rademacher", return_output=False):
+                     probe_distribution="rademacher", content_keyed_probes=False,
+                     return_output=False):
   """log|det(I + J_g(x))| per row by the named method: the entry point for bijectors.
 
   ```none
@@ -223,6 +224,9 @@ def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=N
     n_exact_terms, distribution, geometric_p, poisson_rate, max_num_terms: the roulette's
       arguments (see `russian_roulette_log_det`).
     probe_distribution: "rademacher" or "normal".
+    content_keyed_probes: draw each row's (Rademacher) probe from its values
+      (`trace.content_keyed_probes`) rather than its index, so a point's estimate does
+      not depend on its batch; for deterministic evaluation.
     return_output: also return g(x), from the same forward pass.
 
   Returns:
@@ -243,7 +247,13 @@ def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=N
   x = tf.convert_to_tensor(x)
   probe_seed, count_seed = tf.unstack(tf.random.experimental.stateless_split(
       seed, num=2, alg=trace.RNG_ALGORITHM))
-  probe = trace.hutchinson_probes(tf.shape(x), probe_seed, x.dtype, probe_distribution)
+  if content_keyed_probes:
+    if probe_distribution != "rademacher":
+      raise ValueError("content_keyed_probes draws Rademacher probes; got "
+                       f"probe_distribution={probe_distribution!r}.")
+    probe = trace.content_keyed_probes(x, probe_seed)
+  else:
+    probe = trace.hutchinson_probes(tf.shape(x), probe_seed, x.dtype, probe_distribution)
   if method == "series":
     return power_series_log_det(g, x, probe, num_terms, gradient=gradient,
                                 return_output=return_output)

@@ -30,7 +30,8 @@ import math
 
 import tensorflow as tf
 
-__all__ = ["exact_jacobian_log_det", "exact_trace", "hutchinson_probes", "hutchinson_trace"]
+__all__ = ["content_keyed_probes", "exact_jacobian_log_det", "exact_trace",
+           "hutchinson_probes", "hutchinson_trace"]
 
 PROBE_DISTRIBUTIONS = ("rademacher", "normal")
 # Philox integer draws are bit-identical in eager mode, graph mode and under XLA (TF's
@@ -78,6 +79,67 @@ def hutchinson_probes(shape, seed, dtype=tf.float32, distribution="rademacher"):
     return tf.cast(radius * tf.cos(2.0 * math.pi * uniforms[..., 1]), dtype)
   raise ValueError(f"distribution must be one of {PROBE_DISTRIBUTIONS}; "
                    f"got {distribution!r}.")
+
+
+# The Mersenne prime 2^31 - 1: products of a 32-bit word and a residue fit in int64.
+_HASH_PRIME = 2**31 - 1
+# Sign, exponent and the top 8 mantissa bits of a float32 (the low 15 bits cleared).
+_KEY_MASK = -(2**15)
+
+
+def content_keyed_probes(x, seed):
+  """Rademacher probes, one per row of `x`, that depend on the row's values, not its index.
+
+  `hutchinson_probes(tf.shape(x), seed)` gives row n the n-th probe of the stream, so a
+  point's estimate changes with its position in the batch. Here each row's probe is a
+  function of the row's values and the seed only: the same point gets the same probe
+  alone or in any batch, and distinct points get unrelated probes, so an evaluation
+  with a fixed seed is deterministic per point. The values are keyed at 8 significant
+  bits (float32 with the low 15 mantissa bits cleared): round-off-level differences (an
+  exported graph's kernels, another batch size's matmul blocking) then change the
+  probe only when they straddle a rounding boundary, with probability about
+  D * (ulps of difference) / 2^15 per row. With the seed drawing the hash family
+  (p = 2^31 - 1, w_i the keyed words of the row, j the output positions):
+
+  ```none
+  key      = sum_i (w_i m_i mod p) mod p                       m_i uniform in [1, p)
+  v_j      = +1 if (key a_j + b_j mod p) is even, else -1      a_j, b_j uniform in [0, p)
+  ```
+
+  For a fixed key the v_j are independent and fair up to 1/p, so E[v v^T] = I over the
+  family, as Hutchinson's estimator needs; two rows share a probe only if they agree
+  to 8 significant bits everywhere or their keys collide (probability 1/p). Exact
+  integer arithmetic: eager mode, graphs and XLA give the same probes.
+
+  Args:
+    x: tensor `[N, *event]` with static event dimensions, float16/32/64.
+    seed: stateless seed, an int32/int64 tensor of shape [2].
+
+  Returns:
+    `[N, *event]` probes of `x.dtype`, entries +-1.
+  """
+  x = tf.convert_to_tensor(x)
+  _check_batched(x)
+  if not x.dtype.is_floating:
+    raise ValueError(f"content_keyed_probes needs floating x; got {x.dtype!r}.")
+  size = math.prod(x.shape[1:])
+  rows = tf.reshape(tf.cast(x, tf.float32), [-1, size])
+  # -0.0 and 0.0 are the same point: give them the same bits.
+  rows = tf.where(tf.equal(rows, 0.0), tf.zeros_like(rows), rows)
+  words = tf.bitwise.bitwise_and(tf.bitcast(rows, tf.int32), _KEY_MASK)
+  words = tf.bitwise.bitwise_and(tf.cast(words, tf.int64), 0xFFFFFFFF)
+  key_seed, sign_seed = tf.unstack(tf.random.experimental.stateless_split(
+      seed, num=2, alg=RNG_ALGORITHM))
+  multipliers = tf.random.stateless_uniform([size], key_seed, minval=1,
+                                            maxval=_HASH_PRIME, dtype=tf.int64,
+                                            alg=RNG_ALGORITHM)
+  key = tf.math.floormod(tf.reduce_sum(tf.math.floormod(words * multipliers, _HASH_PRIME),
+                                       axis=1, keepdims=True), _HASH_PRIME)
+  a, b = tf.unstack(tf.random.stateless_uniform([2, size], sign_seed, minval=0,
+                                                maxval=_HASH_PRIME, dtype=tf.int64,
+                                                alg=RNG_ALGORITHM))
+  parity = tf.math.floormod(tf.math.floormod(key * a + b, _HASH_PRIME), 2)
+  return tf.reshape(tf.cast(1 - 2 * parity, x.dtype), tf.shape(x))
 
 
 def exact_jacobian_log_det(g, x, return_output=False):

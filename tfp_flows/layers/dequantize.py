@@ -16,8 +16,8 @@ class Dequantize(flow_layer.FlowLayer):
   """Integer pixels in [0, 2**num_bits) -> logit space, with every Jacobian counted.
 
   Data -> base: `v = x + u` (training: `u ~ U[0, 1)` from the layer's
-  `keras.random.SeedGenerator`, independent on every `tf.distribute` replica; evaluation: `u = 1/2`, the bin centre, so `log_prob` is
-  deterministic), then the bijector `tfb.Chain([tfb.Scale(2**num_bits), Logit(alpha)])`
+  `keras.random.SeedGenerator`, independent on every `tf.distribute` replica;
+  evaluation: `u = 1/2`, the bin centre, so `log_prob` is deterministic), then the bijector `tfb.Chain([tfb.Scale(2**num_bits), Logit(alpha)])`
   maps `v` to `logit(alpha + (1 - 2 alpha) v / 2**num_bits)`; with `alpha=None` it is
   Glow's linear map `v / 2**num_bits - 1/2` instead.
 

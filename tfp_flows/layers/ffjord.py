@@ -14,7 +14,8 @@ from tfp_flows.layers import flow_layer
 __all__ = ["FFJORD"]
 
 _TRACES = ("exact", "hutchinson")
-# A fixed probe seed makes evaluation-mode Hutchinson log-densities repeatable.
+# A fixed seed for the content-keyed probes makes evaluation-mode Hutchinson log-densities
+# repeatable.
 _EVAL_PROBE_SEED = (20181003, 0)
 
 
@@ -34,12 +35,15 @@ class FFJORD(flow_layer.FlowLayer):
     the layer's `keras.random.SeedGenerator`, independently on every `tf.distribute`
     replica, and fixed along the trajectory);
   * evaluation (`log_prob`, `.bijector`, export): "exact" when the event has at most
-    `exact_max_dims` entries, else Hutchinson with a fixed probe seed (deterministic
-    and unbiased, but a one-probe estimate per row).
+    `exact_max_dims` entries, else Hutchinson with one Rademacher probe per point,
+    keyed by the point's values and a fixed seed: deterministic, the same for a point
+    alone or in any batch, unbiased, but a one-probe estimate per point (its error
+    averages out over a test set; raise `exact_max_dims` for exact per-point values).
 
   In training, `kinetic_weight` and `jacobian_weight` add the regularisers of Finlay
   et al. 2020 as Keras losses (`weight * batch mean of the integral`), and the number
-  of vector-field evaluations of the last solve is reported as the statistic "nfe"
+  of vector-field evaluations of the last forward solve (not counting the adjoint's
+  backward solve, which runs in the gradient) is reported as the statistic "nfe"
   (`FlowModel` logs it as a metric). `flow_matching_loss` trains the same field without
   solving the ODE (Lipman et al. 2022).
 
@@ -132,12 +136,16 @@ class FFJORD(flow_layer.FlowLayer):
     return self.end_time
 
   def trace_mode(self, training=False):
-    """The trace estimator in effect: "exact", "hutchinson" or "hutchinson (fixed probe)"."""
+    """The trace estimator in effect: "exact", "hutchinson" or "hutchinson (keyed probe)".
+
+    "hutchinson (keyed probe)" is evaluation above `exact_max_dims`: one Rademacher probe
+    per point, a function of the point's values and a fixed seed.
+    """
     if training:
       return self.trace
     if self.event_size <= self.exact_max_dims:
       return "exact"
-    return "hutchinson (fixed probe)"
+    return "hutchinson (keyed probe)"
 
   def vector_field(self, t, z):
     return self.net(z, t)
@@ -147,17 +155,20 @@ class FFJORD(flow_layer.FlowLayer):
     return self.net.call_with_tangents(z, t, tangents)
 
   def make_bijector(self, training=False, seed=None):
+    noise, keyed = self.noise, False
     if training:
       trace = self.trace
     elif self.event_size <= self.exact_max_dims:
       trace = "exact"
     else:
       trace, seed = "hutchinson", tf.constant(_EVAL_PROBE_SEED, tf.int32)
+      noise, keyed = "rademacher", True
     if trace == "hutchinson" and seed is None:
       seed = self._draw_seed()
     return continuous.ContinuousFlow(
         self.vector_field, event_ndims=len(self._event_shape),
-        end_time=self.integration_time, trace=trace, noise=self.noise, seed=seed,
+        end_time=self.integration_time, trace=trace, noise=noise, seed=seed,
+        content_keyed_probes=keyed,
         solver=self.solver, rtol=self.rtol, atol=self.atol,
         max_num_steps=self.max_num_steps, num_steps=self.num_steps,
         gradient=self.gradient,

@@ -37,7 +37,7 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
     FFJORD likelihood of the learned field, and `sample` integrates the ODE.
 
   Evaluation (`log_prob`, export) is deterministic: the exact trace for events of at
-  most 32 entries, else a Hutchinson estimate with a fixed probe.
+  most 32 entries, else a Hutchinson estimate with one probe per point keyed by its values.
 
   Args:
     event_shape: `[D]` or `[H, W, C]`.

@@ -8,7 +8,8 @@ __all__ = ["ResidualFlow"]
 
 def ResidualFlow(event_shape, num_blocks=8, hidden_units=(128, 128), lipschitz=0.97,  # pylint: disable=invalid-name
                  logdet="russian_roulette", n_exact_terms=2, actnorm=True, num_bits=None,
-                 num_scales=2, gradient="neumann", name="residual_flow"):
+                 num_scales=2, gradient="neumann", power_iterations=1,
+                 validate_args=False, name="residual_flow"):
   """A residual flow (Chen et al. 2019) over vectors or images, as a `FlowModel`.
 
   Data side first: optionally `Dequantize(num_bits)` for integer data (logit margin
@@ -19,7 +20,7 @@ def ResidualFlow(event_shape, num_blocks=8, hidden_units=(128, 128), lipschitz=0
   Training uses the `logdet` estimator (unbiased Russian roulette by default, with
   `n_exact_terms` terms always computed and the Neumann-series gradient); evaluation
   (`log_prob`, export) uses the exact log-det for events of at most 256 entries, else
-  a deterministic series with bias below 1e-3 nats per block (see
+  a deterministic one-probe series with bias below 1e-3 nats per block (see
   `tfp_flows.layers.ResidualBlock.log_det_mode`). Sampling inverts every block by
   fixed-point iteration.
 
@@ -37,6 +38,10 @@ def ResidualFlow(event_shape, num_blocks=8, hidden_units=(128, 128), lipschitz=0
     num_bits: for integer data in [0, 2**num_bits), a `Dequantize` layer first.
     num_scales: image scales (each after the first starts with a squeeze).
     gradient: "neumann" or "backprop" for the log-det gradient.
+    power_iterations: spectral-norm power steps per training call (see
+      `tfp_flows.layers.ResidualBlock`).
+    validate_args: `sample` raises when a block's fixed-point inverse does not converge
+      (instead of NaN rows); see `tfp_flows.layers.ResidualBlock`.
     name: model name.
 
   Raises:
@@ -66,5 +71,6 @@ def ResidualFlow(event_shape, num_blocks=8, hidden_units=(128, 128), lipschitz=0
       flow_layers.append(layers.ActNorm())
     flow_layers.append(layers.ResidualBlock(
         hidden_units=hidden_units, lipschitz=lipschitz, log_det=logdet,
-        n_exact_terms=n_exact_terms, gradient=gradient))
+        n_exact_terms=n_exact_terms, gradient=gradient, power_iterations=power_iterations,
+        validate_args=validate_args))
   return flow.FlowModel(flow_layers, event_shape=event_shape, name=name)
