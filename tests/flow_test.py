@@ -238,6 +238,51 @@ def test_conditional_sample_shapes_per_context_row():
   assert np.abs(forward(z[:, 0], rows[0]) - forward(z[:, 0], rows[1])).max() > 1e-2
 
 
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_context_of_the_wrong_shape_is_a_clear_error(autoregressive):
+  # Coupling and autoregressive models reject the same contexts, before any net runs.
+  model = tff.models.NeuralSplineFlow(3, num_layers=1, hidden_units=(4,), context_dims=2,
+                                      autoregressive=autoregressive)
+  x = np.zeros([3, 3], "float32")
+  with pytest.raises(ValueError, match=r"context rows must have shape context_shape=\[2\]"):
+    model.log_prob(x, np.zeros([3, 5], "float32"))
+  with pytest.raises(ValueError, match="one context row per row of x"):
+    model.log_prob(x, np.zeros([1, 2], "float32"))
+  with pytest.raises(ValueError, match="one context row per row of x"):
+    model.log_prob(x, np.zeros([2], "float32"))
+  with pytest.raises(ValueError, match=r"context rows must have shape context_shape=\[2\]"):
+    model.sample(2, context=np.zeros([4], "float32"))
+  assert model.log_prob(x, np.zeros([3, 2], "float32")).shape == (3,)
+
+
+def test_context_follows_the_float64_policy_and_bad_counts_are_errors():
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("float64")
+  try:
+    model = tff.models.NeuralSplineFlow(3, num_layers=1, hidden_units=(4,),
+                                        context_dims=2, autoregressive=True)
+    assert model.context_dtype == "float64"
+    context = np.random.default_rng(0).normal(size=[4, 2])
+    x = np.random.default_rng(1).normal(size=[4, 3])
+    _perturb(model, scale=0.5)
+    # The float64 context reaches the nets unrounded: the model's log_prob equals the
+    # distribution's with the float64 context exactly.
+    bijector = model.bijector
+    expected = model.distribution.log_prob(
+        tf.constant(x), bijector_kwargs=conditioning.conditional_kwargs(
+            bijector, tf.constant(context)))
+    np.testing.assert_allclose(model.log_prob(x, context).numpy(), expected.numpy(),
+                               rtol=1e-13)
+  finally:
+    keras.config.set_dtype_policy(previous)
+  assert tff.models.NeuralSplineFlow(3, num_layers=1, context_dims=2).context_dtype == (
+      "float32")
+  with pytest.raises(ValueError, match="num_bins must be an integer"):
+    tff.models.NeuralSplineFlow(3, num_layers=1, num_bins=2.5)
+  with pytest.raises(ValueError, match="context_dims must be a positive int"):
+    tff.models.NeuralSplineFlow(3, num_layers=1, context_dims=0)
+
+
 def test_conditional_distribution_routes_context_inside_tf_function():
   # FlowModel.distribution's documented use for conditional flows,
   # `distribution.log_prob(x, bijector_kwargs=conditional_kwargs(model.bijector, c))`,

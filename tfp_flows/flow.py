@@ -49,7 +49,8 @@ class FlowModel(keras.Model):
       standard normal (`tfd.Sample(tfd.Normal(0, 1), latent_shape)`). A custom base is
       not saved in the config; pass it again to `from_config` / `custom_objects`.
     context_shape: shape of one context row for conditional flows, else None.
-    context_dtype: dtype of the context ("float32", or "int32" for class labels).
+    context_dtype: dtype of the context: None for the model's float dtype (float32, or
+      float64 under a float64 dtype policy), or "int32" for class labels.
     objective: what `fit` minimises: "maximum_likelihood", or "flow_matching" for a flow
       whose base-side layer is a continuous flow with a `flow_matching_loss` (FFJORD):
       the layers before it run in training mode (ActNorm initialises, dequantisation
@@ -65,7 +66,7 @@ class FlowModel(keras.Model):
   """
 
   def __init__(self, flow_layers, event_shape, base_distribution=None, context_shape=None,
-               context_dtype="float32", objective="maximum_likelihood",
+               context_dtype=None, objective="maximum_likelihood",
                optimal_transport=False, **kwargs):
     super().__init__(**kwargs)
     flow_layers = list(flow_layers)
@@ -79,7 +80,7 @@ class FlowModel(keras.Model):
       raise ValueError(f"event_shape must be positive sizes; got {event_shape}.")
     self.event_shape = event_shape
     self.context_shape = None if context_shape is None else [int(d) for d in context_shape]
-    self.context_dtype = context_dtype
+    self.context_dtype = tf.as_dtype(context_dtype or self.dtype_policy.variable_dtype).name
     self.flow = flow_layer.FlowChain(flow_layers, name="flow")
     self.flow.build((None, *event_shape))
     self.latent_shape = self.flow.bijector.inverse_event_shape(event_shape).as_list()
@@ -160,12 +161,26 @@ class FlowModel(keras.Model):
     if context is None:
       raise ValueError(f"This FlowModel is conditional (context_shape="
                        f"{self.context_shape}): pass context=.")
+    context = tf.convert_to_tensor(context)
+    rank, size = context.shape.rank, len(self.context_shape)
+    if rank is not None and (rank <= size - 1 or any(
+        d is not None and d != e for d, e in zip(context.shape[rank - size:],
+                                                 self.context_shape))):
+      raise ValueError(f"context rows must have shape context_shape={self.context_shape}; "
+                       f"got a context of shape {context.shape}.")
     return tf.cast(context, self.context_dtype)
 
   def call(self, inputs, context=None, training=None):
     """Log-density of each row of `inputs` (data -> base walk); shape `[N]`."""
     context = self._check_context(context)
     x = tf.convert_to_tensor(inputs)
+    if context is not None and context.shape.rank is not None:
+      rows = context.shape[:context.shape.rank - len(self.context_shape)]
+      if rows.rank != 1 or (rows[0] is not None and x.shape.rank
+                            and x.shape[0] is not None and rows[0] != x.shape[0]):
+        raise ValueError(f"log_prob takes one context row per row of x: a context of "
+                         f"shape [{x.shape[0]}, *{self.context_shape}]; got "
+                         f"{context.shape} for x of shape {x.shape}.")
     if not x.dtype.is_floating:
       x = tf.cast(x, self.compute_dtype)
     z, ildj = self.flow(x, context=context, training=training)
@@ -192,7 +207,7 @@ class FlowModel(keras.Model):
       raise ValueError(f"temperature must be positive; got {temperature!r}.")
     context = self._check_context(context)
     rows = []
-    if context is not None:
+    if context is not None and context.shape.rank is not None:
       rows = context.shape[:context.shape.rank - len(self.context_shape)].as_list()
       context = tf.reshape(context, [-1, *self.context_shape])
       num_rows = int(np.prod(rows)) if rows else 1

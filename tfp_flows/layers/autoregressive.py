@@ -109,10 +109,11 @@ class SplineAutoregressive(AutoregressiveLayer):
 
   def __init__(self, num_bins=8, bound=3.0, circular=False, **kwargs):
     super().__init__(**kwargs)
-    self.num_bins = int(num_bins)
+    self.num_bins = num_bins
     self.bound = float(bound)
     self.circular = bool(circular)
-    self.make_transformer()  # validates now
+    self.make_transformer()  # validates now: num_bins=2.5 is an error, not 2 bins
+    self.num_bins = int(num_bins)
 
   def make_transformer(self):
     return spline_coupling.spline_transformer(self.num_bins, self.bound, self.circular)

@@ -55,6 +55,9 @@ def NeuralSplineFlow(event_dims, num_layers=5, num_bins=8, bound=3.0,  # pylint:
   if linear not in _LINEAR:
     raise ValueError(f"linear must be one of {_LINEAR}; got {linear!r}.")
   conditional = context_dims is not None
+  if conditional and (isinstance(context_dims, bool) or int(context_dims) != context_dims
+                      or context_dims < 1):
+    raise ValueError(f"context_dims must be a positive int (or None); got {context_dims!r}.")
   flow_layers = []
   if num_bits is not None:
     flow_layers.append(layers.Dequantize(num_bits=num_bits, alpha=1e-3))
