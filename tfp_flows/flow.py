@@ -153,7 +153,12 @@ class FlowModel(keras.Model):
     """
     return tfd.TransformedDistribution(self.base_distribution, self.bijector)
 
-  def _check_context(self, context):
+  def _check_context(self, context, x=None):
+    """The context cast to `context_dtype`, after checking its static shape.
+
+    Its rows must have shape `context_shape`; with `x` (log_prob) there must be one row
+    per row of x, `[N, *context_shape]`.
+    """
     if self.context_shape is None:
       if context is not None:
         raise ValueError("This FlowModel has no context_shape, so it takes no context.")
@@ -162,25 +167,22 @@ class FlowModel(keras.Model):
       raise ValueError(f"This FlowModel is conditional (context_shape="
                        f"{self.context_shape}): pass context=.")
     context = tf.convert_to_tensor(context)
-    rank, size = context.shape.rank, len(self.context_shape)
-    if rank is not None and (rank <= size - 1 or any(
-        d is not None and d != e for d, e in zip(context.shape[rank - size:],
-                                                 self.context_shape))):
-      raise ValueError(f"context rows must have shape context_shape={self.context_shape}; "
-                       f"got a context of shape {context.shape}.")
+    shape, size = context.shape, len(self.context_shape)
+    if shape.rank is not None:
+      if shape.rank < size or not shape[shape.rank - size:].is_compatible_with(
+          self.context_shape):
+        raise ValueError(f"context rows must have shape context_shape="
+                         f"{self.context_shape}; got a context of shape {shape}.")
+      if x is not None and not shape[:shape.rank - size].is_compatible_with(x.shape[:1]):
+        raise ValueError(f"log_prob takes one context row per row of x: a context of "
+                         f"shape [{x.shape[0]}, *{self.context_shape}]; got {shape} for "
+                         f"x of shape {x.shape}.")
     return tf.cast(context, self.context_dtype)
 
   def call(self, inputs, context=None, training=None):
     """Log-density of each row of `inputs` (data -> base walk); shape `[N]`."""
-    context = self._check_context(context)
     x = tf.convert_to_tensor(inputs)
-    if context is not None and context.shape.rank is not None:
-      rows = context.shape[:context.shape.rank - len(self.context_shape)]
-      if rows.rank != 1 or (rows[0] is not None and x.shape.rank
-                            and x.shape[0] is not None and rows[0] != x.shape[0]):
-        raise ValueError(f"log_prob takes one context row per row of x: a context of "
-                         f"shape [{x.shape[0]}, *{self.context_shape}]; got "
-                         f"{context.shape} for x of shape {x.shape}.")
+    context = self._check_context(context, x)
     if not x.dtype.is_floating:
       x = tf.cast(x, self.compute_dtype)
     z, ildj = self.flow(x, context=context, training=training)
@@ -207,7 +209,7 @@ class FlowModel(keras.Model):
       raise ValueError(f"temperature must be positive; got {temperature!r}.")
     context = self._check_context(context)
     rows = []
-    if context is not None and context.shape.rank is not None:
+    if context is not None:
       rows = context.shape[:context.shape.rank - len(self.context_shape)].as_list()
       context = tf.reshape(context, [-1, *self.context_shape])
       num_rows = int(np.prod(rows)) if rows else 1

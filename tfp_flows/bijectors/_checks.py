@@ -1,8 +1,10 @@
-"""Argument checks shared by the bijectors (private)."""
+"""Argument checks shared by the bijectors and their layers (private)."""
+
+import numbers
 
 import tensorflow as tf
 
-__all__ = ["common_dtype", "assert_finite", "check_last_dim"]
+__all__ = ["common_dtype", "assert_finite", "check_last_dim", "is_int_at_least"]
 
 
 def common_dtype(values, dtype_hint=tf.float32):
@@ -45,3 +47,9 @@ def check_last_dim(x, expected, name):
     raise ValueError(
         f"{name} expects inputs with {expected} channels on the last axis; "
         f"got shape {x.shape.as_list()}.")
+
+
+def is_int_at_least(value, minimum):
+  """Whether `value` is an integer (not a bool, not 2.5 or inf) of at least `minimum`."""
+  return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          and value >= minimum)

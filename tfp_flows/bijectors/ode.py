@@ -20,9 +20,10 @@ in `ODEResult.success` (and the callers turn it into NaN or an error).
 """
 
 import collections
-import numbers
 
 import tensorflow as tf
+
+from tfp_flows.bijectors import _checks
 
 __all__ = ["ODEResult", "integrate", "integrate_adjoint", "SOLVERS"]
 
@@ -53,21 +54,16 @@ _E = (35 / 384 - 5179 / 57600, 0.0, 500 / 1113 - 7571 / 16695, 125 / 192 - 393 /
       -2187 / 6784 + 92097 / 339200, 11 / 84 - 187 / 2100, -1 / 40)
 
 
-def _is_positive_int(value):
-  return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-          and value >= 1)
-
-
 def _check(solver, rtol, atol, max_num_steps, num_steps):
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
   if solver == "dopri5":
     if not (rtol > 0 and atol > 0):
       raise ValueError(f"rtol and atol must be positive; got rtol={rtol!r}, atol={atol!r}.")
-    if not _is_positive_int(max_num_steps):
+    if not _checks.is_int_at_least(max_num_steps, 1):
       raise ValueError("max_num_steps must be a positive int: the adaptive solver never "
                        f"runs an unbounded loop; got {max_num_steps!r}.")
-  elif not _is_positive_int(num_steps):
+  elif not _checks.is_int_at_least(num_steps, 1):
     raise ValueError(f"solver={solver!r} takes a fixed positive int num_steps; "
                      f"got {num_steps!r}.")
 

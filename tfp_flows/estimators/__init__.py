@@ -12,7 +12,7 @@ from tfp_flows.estimators.trace import (content_keyed_probes, exact_jacobian_log
                                         exact_trace, hutchinson_probes, hutchinson_trace)
 
 __all__ = [
-    "content_keyed_probes", "estimate_log_det", "exact_jacobian_log_det", "exact_trace", "hutchinson_probes",
-    "hutchinson_trace", "neumann_log_det", "power_series_log_det",
+    "content_keyed_probes", "estimate_log_det", "exact_jacobian_log_det", "exact_trace",
+    "hutchinson_probes", "hutchinson_trace", "neumann_log_det", "power_series_log_det",
     "russian_roulette_log_det",
 ]

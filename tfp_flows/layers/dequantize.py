@@ -17,9 +17,10 @@ class Dequantize(flow_layer.FlowLayer):
 
   Data -> base: `v = x + u` (training: `u ~ U[0, 1)` from the layer's
   `keras.random.SeedGenerator`, independent on every `tf.distribute` replica;
-  evaluation: `u = 1/2`, the bin centre, so `log_prob` is deterministic), then the bijector `tfb.Chain([tfb.Scale(2**num_bits), Logit(alpha)])`
-  maps `v` to `logit(alpha + (1 - 2 alpha) v / 2**num_bits)`; with `alpha=None` it is
-  Glow's linear map `v / 2**num_bits - 1/2` instead.
+  evaluation: `u = 1/2`, the bin centre, so `log_prob` is deterministic), then the
+  bijector `tfb.Chain([tfb.Scale(2**num_bits), Logit(alpha)])` maps `v` to
+  `logit(alpha + (1 - 2 alpha) v / 2**num_bits)`; with `alpha=None` it is Glow's linear
+  map `v / 2**num_bits - 1/2` instead.
 
   The flow's density is therefore over continuous pixels `v` in bins of width 1, so
   `-log p(x + u) / (D ln 2)` is bits/dim in the discrete pixel space, an upper bound on

@@ -1,12 +1,12 @@
 """Keras invertible residual block: a Lipschitz-constrained network and its log-det estimator."""
 
 import math
-import numbers
 
 import keras
 import tensorflow as tf
 
 from tfp_flows import nets
+from tfp_flows.bijectors import _checks
 from tfp_flows.bijectors import residual
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
@@ -14,10 +14,6 @@ from tfp_flows.layers import flow_layer
 __all__ = ["ResidualBlock"]
 
 _LOG_DETS = ("exact", "series", "russian_roulette")
-
-
-def _is_bool_or_not_int(value):
-  return isinstance(value, bool) or not isinstance(value, numbers.Integral)
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
@@ -84,17 +80,17 @@ class ResidualBlock(flow_layer.FlowLayer):
     if not self.hidden_units or min(self.hidden_units) < 1:
       raise ValueError(f"hidden_units must be positive sizes; got {hidden_units!r}.")
     minimum_terms = 1 if log_det == "series" else 0
-    if _is_bool_or_not_int(n_exact_terms) or n_exact_terms < minimum_terms:
+    if not _checks.is_int_at_least(n_exact_terms, minimum_terms):
       raise ValueError(f"n_exact_terms must be an int >= {minimum_terms} with "
                        f"log_det={log_det!r}; got {n_exact_terms!r}.")
-    if _is_bool_or_not_int(exact_max_dims) or exact_max_dims < 0:
+    if not _checks.is_int_at_least(exact_max_dims, 0):
       raise ValueError("exact_max_dims must be a non-negative int (0: never exact); got "
                        f"{exact_max_dims!r}.")
     if not float(tolerance) > 0.0:
       raise ValueError(f"tolerance must be positive; got {tolerance!r}.")
-    if _is_bool_or_not_int(max_iterations) or max_iterations < 1:
+    if not _checks.is_int_at_least(max_iterations, 1):
       raise ValueError(f"max_iterations must be an int >= 1; got {max_iterations!r}.")
-    if _is_bool_or_not_int(power_iterations) or power_iterations < 1:
+    if not _checks.is_int_at_least(power_iterations, 1):
       raise ValueError(f"power_iterations must be an int >= 1; got {power_iterations!r}.")
     self.lipschitz = float(lipschitz)
     self.log_det = log_det
