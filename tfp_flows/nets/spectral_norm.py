@@ -7,12 +7,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfp_flows.nets import norm_bounds
+
 __all__ = ["SpectralNormConv2D", "SpectralNormDense", "spectral_norm_exact"]
 
-# A power-iteration vector shorter than this is treated as zero (a zero or rank-deficient
-# kernel annihilated it) and the previous unit vector is kept, so the estimate can recover
-# once the kernel grows; a zero-initialised kernel would otherwise zero u for good.
-_TINY_NORM = 1e-12
 # Power steps run once at build on the initial kernel (as Residual Flows' reference code
 # does), so the bound holds from the first training step instead of after ~100 of them.
 _WARM_START_ITERATIONS = 100
@@ -58,184 +56,6 @@ def _coefficient(value):
   return float(value)
 
 
-def _linear_map(operator, kernel, x):
-  """`A x` for `operator` ("dense",) (`A x = W^T x`) or ("conv", strides, padding)."""
-  if operator[0] == "dense":
-    return tf.linalg.matvec(kernel, x, transpose_a=True)
-  return tf.nn.conv2d(x, kernel, strides=operator[1], padding=operator[2])
-
-
-def _adjoint_map(operator, kernel, y, input_shape):
-  """`A^T y`; `input_shape` is the shape of the convolution's input (a tuple or tensor)."""
-  if operator[0] == "dense":
-    return tf.linalg.matvec(kernel, y)
-  # conv2d_transpose with the input's shape as output_shape is the gradient of conv2d with
-  # respect to its input: the exact adjoint, padding and strides included.
-  return tf.nn.conv2d_transpose(y, kernel, output_shape=input_shape, strides=operator[1],
-                                padding=operator[2])
-
-
-def _normalize_or_keep(x, previous):
-  """`x / |x|`, or `previous` where `x` is (numerically) zero."""
-  norm = tf.norm(tf.reshape(x, [-1]))
-  return tf.where(norm > _TINY_NORM, x / tf.maximum(norm, _TINY_NORM), previous)
-
-
-def _power_iteration(operator, kernel, u, v, num_iterations):
-  """`num_iterations` steps `v <- A^T u / |A^T u|`, `u <- A v / |A v|` from `u`, `v`."""
-  dtype = kernel.dtype
-  v_shape = tuple(v.shape) if v.shape.is_fully_defined() else tf.shape(v)
-
-  def body(i, u, v):
-    v = _normalize_or_keep(_adjoint_map(operator, kernel, u, v_shape), v)
-    u = _normalize_or_keep(_linear_map(operator, kernel, v), u)
-    return i + 1, u, v
-
-  # A while loop rather than unrolling: eval_iterations=20 convolution pairs would
-  # otherwise be 40 ops in every traced graph; XLA compiles the loop as is.
-  _, u, v = tf.while_loop(lambda i, u, v: i < num_iterations, body,
-                          (tf.constant(0), tf.cast(u, dtype), tf.cast(v, dtype)))
-  return u, v
-
-
-def _max_squarings(size, tolerance):
-  """Squarings after which the Gram bound is within `tolerance` of s1 for any spectrum.
-
-  After t squarings the bound is `(sum_i s_i^(4p))^(1/(4p))` with p = 2^t, at most
-  `rank^(1/(4p)) s1 <= size^(1/(4p)) s1`.
-  """
-  t = 0
-  while size ** (1.0 / (4 * 2 ** t)) > 1.0 + tolerance:
-    t += 1
-  return t
-
-
-def _gram_iteration(gram, tolerance):
-  """An upper bound on `sqrt(lambda_max(gram))` and the top eigenvector, by Gram iteration.
-
-  For the symmetric positive semi-definite `G = A^T A` (or `A A^T`) of a linear map A,
-  repeated squaring with renormalisation (Delattre et al. 2023):
-
-  ```none
-  M_0 = G / |G|_F,   M_j = M_{j-1}^2 / |M_{j-1}^2|_F = G^(2^j) / |G^(2^j)|_F
-  bound_j = |G^p|_F^(1/(2p)), p = 2^j:
-  log bound_j = log|G|_F / 2 + sum_{i<=j} log|M_{i-1}^2|_F / 2^(i+1)
-  s1 = lambda_max(G)^(1/2) <= bound_j = s1 (1 + sum_{i>1} (s_i/s1)^(4p))^(1/(4p))
-  ```
-
-  The bound holds for every j (a Frobenius norm is at least the spectral norm), never
-  increases with j, and its excess is at most `log(m) / (4p)` relative for m singular
-  values tied with s1: squaring separates s1 from the rest however close they are, which
-  power iteration on A does not. M_j tends to `v1 v1^T`, so its largest column is the top
-  eigenvector; `sqrt(x^T G x)` for that unit column x is a lower bound on s1. The loop
-  stops when bound <= (1 + tolerance) lower, or after `_max_squarings` steps (when the
-  bound is within `tolerance` of s1 whatever the spectrum); two products `x <- M_j x`
-  then refine the vector. Cost: one `n x n` matmul per step, about 8 steps for a
-  spectral gap of 5%, at most ~17 for n <= 256.
-
-  Args:
-    gram: symmetric PSD `[n, n]` tensor with static n.
-    tolerance: relative gap between the bounds at which to stop.
-
-  Returns:
-    `(bound, x)`: the upper bound (a scalar) and a unit `[n]` vector (zero if G is 0).
-  """
-  size = int(gram.shape[0])
-  tiny = tf.constant(_TINY_NORM, gram.dtype)
-  scale = tf.norm(gram)
-  log_bound = 0.5 * tf.math.log(tf.maximum(scale, tiny))
-
-  def top_vector(m):
-    column = tf.argmax(tf.reduce_sum(m * m, axis=0))
-    x = tf.gather(m, column, axis=1)
-    return x / tf.maximum(tf.norm(x), tiny)
-
-  def body(j, m, log_bound, _):
-    m = tf.matmul(m, m)
-    norm = tf.maximum(tf.norm(m), tiny)
-    m = m / norm
-    log_bound += tf.math.log(norm) * tf.pow(tf.constant(0.5, gram.dtype),
-                                            tf.cast(j + 2, gram.dtype))
-    x = top_vector(m)
-    lower = tf.sqrt(tf.maximum(tf.tensordot(x, tf.linalg.matvec(gram, x), 1), 0.0))
-    return j + 1, m, log_bound, tf.exp(log_bound) <= lower * (1.0 + tolerance)
-
-  _, m, log_bound, _ = tf.while_loop(
-      lambda j, m, log_bound, done: tf.logical_and(j < _max_squarings(size, tolerance),
-                                                    tf.logical_not(done)),
-      body, (tf.constant(0), gram / tf.maximum(scale, tiny), log_bound,
-             tf.constant(False)))
-  # The stopping rule bounds the Rayleigh quotient's error, which is quadratic in the
-  # vector's angle error e = (l2 / l1)^p, so e itself is only ~sqrt(tolerance / gap).
-  # Each product with M ~ v1 v1^T + e v2 v2^T multiplies e by e again (n^2 work).
-  x = top_vector(m)
-  for _ in range(2):
-    x = tf.linalg.matvec(m, x)
-    x = x / tf.maximum(tf.norm(x), tiny)
-  return tf.exp(log_bound), x
-
-
-# Squarings of the per-frequency Gram matrices in `_conv_fourier_bound`: the bound's
-# excess is at most m^(1/(4 * 2^10)) for m singular values tied with the largest in one
-# frequency block (1.0002 for m = 2, 1.001 for m = 64).
-_FOURIER_SQUARINGS = 10
-
-
-def _conv_fourier_bound(kernel, input_size):
-  """A certified upper bound on the norm of a zero-padded convolution, from its DFT.
-
-  On an `n1 x n2` torus a circular convolution is block-diagonalised by the 2-D DFT: its
-  norm is the largest singular value over the frequencies w of the `C x F` blocks
-  `K(w) = sum_{p,q} W[p, q] e^(-i (w1 p + w2 q))` (Sedghi, Gupta and Long 2019). With
-  `n1 >= H + kh - 1` and `n2 >= W + kw - 1` the zero-padded convolution of an `H x W`
-  image ("same" or "valid") is that circular one applied to the zero-embedded image and
-  cropped, and a stride only subsamples the output, so
-
-  ```none
-  |A|_2 <= max_w s1(K(w))      over the n1 x (n2 // 2 + 1) frequencies of rfft2d
-  ```
-
-  (conjugate frequencies have the same singular values). The per-frequency s1 are
-  bounded by `_FOURIER_SQUARINGS` Gram squarings (as `_gram_iteration`, batched over
-  frequencies, in float64), so the result is an upper bound at every step. It exceeds
-  the exact norm of the zero-padded map by the boundary's effect, which shrinks as the
-  image grows: measured for 3x3 "same" kernels 1-2% at 12x12 and 16x16, 4-6% at 6x6 to
-  8x8, 17% at 4x4; "valid" padding and strides loosen it further (13% and 32% at 6x6,
-  the strided map being bounded by the unstrided one). Cost: `C F` FFTs of the padded
-  kernel and
-  `10 n1 n2 / 2` complex `c x c` matmuls, c = min(C, F).
-  """
-  kernel_height, kernel_width, channels, filters = (int(d) for d in kernel.shape)
-  n1, n2 = input_size[0] + kernel_height - 1, input_size[1] + kernel_width - 1
-  taps = tf.transpose(tf.cast(kernel, tf.float64), (2, 3, 0, 1))
-  taps = tf.pad(taps, ((0, 0), (0, 0), (0, n1 - kernel_height), (0, n2 - kernel_width)))
-  blocks = tf.reshape(tf.transpose(tf.signal.rfft2d(taps), (2, 3, 0, 1)),
-                      (-1, channels, filters))
-  gram = (tf.matmul(blocks, blocks, adjoint_b=True) if channels <= filters
-          else tf.matmul(blocks, blocks, adjoint_a=True))
-  tiny = tf.constant(_TINY_NORM, tf.float64)
-
-  def frobenius(m):
-    return tf.maximum(tf.sqrt(tf.reduce_sum(tf.math.real(m * tf.math.conj(m)),
-                                            axis=(-2, -1))), tiny)
-
-  def body(j, m, log_bound):
-    m = tf.matmul(m, m)
-    norm = frobenius(m)
-    weight = tf.pow(tf.constant(0.5, tf.float64), tf.cast(j + 2, tf.float64))
-    log_bound += tf.math.log(norm) * weight
-    return j + 1, m / tf.cast(norm[:, None, None], m.dtype), log_bound
-
-  scale = frobenius(gram)
-  # A loop, not unrolled: XLA's simplifier blows up on ten unrolled squarings of 1x1
-  # complex blocks (a single-filter convolution).
-  _, _, log_bound = tf.while_loop(
-      lambda j, *_: j < _FOURIER_SQUARINGS, body,
-      (tf.constant(0), gram / tf.cast(scale[:, None, None], gram.dtype),
-       0.5 * tf.math.log(scale)))
-  return tf.cast(tf.exp(tf.reduce_max(log_bound)), kernel.dtype)
-
-
 _WARM_STARTS = {}
 
 
@@ -251,24 +71,12 @@ def _warm_start(operator, kernel, u, v):
     rank = 2 if operator[0] == "dense" else 4
     vector = tf.TensorSpec([None] if rank == 2 else [1, None, None, None], tf.float64)
     _WARM_STARTS[operator] = tf.function(
-        lambda k, u, v: _power_iteration(operator, k, u, v, _WARM_START_ITERATIONS),
+        lambda k, u, v: norm_bounds.power_iteration(operator, k, u, v,
+                                                    _WARM_START_ITERATIONS),
         autograph=False).get_concrete_function(
             tf.TensorSpec([None] * rank, tf.float64), vector, vector)
   cast = lambda x: tf.cast(x, tf.float64)
   return _WARM_STARTS[operator](cast(kernel), cast(u), cast(v))
-
-
-def _matrix_gram(matrix):
-  """(Gram on the smaller side, lift to the input side) of the map `A x = matrix^T x`.
-
-  `matrix` is `[in, out]`. For in <= out the Gram is `A^T A = matrix matrix^T` and its
-  eigenvectors are input-side already; otherwise it is `A A^T = matrix^T matrix` and an
-  output-side x lifts to `A^T x = matrix x`.
-  """
-  if matrix.shape[0] <= matrix.shape[1]:
-    return tf.matmul(matrix, matrix, transpose_b=True), lambda x: x
-  return (tf.matmul(matrix, matrix, transpose_a=True),
-          lambda x: tf.linalg.matvec(matrix, x))
 
 
 def _random_unit(shape, dtype, seed):
@@ -280,7 +88,8 @@ def _random_unit(shape, dtype, seed):
 class _SpectralNorm(keras.layers.Layer):
   """Shared normalisation machinery; subclasses define the linear map `A` of the kernel.
 
-  Subclasses set `self._operator` (see `_linear_map`), `self._u_shape`, `self._v_shape`
+  Subclasses set `self._operator` (see `norm_bounds.linear_map`), `self._u_shape`,
+  `self._v_shape`
   and `self._gram_size` (the size of the Gram matrix `_gram_and_lift` builds) in `build`,
   then call `_build_weights(kernel_shape, bias_shape)`.
   """
@@ -333,11 +142,11 @@ class _SpectralNorm(keras.layers.Layer):
 
   def _matvec(self, kernel, v):
     """`A v` for `v` shaped like `self.v`."""
-    return _linear_map(self._operator, kernel, v)
+    return norm_bounds.linear_map(self._operator, kernel, v)
 
   def _rmatvec(self, kernel, u):
     """`A^T u` for `u` shaped like `self.u`."""
-    return _adjoint_map(self._operator, kernel, u, self._v_shape)
+    return norm_bounds.adjoint_map(self._operator, kernel, u, self._v_shape)
 
   def _gram_and_lift(self, kernel):
     """(Gram matrix of `A` on its smaller side, map of its vectors to the input side)."""
@@ -350,7 +159,8 @@ class _SpectralNorm(keras.layers.Layer):
     "Gram iteration" (evaluation calls with a Gram matrix of at most `exact_max_dims`
     rows) divides by a certified upper bound within 1e-5 of the exact norm; "Fourier
     bound" (evaluation calls of larger convolutions with kernels bigger than 1x1) by a
-    certified bound a few percent above it (see `_conv_fourier_bound`); power
+    certified bound a few percent above it (see
+    `tfp_flows.nets.norm_bounds.conv_fourier_bound`); power
     iteration by an estimate that can fall short
     of it (see the class docstring).
     """
@@ -365,13 +175,16 @@ class _SpectralNorm(keras.layers.Layer):
     """(u, v, sigma) with sigma = a certified upper bound on |A|_2, within 1e-5 of it."""
     frozen = tf.stop_gradient(kernel)
     gram, lift = self._gram_and_lift(frozen)
-    bound, x = _gram_iteration(gram, _GRAM_TOLERANCE)
-    v = _normalize_or_keep(tf.reshape(lift(x), self._v_shape), tf.cast(self.v, kernel.dtype))
-    u = _normalize_or_keep(self._matvec(frozen, v), tf.cast(self.u, kernel.dtype))
+    bound, x = norm_bounds.gram_iteration(gram, _GRAM_TOLERANCE)
+    v = norm_bounds.normalize_or_keep(tf.reshape(lift(x), self._v_shape),
+                                      tf.cast(self.v, kernel.dtype))
+    u = norm_bounds.normalize_or_keep(self._matvec(frozen, v),
+                                      tf.cast(self.u, kernel.dtype))
     rayleigh = tf.reduce_sum(u * self._matvec(kernel, v))
     # The value is the bound; the gradient is that of s1 (u v^T through the Rayleigh
     # quotient), scaled by bound / rayleigh (1 up to the tolerance) to match the value.
-    ratio = tf.where(rayleigh > _TINY_NORM, bound / tf.maximum(rayleigh, _TINY_NORM), 1.0)
+    tiny = norm_bounds.TINY_NORM
+    ratio = tf.where(rayleigh > tiny, bound / tf.maximum(rayleigh, tiny), 1.0)
     return u, v, rayleigh * tf.stop_gradient(ratio)
 
   def _normalize(self, training):
@@ -381,12 +194,13 @@ class _SpectralNorm(keras.layers.Layer):
       u, v, sigma = self._certified_sigma(kernel)
     elif not training and self._fourier_bounded and self.exact_max_dims > 0:
       u, v = tf.cast(self.u, kernel.dtype), tf.cast(self.v, kernel.dtype)
-      sigma = _conv_fourier_bound(kernel, self.input_size[:2])
+      sigma = norm_bounds.conv_fourier_bound(kernel, self.input_size[:2])
     else:
       num_iterations = self.num_iterations if training else self.eval_iterations
       # The vectors are constants of the normalisation (Miyato et al.): no
       # gradient through the iteration, only through sigma(W) = u^T A(W) v.
-      u, v = _power_iteration(self._operator, tf.stop_gradient(kernel), self.u, self.v,
+      u, v = norm_bounds.power_iteration(self._operator, tf.stop_gradient(kernel), self.u,
+                                         self.v,
                               num_iterations)
       u, v = tf.stop_gradient(u), tf.stop_gradient(v)
       sigma = tf.reduce_sum(u * self._matvec(kernel, v))
@@ -470,7 +284,8 @@ _MATH = """
   close they are (the excess is `log(m) / (4p)` for m tied values), which power iteration
   does not. Larger convolutions (kernels bigger than 1x1; a 1x1 kernel's Gram is its
   small kernel matrix at any image size) divide instead by a certified bound from the
-  convolution's Fourier blocks (Sedghi et al. 2019; see `_conv_fourier_bound`), 1-2%
+  convolution's Fourier blocks (Sedghi et al. 2019; see
+  `tfp_flows.nets.norm_bounds.conv_fourier_bound`), 1-2%
   above the exact norm for 3x3 kernels on 12x12 images (more on smaller ones), so
   their evaluation-mode kernel is contracted that much more than the training calls'
   estimate (unless `exact_max_dims=0`: no certification). Otherwise (dense kernels with both sides larger
@@ -555,7 +370,7 @@ class SpectralNormDense(_SpectralNorm):
     self._build_weights((in_units, self.units), (self.units,))
 
   def _gram_and_lift(self, kernel):
-    return _matrix_gram(kernel)
+    return norm_bounds.matrix_gram(kernel)
 
   def call(self, inputs, training=None):
     return self.apply_kernel(inputs, self._normalized_kernel_for_call(training))
@@ -666,7 +481,7 @@ class SpectralNormConv2D(_SpectralNorm):
     if self.kernel_size == (1, 1):
       # Pixel (0, 0) is read by every 1x1 convolution ("same" needs no padding for k = 1),
       # so the kernel matrix's input-side vector placed there is a top input image.
-      gram, lift = _matrix_gram(tf.reshape(kernel, (channels, self.filters)))
+      gram, lift = norm_bounds.matrix_gram(tf.reshape(kernel, (channels, self.filters)))
       return gram, lambda x: tf.pad(tf.reshape(lift(x), (1, 1, 1, channels)),
                                     ((0, 0), (0, height - 1), (0, width - 1), (0, 0)))
     num_in, num_out = math.prod(self._v_shape), math.prod(self._u_shape)
