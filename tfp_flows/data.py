@@ -1,11 +1,12 @@
-"""Offline datasets: scikit-learn's bundled 8x8 digits, 2-D toys, users' `.npy` files, baselines."""
+"""Offline datasets: scikit-learn's 8x8 digits, Debian's Fashion-MNIST, 2-D toys, `.npy`."""
 
+import gzip
 import math
 import os
 
 import numpy as np
 
-__all__ = ["load_digits_images", "independent_pixel_bits_per_dim", "DIGITS_LEVELS",
+__all__ = ["load_digits_images", "load_fashion_mnist", "FASHION_MNIST_DIR", "independent_pixel_bits_per_dim", "DIGITS_LEVELS",
            "make_toy_2d", "TOY_2D", "dequantized_bits_per_dim", "gaussian_bits_per_dim",
            "load_npy"]
 
@@ -29,6 +30,61 @@ def load_digits_images(test_fraction=0.2, seed=0):
   num_test = int(round(test_fraction * len(images)))
   test, train = order[:num_test], order[num_test:]
   return (images[train], labels[train]), (images[test], labels[test])
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def load_fashion_mnist(directory=None):
+  """Fashion-MNIST (Xiao et al. 2017) from the files Debian's package installs, offline.
+
+  Reads the four gzipped IDX files that `apt-get install dataset-fashion-mnist` puts in
+  `/usr/share/datasets/fashion-mnist` (or `directory`): 60,000 training and 10,000 test
+  28x28 grey images with 8-bit pixels, and their labels 0..9. Nothing is downloaded.
+
+  Returns:
+    `(x_train, y_train), (x_test, y_test)`: float32 images `[N, 28, 28, 1]` with integer
+    values in [0, 255], and int32 labels; the dataset's own train/test split.
+
+  Raises:
+    FileNotFoundError: when the files are absent; the message names the Debian package.
+    ValueError: when a file is not a well-formed IDX array of the expected shape.
+  """
+  directory = os.fspath(directory or FASHION_MNIST_DIR)
+  splits = []
+  for split, (images_file, labels_file) in _FASHION_MNIST_FILES.items():
+    images = _read_idx(os.path.join(directory, images_file), ndim=3)
+    labels = _read_idx(os.path.join(directory, labels_file), ndim=1)
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+      raise ValueError(f"Fashion-MNIST {split} files in {directory!r} hold images of shape "
+                       f"{images.shape} and {len(labels)} labels; expected [N, 28, 28] "
+                       "and N labels. Reinstall dataset-fashion-mnist.")
+    splits.append((images[..., None].astype("float32"), labels.astype("int32")))
+  return tuple(splits)
+
+
+def _read_idx(path, ndim):
+  """An unsigned-byte IDX array (LeCun's MNIST format) from a gzipped file."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"{path!r} is missing. Fashion-MNIST is read offline from Debian's package: "
+        "run 'apt-get install dataset-fashion-mnist' (as root), or pass directory= "
+        "naming a folder that holds the four *-ubyte.gz files.")
+  with gzip.open(path, "rb") as f:
+    raw = f.read()
+  # Header: two zero bytes, type code 0x08 (unsigned byte), the rank, then big-endian
+  # int32 sizes.
+  if len(raw) < 4 or raw[:3] != bytes([0, 0, 8]) or raw[3] != ndim:
+    raise ValueError(f"{path!r} is not an unsigned-byte IDX file of rank {ndim}.")
+  shape = tuple(int(d) for d in np.frombuffer(raw[4:4 + 4 * ndim], dtype=">i4"))
+  body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+  if body.size != math.prod(shape):
+    raise ValueError(f"{path!r} declares shape {list(shape)} but holds {body.size} bytes.")
+  return body.reshape(shape)
 
 
 def independent_pixel_bits_per_dim(x_train, x_test, num_levels):

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tfp_flows import bijectors as tffb
+from tests.testing import transformer_reference
 
-SIGMOID_2 = 1.0 / (1.0 + math.exp(-2.0))
 TRANSFORMERS = {
     "sigmoid": tffb.AffineTransformer(scale="sigmoid"),
     "exp": tffb.AffineTransformer(scale="exp"),  # clamp 2
@@ -18,12 +18,7 @@ TRANSFORMERS = {
 
 def _numpy_transform(name, x, params):
   """Elementwise (y, log|dy/dx|) of each transformer, from its documented formula."""
-  if name == "additive":
-    return x + params[..., 0], np.zeros_like(x)
-  h, t = params[..., 0], params[..., 1]
-  log_s = (np.log(1.0 / (1.0 + np.exp(-(h + 2.0))) / SIGMOID_2) if name == "sigmoid"
-           else 2.0 * np.tanh(h / 2.0))
-  return np.exp(log_s) * x + t, log_s
+  return transformer_reference.numpy_transform(name, x, params)
 
 
 def _linear_conditioner(weight, context_weight=None):

@@ -7,27 +7,22 @@ import pytest
 import tensorflow as tf
 
 from tfp_flows.bijectors import transformers
+from tests.testing import transformer_reference
+
+SIGMOID_2 = transformer_reference.SIGMOID_2
 
 TRANSFORMERS = {
     "affine_sigmoid": transformers.AffineTransformer(scale="sigmoid"),
     "affine_exp": transformers.AffineTransformer(scale="exp", clamp=1.5),
     "additive": transformers.AdditiveTransformer(),
 }
-SIGMOID_2 = 1.0 / (1.0 + math.exp(-2.0))
-
-
-def _sigmoid(v):
-  return 1.0 / (1.0 + np.exp(-v))
 
 
 def _numpy_forward(name, x, params):
   """(y, log|dy/dx|) from each transformer's documented formula."""
-  if name == "additive":
-    return x + params[..., 0], np.zeros_like(x)
-  h, t = params[..., 0], params[..., 1]
-  log_s = (np.log(_sigmoid(h + 2.0) / SIGMOID_2) if name == "affine_sigmoid"
-           else 1.5 * np.tanh(h / 1.5))
-  return np.exp(log_s) * x + t, log_s
+  if name == "affine_exp":
+    return transformer_reference.numpy_transform("exp", x, params, clamp=1.5)
+  return transformer_reference.numpy_transform(name.replace("affine_", ""), x, params)
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMERS))
@@ -74,21 +69,37 @@ def test_log_det_matches_central_difference(name):
                              np.log((plus - minus) / (2 * eps)), rtol=1e-7, atol=1e-7)
 
 
-def test_affine_sigmoid_scale_is_in_the_documented_range():
-  t = transformers.AffineTransformer(scale="sigmoid")
+@pytest.mark.parametrize("clamp", [2.0, 5.0])
+def test_affine_sigmoid_scale_is_bounded_in_both_directions(clamp):
+  """Training (inverse) expands by at most 1/sigmoid(2); sampling by at most e^clamp."""
+  t = transformers.AffineTransformer(scale="sigmoid", clamp=clamp)
   h = np.concatenate([np.linspace(-30.0, 30.0, 121), [-1e4, 1e4]])
   params = tf.constant(np.stack([h, np.zeros_like(h)], -1))
-  y, log_det = t.forward(tf.ones_like(h), params)
-  scale = y.numpy()
-  np.testing.assert_allclose(np.exp(log_det.numpy()), scale, rtol=1e-12)
-  assert np.all(np.isfinite(log_det.numpy()))  # even where the scale underflows (h=-1e4)
-  assert np.all(scale[:-2] > 0.0)
-  assert np.all(scale <= 1.0 / SIGMOID_2)
-  moderate = np.abs(h) <= 10.0
-  assert np.all(scale[moderate] < 1.0 / SIGMOID_2)
-  np.testing.assert_allclose(scale[-1], 1.0 / SIGMOID_2, rtol=1e-12)  # ~1.1353
-  np.testing.assert_allclose(log_det.numpy()[0], -28.0 - math.log(SIGMOID_2), rtol=1e-9)
-  assert np.all(np.diff(scale[:-2]) > 0)  # increasing in h
+  z, inverse_log_det = t.inverse(tf.ones_like(h), params)
+  sigma = z.numpy()  # data -> base multiplies 1 by sigma
+  np.testing.assert_allclose(np.exp(inverse_log_det.numpy()), sigma, rtol=1e-12)
+  floor = math.exp(-clamp)
+  top = floor + (1.0 - floor) / SIGMOID_2
+  assert np.all(sigma > floor * (1 - 1e-12)) and np.all(sigma <= top * (1 + 1e-12))
+  np.testing.assert_allclose(sigma[-2], floor, rtol=1e-12)   # h = -1e4
+  np.testing.assert_allclose(sigma[-1], top, rtol=1e-12)     # h = +1e4
+  assert np.all(np.diff(sigma[:-2]) > 0)  # increasing in h
+  x, forward_log_det = t.forward(tf.ones_like(h), params)
+  assert np.all(np.isfinite(x.numpy()))
+  assert np.all(x.numpy() <= math.exp(clamp) * (1 + 1e-12))
+  np.testing.assert_allclose(forward_log_det.numpy(), -inverse_log_det.numpy(), rtol=1e-12)
+
+
+def test_affine_sigmoid_training_direction_does_not_blow_up_where_the_old_map_did():
+  """Regression (issue 12): the data -> base side divided by sigmoid(h + 2) / sigmoid(2).
+
+  With h = -8 the old map sent a pixel of 1 to 1 / 0.0028 = 358 in one coupling; a few
+  such couplings gave latents of 1e3 and a batch loss of 152 bits/dim.
+  """
+  t = transformers.AffineTransformer(scale="sigmoid")
+  params = tf.constant([[-8.0, 0.0]], tf.float64)
+  z, log_det = t.inverse(tf.constant([1.0], tf.float64), params)
+  assert 0.0 < z.numpy()[0] < 1.0 and log_det.numpy()[0] < 0.0
 
 
 def test_affine_exp_log_scale_is_soft_clamped():

@@ -56,21 +56,29 @@ class AdditiveTransformer(Transformer):
 
 
 class AffineTransformer(Transformer):
-  """Affine transform y = s * x + t with a positive, bounded-below-or-above scale.
+  """Affine transform with a positive scale bounded on both sides.
 
-  `params[..., 0]` is the unconstrained scale h, `params[..., 1]` the shift t.
+  `params[..., 0]` is the unconstrained scale parameter h, `params[..., 1]` the shift t.
+  TFP's forward is base -> data (sampling), its inverse data -> base (`log_prob` and
+  training). The two scale maps differ in which direction multiplies:
 
   ```none
-  scale="sigmoid":  s = sigmoid(h + 2) / sigmoid(2)    (Glow's sigmoid(h + 2), rescaled so
-                                                        that h = 0 gives s = 1; s in (0, 1.136))
-  scale="exp":      s = exp(c * tanh(h / c))            (soft-clamped exp, c = `clamp`;
-                                                        log s in (-c, c), RealNVP-style)
-  forward:  y = s * x + t,      log|dy/dx| = log s
-  inverse:  x = (y - t) / s,    log|dx/dy| = -log s
+  scale="sigmoid" (Glow):  sigma = m + (1 - m) sigmoid(h + 2) / sigmoid(2),  m = exp(-clamp)
+      inverse (data -> base, training):  x = sigma * y + t,      log|dx/dy| =  log sigma
+      forward (base -> data, sampling):  y = (x - t) / sigma,    log|dy/dx| = -log sigma
+      sigma in (m, m + 1.136 (1 - m)): the training direction can shrink a coordinate but
+      never expand it by more than 1.14, and sampling expands by at most 1 / m = e^clamp.
+  scale="exp" (RealNVP):   s = exp(c tanh(h / c)),  c = clamp,  log s in (-c, c)
+      forward:  y = s * x + t,       log|dy/dx| =  log s
+      inverse:  x = (y - t) / s,     log|dx/dy| = -log s
   ```
 
-  The sigmoid scale cannot blow up (s < 1.14), which keeps Glow's sampling finite; the
-  soft clamp bounds |log s| by `clamp` while staying smooth.
+  Both give the identity at h = t = 0 (sigma = s = 1). Glow multiplies by the sigmoid on
+  the data -> latent side, the side training runs: dividing by it there (as sampling does
+  here) lets one badly conditioned batch map pixels to latents of 1e3 and spike the loss.
+  The floor `m` is the price of finite samples: without it a unit that learned sigma ~ 0
+  turns a tail latent into inf when sampling. The soft clamp of "exp" bounds |log s| by
+  `clamp` while staying smooth.
 
   References: Kingma & Dhariwal, Glow, https://arxiv.org/abs/1807.03039; Dinh et al.,
   RealNVP, https://arxiv.org/abs/1605.08803
@@ -81,7 +89,8 @@ class AffineTransformer(Transformer):
   def __init__(self, scale="sigmoid", clamp=2.0):
     """Args:
       scale: "sigmoid" or "exp", how h maps to the scale (see the class docstring).
-      clamp: positive float, the soft bound on |log s| for scale="exp".
+      clamp: positive float: for "exp" the bound on |log s|; for "sigmoid" the bound on
+        the sampling direction's log-expansion, -log of the scale's floor.
 
     Raises:
       ValueError: for an unknown `scale` or a non-positive `clamp`.
@@ -96,15 +105,23 @@ class AffineTransformer(Transformer):
   def get_config(self):
     return {"scale": self.scale, "clamp": self.clamp}
 
-  def _log_scale(self, h):
-    if self.scale == "sigmoid":
-      return tf.math.log_sigmoid(h + 2.0) - math.log(1.0 / (1.0 + math.exp(-2.0)))
-    return self.clamp * tf.tanh(h / self.clamp)
+  def _log_forward_scale(self, h):
+    """log|dy/dx| of the forward (base -> data) map, elementwise."""
+    if self.scale == "exp":
+      return self.clamp * tf.tanh(h / self.clamp)
+    floor = math.exp(-self.clamp)
+    sigmoid_2 = 1.0 / (1.0 + math.exp(-2.0))
+    sigma = floor + (1.0 - floor) / sigmoid_2 * tf.sigmoid(h + 2.0)
+    return -tf.math.log(sigma)
 
   def forward(self, x, params):
-    log_scale = self._log_scale(params[..., 0])
-    return x * tf.exp(log_scale) + params[..., 1], log_scale
+    log_scale = self._log_forward_scale(params[..., 0])
+    if self.scale == "exp":
+      return x * tf.exp(log_scale) + params[..., 1], log_scale
+    return (x - params[..., 1]) * tf.exp(log_scale), log_scale
 
   def inverse(self, y, params):
-    log_scale = self._log_scale(params[..., 0])
-    return (y - params[..., 1]) * tf.exp(-log_scale), -log_scale
+    log_scale = self._log_forward_scale(params[..., 0])
+    if self.scale == "exp":
+      return (y - params[..., 1]) * tf.exp(-log_scale), -log_scale
+    return y * tf.exp(-log_scale) + params[..., 1], -log_scale
