@@ -1,12 +1,13 @@
 """The command line's datasets: 2-D toys, digits as images or 64-D vectors, a `.npy` file."""
 
+import contextlib
 import dataclasses
 import math
 
 import numpy as np
 
 from tfp_flows import data
-from tfp_flows.cli_errors import UsageError
+from tfp_flows.cli.errors import UsageError
 
 __all__ = ["Dataset", "DATASETS", "load", "load_file"]
 
@@ -83,12 +84,14 @@ def load(name, data_file=None, num_points=10000, test_fraction=0.2, num_bits=Non
   if name in data.TOY_2D:
     if num_points < 2:
       raise UsageError(f"--num_points must be at least 2; got {num_points!r}.")
-    x_train, x_test = _split(data.make_toy_2d(name, num_points, seed=seed),
-                             test_fraction, seed)
+    with _scikit_learn_for(name):
+      x = data.make_toy_2d(name, num_points, seed=seed)
+    x_train, x_test = _split(x, test_fraction, seed)
     default_bits = None
   elif name in ("digits", "digits_vectors"):
-    (x_train, _), (x_test, _) = data.load_digits_images(test_fraction=test_fraction,
-                                                        seed=seed)
+    with _scikit_learn_for(name):
+      (x_train, _), (x_test, _) = data.load_digits_images(test_fraction=test_fraction,
+                                                          seed=seed)
     image_shape = tuple(x_train.shape[1:])
     if name == "digits_vectors":
       x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
@@ -112,6 +115,18 @@ def load_file(path, num_bits):
   if num_bits:
     _check_discrete(x, num_bits, path)
   return x
+
+
+@contextlib.contextmanager
+def _scikit_learn_for(name):
+  """Turns a missing scikit-learn (an optional dependency) into a `UsageError`."""
+  try:
+    yield
+  except ModuleNotFoundError as e:
+    if (e.name or "").split(".")[0] != "sklearn":
+      raise
+    raise UsageError(f"--dataset={name} needs scikit-learn, which is not installed: pip "
+                     "install 'tfp_flows[cli]'.") from None
 
 
 def _read(path):

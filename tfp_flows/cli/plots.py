@@ -5,9 +5,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tfp_flows.cli_errors import UsageError
+from tfp_flows.cli.errors import UsageError
 
-__all__ = ["write_plot"]
+__all__ = ["require_matplotlib", "write_plot"]
 
 _GRID_POINTS = 100  # per axis of a 2-D density heat map
 _GRID_CHUNKS = 4  # log_prob batches over the grid
@@ -39,13 +39,25 @@ def write_plot(path, samples, model=None, data=None, image_shape=None, value_ran
   plt.close(fig)
 
 
-def _pyplot():
+def require_matplotlib():
+  """Imports matplotlib with its file-only backend, or says how to install it.
+
+  Commands call this before their work, so that a missing matplotlib stops them at
+  once rather than after training.
+
+  Raises:
+    UsageError: if matplotlib is not installed (an optional dependency).
+  """
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise UsageError("Writing PNG plots needs matplotlib: pip install "
-                     "'tfp_flows[examples]' (or pass --noplot).") from None
+    raise UsageError("Writing PNG plots needs matplotlib, which is not installed: pip "
+                     "install 'tfp_flows[cli]' (or pass --noplot).") from None
   matplotlib.use("Agg")
+
+
+def _pyplot():
+  require_matplotlib()
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   return plt
 

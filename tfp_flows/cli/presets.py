@@ -11,7 +11,7 @@ import math
 from typing import Callable
 
 from tfp_flows import models
-from tfp_flows.cli_errors import UsageError
+from tfp_flows.cli.errors import UsageError
 
 __all__ = ["Options", "Preset", "PRESETS", "build"]
 

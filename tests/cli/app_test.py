@@ -1,4 +1,4 @@
-"""python -m tfp_flows: train, evaluate, sample, export; summaries; user errors.
+"""tfp_flows.cli: train, evaluate, sample, export; summaries; user errors.
 
 Most cases call `main` in-process with freshly parsed flags and tiny settings (eager,
 one epoch of two or three batches); exit statuses go through `run` (absl's `app.run`,
@@ -25,13 +25,13 @@ import tensorflow_probability as tfp
 from absl import flags
 
 import tfp_flows  # pylint: disable=unused-import  (registers the layers for loading)
-from tfp_flows import __main__ as cli
-from tfp_flows import cli_data
-from tfp_flows import cli_diagnostics
-from tfp_flows import cli_presets
 from tfp_flows import data
 from tfp_flows import export
-from tfp_flows.cli_errors import UsageError
+from tfp_flows.cli import app
+from tfp_flows.cli import datasets
+from tfp_flows.cli import diagnostics
+from tfp_flows.cli import presets
+from tfp_flows.cli.errors import UsageError
 
 _FAST = ("--run_eagerly", "--verbose=0", "--epochs=1", "--noexport_saved_model")
 _TOY = ("--dataset=two_moons", "--num_points=300", "--batch_size=128",
@@ -42,7 +42,7 @@ def _cli(capsys, *args):
   """Runs the command line in-process; returns (exit status, stdout, stderr)."""
   flags.FLAGS.unparse_flags()
   argv = flags.FLAGS(["tfp_flows", *args])
-  status = cli.main(argv)
+  status = app.main(argv)
   out, err = capsys.readouterr()
   return status, out, err
 
@@ -215,12 +215,12 @@ def test_npy_vectors_train_and_evaluate(capsys, tmp_path):
 def test_npy_integer_images_get_the_fewest_bits(tmp_path):
   images = np.random.default_rng(1).integers(0, 6, size=[30, 4, 4, 1])
   np.save(tmp_path / "images.npy", images)
-  dataset = cli_data.load("npy", data_file=str(tmp_path / "images.npy"), seed=2)
+  dataset = datasets.load("npy", data_file=str(tmp_path / "images.npy"), seed=2)
   assert dataset.num_bits == 3 and dataset.image_shape == (4, 4, 1)  # 5 < 2**3
   assert len(dataset.x_test) == 6 and dataset.x_train.dtype == np.float32
   np.testing.assert_array_equal(np.sort(np.concatenate([dataset.x_train, dataset.x_test]),
                                         axis=0), np.sort(images, axis=0))
-  assert cli_data.load("npy", data_file=str(tmp_path / "images.npy"), num_bits=0).num_bits \
+  assert datasets.load("npy", data_file=str(tmp_path / "images.npy"), num_bits=0).num_bits \
       is None
 
 
@@ -286,22 +286,22 @@ def test_malformed_model_directory_is_a_clear_error(capsys, tmp_path, model_byte
 
 
 @pytest.mark.parametrize("name, options, row_shape, num_bits, event_shape, layers", [
-    ("glow", cli_presets.Options(num_scales=1, steps_per_scale=2, hidden_channels=4),
+    ("glow", presets.Options(num_scales=1, steps_per_scale=2, hidden_channels=4),
      [4, 4, 1], 3, [4, 4, 1], ["Dequantize", "Squeeze", "GlowStep", "GlowStep",
                                "GaussianPrior"]),
     # Image rows are flattened for the vector-only spline flow.
-    ("nsf", cli_presets.Options(num_layers=2, hidden_units=(4,), autoregressive=True),
+    ("nsf", presets.Options(num_layers=2, hidden_units=(4,), autoregressive=True),
      [2, 2, 1], None, [4], ["ActNorm", "InvertibleConv1x1", "SplineAutoregressive",
                             "InvertibleConv1x1", "SplineAutoregressive"]),
-    ("residual", cli_presets.Options(num_layers=1, hidden_units=(4,)), [3], 2, [3],
+    ("residual", presets.Options(num_layers=1, hidden_units=(4,)), [3], 2, [3],
      ["Dequantize", "ActNorm", "ResidualBlock"]),
-    ("ffjord", cli_presets.Options(num_layers=1, hidden_units=(4,), solver="rk4",
+    ("ffjord", presets.Options(num_layers=1, hidden_units=(4,), solver="rk4",
                                    num_steps=2), [2], None, [2],
      ["ActNorm", "FFJORD"]),
 ])
 def test_preset_table_maps_flags_to_presets(name, options, row_shape, num_bits,
                                             event_shape, layers):
-  model, shape = cli_presets.build(name, options, row_shape, num_bits)
+  model, shape = presets.build(name, options, row_shape, num_bits)
   assert shape == event_shape and model.event_shape == event_shape
   assert [type(layer).__name__ for layer in model.flow_layers] == layers
   if num_bits:
@@ -310,10 +310,10 @@ def test_preset_table_maps_flags_to_presets(name, options, row_shape, num_bits,
 
 def test_a_preset_missing_from_models_is_a_clear_error(monkeypatch):
   # An entry whose factory this installation lacks (as ffjord was, before its preset).
-  monkeypatch.setitem(cli_presets.PRESETS, "future", cli_presets.Preset(
+  monkeypatch.setitem(presets.PRESETS, "future", presets.Preset(
       "NoSuchFlow", events="any", data="any", arguments=lambda o, shape: {}))
   with pytest.raises(UsageError, match=r"needs tfp_flows.models.NoSuchFlow"):
-    cli_presets.build("future", cli_presets.Options(), [2], None)
+    presets.build("future", presets.Options(), [2], None)
 
 
 class _SlightlyWrongInverse(tfp.bijectors.Bijector):
@@ -338,7 +338,7 @@ def test_invertibility_check_computes_both_directions():
   z = tf.ones([3, 2])
   bijector = _FakeModel.bijector
   bijector.inverse(bijector.forward(z))  # fills the cache with exactly these tensors
-  error = cli_diagnostics.invertibility_error(_FakeModel(), z)
+  error = diagnostics.invertibility_error(_FakeModel(), z)
   assert error == pytest.approx(1.0 - 2.0 / 2.002, rel=1e-4)
 
 
@@ -361,7 +361,7 @@ def test_entry_point_exit_status(capsys, monkeypatch, tmp_path, args, status, me
   monkeypatch.setattr(sys, "argv", ["tfp_flows", *(a.format(bad=bad) for a in args)])
   flags.FLAGS.unparse_flags()
   with pytest.raises(SystemExit) as exit_info:
-    cli.run()
+    app.run()
   assert exit_info.value.code == status
   err = capsys.readouterr().err
   assert re.search(message, err) and "Traceback" not in err, err
