@@ -271,6 +271,7 @@ class FlowModel(keras.Model):
         loss = self._flow_matching_loss(data)
       else:
         loss = self._loss_and_metrics(data, training=True)
+      self._track_loss(loss, data)
       # Gradients are summed over replicas, so each replica's loss is divided by their count.
       scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
     # Flow matching trains the field alone (see `_flow_matching_loss`).
@@ -279,19 +280,26 @@ class FlowModel(keras.Model):
     gradients = tape.gradient(scaled, variables)
     self.optimizer.apply(gradients, variables)
     if self.objective == "flow_matching":
-      return {"flow_matching_loss": self._fm_tracker.result()}
+      return self._metric_results({"flow_matching_loss": self._fm_tracker.result()})
     return self._metric_results()
 
   def test_step(self, data):
-    self._loss_and_metrics(data, training=False)
+    self._track_loss(self._loss_and_metrics(data, training=False), data)
     return self._metric_results()
 
-  def _metric_results(self):
-    results = {"nll": self._nll_tracker.result()}
-    if self.is_image_model:
-      results["bits_per_dim"] = self._bpd_tracker.result()
-    for name, tracker in self._statistic_trackers.items():
-      results[name] = tracker.result()
+  def _track_loss(self, loss, data):
+    """Keras' own `loss` (and so `val_loss`), weighted by the batch's examples."""
+    x, _ = _unpack(data)
+    self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+
+  def _metric_results(self, results=None):
+    if results is None:
+      results = {"nll": self._nll_tracker.result()}
+      if self.is_image_model:
+        results["bits_per_dim"] = self._bpd_tracker.result()
+      for name, tracker in self._statistic_trackers.items():
+        results[name] = tracker.result()
+    results = {"loss": self._loss_tracker.result(), **results}
     if _is_multi_worker(tf.distribute.get_strategy()):
       # Keras reduces the step logs across workers with strategy.reduce(MEAN, axis=0),
       # which rejects scalars (tensorflow/tensorflow#72388); epoch logs still come
@@ -301,7 +309,9 @@ class FlowModel(keras.Model):
 
   @property
   def metrics(self):
-    return [self._nll_tracker, self._bpd_tracker, self._fm_tracker,
+    # Keras' loss tracker exists once the model is compiled.
+    loss = [self._loss_tracker] if self.compiled and self._loss_tracker is not None else []
+    return [*loss, self._nll_tracker, self._bpd_tracker, self._fm_tracker,
             *self._statistic_trackers.values()]
 
   def get_config(self):

@@ -1,0 +1,122 @@
+"""FlowModel follows Keras' conventions: `loss` / `val_loss` logged, stock callbacks act.
+
+The callback tests use a flow whose training dynamics are known in closed form: one
+ActNorm without data initialisation (data ~ N(loc, e^{2s})), trained by SGD on data
+centred at 3 while the validation data are centred at 0, so the first epoch's
+`val_loss` (the untrained model, N(0, I)) is the best one. Each epoch
+is a single full batch (no shuffling noise).
+"""
+
+import math
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import scipy.stats
+
+import tfp_flows as tff
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+  keras.utils.set_random_seed(0)
+
+
+def _data(centre, n=32, seed=0):
+  return (centre + np.random.default_rng(seed).normal(size=(n, 2))).astype("float32")
+
+
+def _diverging_run(callback, epochs, learning_rate=0.1):
+  """Fits N(loc, e^{2s}) from loc = 0, s = 0 to data at 3 while validating at 0."""
+  model = tff.FlowModel([tff.layers.ActNorm(data_init=False)], [2])
+  model.compile(optimizer=keras.optimizers.SGD(learning_rate))
+  history = model.fit(_data(3.0), batch_size=32, epochs=epochs, verbose=0,
+                      validation_data=(_data(0.0, seed=1),), callbacks=[callback])
+  return model, history.history
+
+
+def test_loss_and_val_loss_are_the_nll_without_layer_losses():
+  model = tff.FlowModel([tff.layers.ActNorm(data_init=False)], [2])
+  model.compile(optimizer=keras.optimizers.SGD(0.1))
+  x_train, x_val = _data(3.0), _data(0.0, seed=1)
+  # One step per epoch: the epoch's logged training loss is the NLL at the weights
+  # before its step, N(0, I) for the first epoch.
+  expected_first = -scipy.stats.norm.logpdf(x_train.astype(np.float64)).sum(-1).mean()
+  history = model.fit(x_train, batch_size=32, epochs=2, verbose=0,
+                      validation_data=(x_val,)).history
+  assert {"loss", "val_loss", "nll", "val_nll"} <= set(history)
+  np.testing.assert_allclose(history["loss"][0], expected_first, rtol=1e-6)
+  np.testing.assert_allclose(history["loss"], history["nll"], rtol=1e-6)
+  np.testing.assert_allclose(history["val_loss"][-1], -model.log_prob(x_val).numpy().mean(),
+                             rtol=1e-6)
+  results = model.evaluate(x_val, batch_size=8, verbose=0, return_dict=True)
+  np.testing.assert_allclose(results["loss"], -model.log_prob(x_val).numpy().mean(),
+                             rtol=1e-6)
+
+
+def test_loss_includes_the_layers_keras_losses():
+  # FFJORD's kinetic-energy regulariser is a Keras layer loss: `loss` is the objective
+  # actually minimised, nll + 0.5 * mean kinetic energy; `nll` stays the likelihood.
+  model = tff.models.FFJORDFlow([2], hidden_units=(8,), actnorm=False, trace="exact",
+                                solver="rk4", num_steps=2, gradient="backprop",
+                                kinetic_weight=0.5)
+  for weight in model.flow_layers[-1].net.trainable_weights:  # a non-zero field
+    weight.assign(0.5 * np.random.default_rng(2).normal(size=weight.shape))
+  x = _data(1.0, n=16)
+  log_prob = model(x, training=True)
+  regulariser = float(sum(model.losses))
+  nll = -float(np.mean(log_prob))
+  assert regulariser > 1e-3
+  model.compile(optimizer=keras.optimizers.SGD(1e-3))
+  history = model.fit(x, batch_size=16, epochs=1, verbose=0).history
+  np.testing.assert_allclose(history["nll"][0], nll, rtol=1e-5)
+  np.testing.assert_allclose(history["loss"][0], nll + regulariser, rtol=1e-5)
+
+
+def test_early_stopping_with_its_defaults_stops_when_val_loss_stops_improving():
+  # EarlyStopping(patience=2) monitors val_loss: epoch 0 is the best, epochs 1 and 2
+  # are worse, so it stops after epoch 2 of 20.
+  callback = keras.callbacks.EarlyStopping(patience=2)
+  assert callback.monitor == "val_loss"
+  _, history = _diverging_run(callback, epochs=20)
+  assert min(history["val_loss"][1:]) > history["val_loss"][0], history["val_loss"]
+  assert len(history["loss"]) == 3
+  assert callback.stopped_epoch == 2
+
+
+def test_reduce_lr_on_plateau_with_its_defaults_lowers_the_learning_rate():
+  # Defaults: monitor val_loss, patience 10, factor 0.1. val_loss is best at epoch 0,
+  # so the 10th epoch without improvement (epoch 10) divides the rate by 10, once.
+  callback = keras.callbacks.ReduceLROnPlateau()
+  model, history = _diverging_run(callback, epochs=12)
+  assert min(history["val_loss"][1:]) > history["val_loss"][0] + 1e-4, history["val_loss"]
+  np.testing.assert_allclose(float(model.optimizer.learning_rate.numpy()), 0.01, rtol=1e-6)
+
+
+def test_model_checkpoint_saves_when_val_loss_improves(tmp_path):
+  # Validation data at 1.5 while training moves loc from 0 towards 3: val_loss falls,
+  # then rises. save_best_only with the default monitor (val_loss) writes a file at
+  # exactly the epochs that set a new minimum, and the last one reloads to that model.
+  model = tff.FlowModel([tff.layers.ActNorm(data_init=False)], [2])
+  model.compile(optimizer=keras.optimizers.SGD(0.03))
+  x_val = _data(1.5, seed=1)
+  path = os.path.join(tmp_path, "best_{epoch}.keras")
+  callback = keras.callbacks.ModelCheckpoint(path, save_best_only=True)
+  assert callback.monitor == "val_loss"
+  history = model.fit(_data(3.0), batch_size=32, epochs=8, verbose=0,
+                      validation_data=(x_val,), callbacks=[callback]).history
+  val_loss = np.array(history["val_loss"])
+  improved = [epoch for epoch in range(len(val_loss))
+              if val_loss[epoch] < val_loss[:epoch].min(initial=math.inf)]
+  assert 2 <= len(improved) < len(val_loss), val_loss
+  written = sorted(int(name[len("best_"):-len(".keras")]) for name in os.listdir(tmp_path))
+  assert written == [epoch + 1 for epoch in improved]
+  best = keras.saving.load_model(path.format(epoch=improved[-1] + 1))
+  np.testing.assert_allclose(-best.log_prob(x_val).numpy().mean(), val_loss.min(),
+                             rtol=1e-6)
+
+
+if __name__ == "__main__":
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
