@@ -1,4 +1,4 @@
-"""tfp_flows.data: the digits split and the independent-pixel baseline, by hand."""
+"""tfp_flows.data: the digits split, Fashion-MNIST parsing, the independent-pixel baseline."""
 
 import math
 import sys
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
+from tests.testing import idx_files
 from tfp_flows import data
 
 
@@ -118,3 +119,60 @@ def test_toy_2d_rejects_bad_arguments():
     data.make_toy_2d("spiral", 10)
   with pytest.raises(ValueError, match="num_samples must be positive"):
     data.make_toy_2d("ring", 0)
+
+
+def test_fashion_mnist_reads_the_idx_files(tmp_path, monkeypatch):
+  written = idx_files.write_fashion_mnist(tmp_path, num_train=5, num_test=3, seed=1)
+  (x_train, y_train), (x_test, y_test) = data.load_fashion_mnist(tmp_path)
+  assert x_train.shape == (5, 28, 28, 1) and x_test.shape == (3, 28, 28, 1)
+  assert x_train.dtype == np.float32 and y_train.dtype == np.int32
+  # The dataset's own split and order, pixel for pixel.
+  np.testing.assert_array_equal(x_train[..., 0], written["train"][0])
+  np.testing.assert_array_equal(y_train, written["train"][1])
+  np.testing.assert_array_equal(x_test[..., 0], written["test"][0])
+  np.testing.assert_array_equal(y_test, written["test"][1])
+  # Without a directory it reads Debian's location.
+  assert data.FASHION_MNIST_DIR == "/usr/share/datasets/fashion-mnist"
+  monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path))
+  (default_train, _), _ = data.load_fashion_mnist()
+  np.testing.assert_array_equal(default_train, x_train)
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz' is missing.*"
+                     r"apt-get install dataset-fashion-mnist"):
+    data.load_fashion_mnist(tmp_path)
+
+
+_IMAGES = np.zeros([2, 28, 28], np.uint8)
+_LABELS = np.array([3, 9], np.uint8)
+
+
+@pytest.mark.parametrize("which, content, message", [
+    ("images", b"plain bytes", r"not a readable gzip file"),
+    ("images", None, r"not a readable gzip file"),  # a gzip stream cut short
+    ("images", idx_files.idx_bytes(_IMAGES, type_code=0x0D), r"not an unsigned-byte IDX"),
+    ("images", idx_files.idx_bytes(_IMAGES[0]), r"not an unsigned-byte IDX file of rank 3"),
+    ("images", idx_files.idx_bytes(_IMAGES)[:10], r"not an unsigned-byte IDX file"),
+    ("images", idx_files.idx_bytes(_IMAGES)[:-1], r"declares shape \[2, 28, 28\] but holds "
+     r"1567 bytes"),
+    ("images", idx_files.idx_bytes(np.zeros([2, 27, 28], np.uint8)),
+     r"images of shape \(2, 27, 28\) and 2 labels; expected \[N, 28, 28\]"),
+    ("labels", idx_files.idx_bytes(_LABELS[:1]), r"and 1 labels; expected \[N, 28, 28\] and N"),
+    ("labels", idx_files.idx_bytes([3, 10]), r"labels in .* go up to 10; expected 0..9"),
+], ids=["not_gzip", "truncated_gzip", "float_type", "rank", "short_header", "short_body",
+        "image_size", "label_count", "label_range"])
+def test_malformed_fashion_mnist_files_are_clear_errors(tmp_path, which, content, message):
+  idx_files.write_fashion_mnist(tmp_path)
+  images_file, labels_file = idx_files.FILES["train"]
+  idx_files.write_gzip(tmp_path / images_file, idx_files.idx_bytes(_IMAGES))
+  idx_files.write_gzip(tmp_path / labels_file, idx_files.idx_bytes(_LABELS))
+  path = tmp_path / (images_file if which == "images" else labels_file)
+  if content is None:
+    path.write_bytes(path.read_bytes()[:-9])  # drops the stream's end and checksum
+  elif content.startswith(b"\0"):
+    idx_files.write_gzip(path, content)
+  else:
+    path.write_bytes(content)
+  with pytest.raises(ValueError, match=message):
+    data.load_fashion_mnist(tmp_path)

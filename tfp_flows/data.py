@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-__all__ = ["load_digits_images", "load_fashion_mnist", "FASHION_MNIST_DIR", "independent_pixel_bits_per_dim", "DIGITS_LEVELS",
-           "make_toy_2d", "TOY_2D", "dequantized_bits_per_dim", "gaussian_bits_per_dim",
-           "load_npy"]
+__all__ = ["load_digits_images", "load_fashion_mnist", "FASHION_MNIST_DIR",
+           "independent_pixel_bits_per_dim", "DIGITS_LEVELS", "make_toy_2d", "TOY_2D",
+           "dequantized_bits_per_dim", "gaussian_bits_per_dim", "load_npy"]
 
 DIGITS_LEVELS = 17  # the digits' grey levels are the integers 0..16
 
@@ -63,6 +63,9 @@ def load_fashion_mnist(directory=None):
       raise ValueError(f"Fashion-MNIST {split} files in {directory!r} hold images of shape "
                        f"{images.shape} and {len(labels)} labels; expected [N, 28, 28] "
                        "and N labels. Reinstall dataset-fashion-mnist.")
+    if labels.size and labels.max() > 9:
+      raise ValueError(f"Fashion-MNIST {split} labels in {directory!r} go up to "
+                       f"{labels.max()}; expected 0..9. Reinstall dataset-fashion-mnist.")
     splits.append((images[..., None].astype("float32"), labels.astype("int32")))
   return tuple(splits)
 
@@ -73,15 +76,21 @@ def _read_idx(path, ndim):
     raise FileNotFoundError(
         f"{path!r} is missing. Fashion-MNIST is read offline from Debian's package: "
         "run 'apt-get install dataset-fashion-mnist' (as root), or pass directory= "
-        "naming a folder that holds the four *-ubyte.gz files.")
-  with gzip.open(path, "rb") as f:
-    raw = f.read()
+        "(the command line's --data_dir) naming a folder that holds the four "
+        "*-ubyte.gz files.")
+  try:
+    with gzip.open(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:  # not gzip (BadGzipFile is an OSError), or truncated
+    raise ValueError(f"{path!r} is not a readable gzip file ({e}); reinstall "
+                     "dataset-fashion-mnist.") from None
   # Header: two zero bytes, type code 0x08 (unsigned byte), the rank, then big-endian
   # int32 sizes.
-  if len(raw) < 4 or raw[:3] != bytes([0, 0, 8]) or raw[3] != ndim:
+  header = 4 + 4 * ndim
+  if len(raw) < header or raw[:3] != bytes([0, 0, 8]) or raw[3] != ndim:
     raise ValueError(f"{path!r} is not an unsigned-byte IDX file of rank {ndim}.")
-  shape = tuple(int(d) for d in np.frombuffer(raw[4:4 + 4 * ndim], dtype=">i4"))
-  body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+  shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">i4"))
+  body = np.frombuffer(raw, dtype=np.uint8, offset=header)
   if body.size != math.prod(shape):
     raise ValueError(f"{path!r} declares shape {list(shape)} but holds {body.size} bytes.")
   return body.reshape(shape)

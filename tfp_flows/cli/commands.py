@@ -35,7 +35,8 @@ def evaluate(config):
   else:
     x = datasets.load(run["dataset"], data_file=run["data_file"],
                       num_points=run["num_points"], test_fraction=run["test_fraction"],
-                      num_bits=run["num_bits"] or 0, seed=run["seed"]).x_test
+                      num_bits=run["num_bits"] or 0, seed=run["seed"],
+                      data_dir=run.get("data_dir")).x_test
     what = f"the held-out split of {run['dataset']}"
   if list(x.shape[1:]) != list(run["row_shape"]):
     raise UsageError(f"{what} has rows of shape {list(x.shape[1:])}; the model takes "

@@ -17,19 +17,25 @@ __all__ = ["Config", "from_flags"]
 
 _PRESET = flags.DEFINE_enum("preset", "glow", list(presets.PRESETS), "Flow preset.")
 _DATASET = flags.DEFINE_enum("dataset", "digits", list(datasets.DATASETS),
-                             "Training data; npy reads --data_file.")
+                             "Training data; npy reads --data_file, fashion_mnist "
+                             "--data_dir.")
 _DATA_FILE = flags.DEFINE_string(
     "data_file", None, "A .npy array of vectors [N, D] or images [N, H, W, C]: the "
     "training data with --dataset=npy; with evaluate, rows to evaluate instead of the "
     "run's held-out split.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "fashion_mnist: the directory of its four *-ubyte.gz files "
+    "(default /usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist).")
 _NUM_POINTS = flags.DEFINE_integer("num_points", 10000, "Points of a 2-D toy dataset.",
                                    lower_bound=2)
-_TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.2, "Held-out fraction.",
+_TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.2,
+                                    "Held-out fraction (fashion_mnist keeps its own "
+                                    "10,000 test images).",
                                     lower_bound=0.0, upper_bound=1.0)
 _NUM_BITS = flags.DEFINE_integer(
     "num_bits", None, "Bits of integer data (dequantised, bits/dim reported); 0 for "
-    "continuous data; unset: 5 for the digits, the fewest bits for a .npy of "
-    "non-negative integers, else continuous.", lower_bound=0, upper_bound=16)
+    "continuous data; unset: 5 for the digits, 8 for fashion_mnist, the fewest bits for "
+    "a .npy of non-negative integers, else continuous.", lower_bound=0, upper_bound=16)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where train writes the model and sample writes samples "
     "(default runs/<preset>_<dataset>; sample: --model_dir).")
@@ -119,6 +125,7 @@ class Config:
   preset: str
   dataset: str
   data_file: str | None
+  data_dir: str | None
   num_points: int
   test_fraction: float
   num_bits: int | None
@@ -158,7 +165,8 @@ def from_flags():
   """The `Config` of the parsed absl flags (`absl.flags.FLAGS` must be parsed)."""
   return Config(
       preset=_PRESET.value, dataset=_DATASET.value, data_file=_DATA_FILE.value,
-      num_points=_NUM_POINTS.value, test_fraction=_TEST_FRACTION.value,
+      data_dir=_DATA_DIR.value, num_points=_NUM_POINTS.value,
+      test_fraction=_TEST_FRACTION.value,
       num_bits=_NUM_BITS.value, output_dir=_OUTPUT_DIR.value, model_dir=_MODEL_DIR.value,
       export_dir=_EXPORT_DIR.value,
       architecture=presets.Options(

@@ -1,4 +1,4 @@
-"""The command line's datasets: 2-D toys, digits as images or 64-D vectors, a `.npy` file."""
+"""The command line's datasets: 2-D toys, digits, Fashion-MNIST, a `.npy` file."""
 
 import contextlib
 import dataclasses
@@ -11,8 +11,9 @@ from tfp_flows.cli.errors import UsageError
 
 __all__ = ["Dataset", "DATASETS", "load", "load_file"]
 
-DATASETS = tuple(data.TOY_2D) + ("digits", "digits_vectors", "npy")
+DATASETS = tuple(data.TOY_2D) + ("digits", "digits_vectors", "fashion_mnist", "npy")
 _DIGITS_BITS = 5  # the digits' 17 grey levels need 5 bits
+_FASHION_MNIST_BITS = 8
 _MAX_BITS = 16  # the Dequantize layer's limit
 
 
@@ -45,23 +46,28 @@ class Dataset:
             f"rows of shape {list(self.row_shape)}, {kind}")
 
 
-def load(name, data_file=None, num_points=10000, test_fraction=0.2, num_bits=None, seed=0):
+def load(name, data_file=None, num_points=10000, test_fraction=0.2, num_bits=None, seed=0,
+         data_dir=None):
   """Loads a dataset by its command-line name and splits off the held-out rows.
 
   The split is a seeded permutation (`data.load_digits_images` for the digits), so the
   same arguments give the same rows: `evaluate` rebuilds a run's held-out set this way.
+  Fashion-MNIST keeps its own split (60,000 training and 10,000 test images).
 
   Args:
     name: one of `DATASETS`: a 2-D toy (`data.TOY_2D`; `num_points` drawn with `seed`),
-      "digits" (8x8x1 images), "digits_vectors" (the same digits as 64-D vectors) or
+      "digits" (8x8x1 images), "digits_vectors" (the same digits as 64-D vectors),
+      "fashion_mnist" (28x28x1 images of 8-bit pixels, `data.load_fashion_mnist`) or
       "npy" (the array in `data_file`, see `data.load_npy`).
     data_file: path of the `.npy` array, for "npy" only.
     num_points: number of toy points (training plus held out).
-    test_fraction: held-out fraction in (0, 1).
-    num_bits: None to decide (digits: 5 bits; `.npy` of non-negative integers below
-      2**16: the fewest bits that hold the maximum; else continuous), 0 for continuous,
-      or the bits of integer data.
+    test_fraction: held-out fraction in (0, 1); Fashion-MNIST ignores it.
+    num_bits: None to decide (digits: 5 bits; Fashion-MNIST: 8; `.npy` of non-negative
+      integers below 2**16: the fewest bits that hold the maximum; else continuous), 0
+      for continuous, or the bits of integer data.
     seed: seed of the toy points and of the split.
+    data_dir: for "fashion_mnist" only, the directory of its four IDX files (default
+      `data.FASHION_MNIST_DIR`, where Debian's dataset-fashion-mnist installs them).
 
   Returns:
     A `Dataset`.
@@ -75,6 +81,9 @@ def load(name, data_file=None, num_points=10000, test_fraction=0.2, num_bits=Non
   if (name == "npy") != (data_file is not None):
     raise UsageError("--data_file goes with --dataset=npy and only with it; got "
                      f"--dataset={name} and --data_file={data_file!r}.")
+  if data_dir is not None and name != "fashion_mnist":
+    raise UsageError("--data_dir goes with --dataset=fashion_mnist and only with it; got "
+                     f"--dataset={name} and --data_dir={data_dir!r}.")
   if not 0.0 < test_fraction < 1.0:
     raise UsageError(f"--test_fraction must be in (0, 1); got {test_fraction!r}.")
   if num_bits is not None and not 0 <= num_bits <= _MAX_BITS:
@@ -96,6 +105,13 @@ def load(name, data_file=None, num_points=10000, test_fraction=0.2, num_bits=Non
     if name == "digits_vectors":
       x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
     default_bits = _DIGITS_BITS
+  elif name == "fashion_mnist":
+    try:
+      (x_train, _), (x_test, _) = data.load_fashion_mnist(data_dir)
+    except (OSError, ValueError) as e:
+      raise UsageError(str(e)) from None
+    image_shape = tuple(x_train.shape[1:])
+    default_bits = _FASHION_MNIST_BITS
   else:
     x = _read(data_file)
     image_shape = tuple(x.shape[1:]) if x.ndim == 4 else None
@@ -105,7 +121,7 @@ def load(name, data_file=None, num_points=10000, test_fraction=0.2, num_bits=Non
     num_bits = default_bits
   num_bits = num_bits or None
   if num_bits:
-    _check_discrete(np.concatenate([x_train, x_test]), num_bits, name)
+    _check_discrete(name, num_bits, x_train, x_test)
   return Dataset(name, x_train, x_test, num_bits, image_shape)
 
 
@@ -113,7 +129,7 @@ def load_file(path, num_bits):
   """Rows of a `.npy` file to evaluate a trained model on, checked like `load`'s."""
   x = _read(path)
   if num_bits:
-    _check_discrete(x, num_bits, path)
+    _check_discrete(path, num_bits, x)
   return x
 
 
@@ -149,12 +165,15 @@ def _fewest_bits(x):
   return max(1, math.ceil(math.log2(float(x.max()) + 1.0)))
 
 
-def _check_discrete(x, num_bits, what):
+def _check_discrete(what, num_bits, *arrays):
+  """Raises unless every value of `arrays` is an integer in [0, 2**num_bits)."""
   levels = 2 ** num_bits
-  integers = np.array_equal(x, np.round(x))
-  if integers and x.min() >= 0 and x.max() < levels:
+  # Array by array: concatenating Fashion-MNIST's splits would copy 220 MB.
+  integers = all(np.array_equal(x, np.round(x)) for x in arrays)
+  low, high = min(x.min() for x in arrays), max(x.max() for x in arrays)
+  if integers and low >= 0 and high < levels:
     return
-  found = f"values in [{x.min():g}, {x.max():g}]" + ("" if integers else ", not all integers")
+  found = f"values in [{low:g}, {high:g}]" + ("" if integers else ", not all integers")
   raise UsageError(f"{what} with --num_bits={num_bits} needs integers in [0, {levels}); "
                    f"got {found}. Pass --num_bits=0 to model the data as continuous, or "
                    "a larger --num_bits.")

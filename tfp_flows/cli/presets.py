@@ -105,8 +105,8 @@ def build(name, options, row_shape, num_bits):
   row_shape = [int(d) for d in row_shape]
   if preset.events == "images" and len(row_shape) != 3:
     raise UsageError(f"--preset={name} models images [H, W, C]; the data rows have shape "
-                     f"{row_shape}. Use --dataset=digits or a .npy of images, or a vector "
-                     "preset (nsf, residual).")
+                     f"{row_shape}. Use --dataset=digits, fashion_mnist or a .npy of images, "
+                     "or a vector preset (nsf, residual).")
   event_shape = [math.prod(row_shape)] if preset.events == "vectors" else row_shape
   kwargs = {k: v for k, v in preset.arguments(options, event_shape).items() if v is not None}
   if num_bits:

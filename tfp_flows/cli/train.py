@@ -41,7 +41,8 @@ def train(config):
     plots.require_matplotlib()
   dataset = datasets.load(
       config.dataset, data_file=config.data_file, num_points=config.num_points,
-      test_fraction=config.test_fraction, num_bits=config.num_bits, seed=config.seed)
+      test_fraction=config.test_fraction, num_bits=config.num_bits, seed=config.seed,
+      data_dir=config.data_dir)
   keras.utils.set_random_seed(config.seed)
   model, event_shape = presets.build(config.preset, config.architecture,
                                      dataset.row_shape, dataset.num_bits)
@@ -66,6 +67,7 @@ def train(config):
   run_dir = config.run_dir
   run = {"preset": config.preset, "dataset": dataset.name,
          "data_file": config.data_file and os.path.abspath(config.data_file),
+         "data_dir": config.data_dir and os.path.abspath(config.data_dir),
          "num_points": config.num_points, "test_fraction": config.test_fraction,
          "seed": config.seed, "num_bits": dataset.num_bits,
          "image_shape": dataset.image_shape, "row_shape": dataset.row_shape,
