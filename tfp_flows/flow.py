@@ -97,6 +97,7 @@ class FlowModel(keras.Model):
     self.optimal_transport = bool(optimal_transport)
     self._check_objective()
     self._fm_tracker = keras.metrics.Mean(name="flow_matching_loss")
+    self._step_guard = _StepGuard()
     self._create_weights()
     # Every weight exists now. Keras callbacks (BackupAndRestore) refuse unbuilt models.
     self.built = True
@@ -278,7 +279,13 @@ class FlowModel(keras.Model):
     variables = (self.flow_layers[-1].trainable_variables
                  if self.objective == "flow_matching" else self.trainable_variables)
     gradients = tape.gradient(scaled, variables)
-    self.optimizer.apply(gradients, variables)
+    # LossScaleOptimizer skips steps with overflowing (scaled) gradients by itself.
+    check_gradients = not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+    finite = _all_finite([loss] + (list(gradients) if check_gradients else []))
+    if not self.optimizer.built:  # as Keras does, but before the update becomes conditional
+      self.optimizer.build(self.trainable_variables)
+    _apply_if(finite, self.optimizer, gradients, variables)
+    self._step_guard.record(finite)
     if self.objective == "flow_matching":
       return self._metric_results({"flow_matching_loss": self._fm_tracker.result()})
     return self._metric_results()
@@ -286,6 +293,25 @@ class FlowModel(keras.Model):
   def test_step(self, data):
     self._track_loss(self._loss_and_metrics(data, training=False), data)
     return self._metric_results()
+
+  def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+          **kwargs):
+    """`keras.Model.fit`, stopping with an error at a non-finite step (see `train_step`)."""
+    guard = _NonFiniteStop(self._step_guard)
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+      guard.set_model(self)
+      callbacks.callbacks.insert(0, guard)
+    else:
+      callbacks = [guard, *(callbacks or [])]
+    return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                       callbacks=callbacks, **kwargs)
+
+  def train_on_batch(self, *args, **kwargs):
+    """`keras.Model.train_on_batch`; raises like `fit` when the step was not finite."""
+    self._step_guard.reset()
+    logs = super().train_on_batch(*args, **kwargs)
+    self._step_guard.raise_if_non_finite()
+    return logs
 
   def _track_loss(self, loss, data):
     """Keras' own `loss` (and so `val_loss`), weighted by the batch's examples."""
@@ -347,6 +373,101 @@ def _stateless_seed(seed):
       raise ValueError(f"seed must be an int in [0, 2**31) or a [2] tensor; got {seed}.")
     return tf.constant([0, seed], tf.int32)
   return seed
+
+
+def _all_finite(tensors):
+  """Whether every tensor is finite on every replica (one all-reduce under tf.distribute).
+
+  All replicas must agree: they either all apply a step (whose gradients are summed
+  across them) or all skip it.
+  """
+  flags = [tf.reduce_all(tf.math.is_finite(
+      t.values if isinstance(t, tf.IndexedSlices) else t)) for t in tensors if t is not None]
+  finite = tf.reduce_all(tf.stack(flags))
+  context = tf.distribute.get_replica_context()
+  if context is not None and context.num_replicas_in_sync > 1:
+    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~finite, tf.float32))
+    finite = tf.equal(bad, 0.0)
+  return finite
+
+
+def _apply_if(finite, optimizer, gradients, variables):
+  """`optimizer.apply(gradients, variables)` if `finite`, else nothing (no state changes).
+
+  A `tf.cond`, so no host sync and XLA-compatible. Under strategies that use
+  `merge_call` (MirroredStrategy on CPU) the optimizer's update calls `merge_call`,
+  which a branch of a cond in replica context may not: the cond then runs in
+  cross-replica context around the per-replica updates, as Keras' LossScaleOptimizer
+  does.
+  """
+  def apply():
+    optimizer.apply(gradients, variables)
+
+  if tf.__internal__.distribute.strategy_supports_no_merge_call():
+    tf.cond(finite, apply, lambda: None)
+    return
+
+  def cross_replica(strategy, finite, gradients):
+    finite = strategy.experimental_local_results(finite)[0]
+    tf.cond(finite, lambda: strategy.extended.call_for_each_replica(
+        optimizer.apply, args=(gradients, variables)), lambda: None)
+
+  tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, gradients))
+
+
+class _StepGuard:
+  """Counts training steps and records the first whose loss or gradients were not finite.
+
+  Plain `tf.Variable`s in a holder Keras does not track: bookkeeping of one `fit`, not
+  model state (not saved, not in `model.variables`). Written in the step, read by the
+  host between steps.
+  """
+
+  def __init__(self):
+    options = {"trainable": False, "synchronization": tf.VariableSynchronization.ON_WRITE,
+               "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA}
+    self.steps = tf.Variable(0, dtype=tf.int64, name="steps", **options)
+    self.first_bad = tf.Variable(-1, dtype=tf.int64, name="first_non_finite", **options)
+
+  def record(self, finite):
+    self.first_bad.assign(tf.where(
+        tf.logical_and(self.first_bad < 0, tf.logical_not(finite)), self.steps,
+        self.first_bad))
+    self.steps.assign_add(1)
+
+  def reset(self):
+    self.steps.assign(0)
+    self.first_bad.assign(-1)
+
+  def raise_if_non_finite(self, first_step_of_epoch=0, epoch=None):
+    bad = int(self.first_bad.numpy())
+    if bad < 0:
+      return
+    where = "" if epoch is None else (
+        f" (epoch {epoch + 1}, batch {bad - first_step_of_epoch + 1})")
+    raise FloatingPointError(
+        f"non-finite loss or gradient at training step {bad + 1}{where}: check the data "
+        "for NaN/inf. The step was not applied: the weights and optimizer state are "
+        "those before it. If the data are finite the training diverged; lower the "
+        "learning rate or clip the gradients.")
+
+
+class _NonFiniteStop(keras.callbacks.Callback):
+  """Ends `fit` with the `_StepGuard`'s error after a non-finite step (FlowModel.fit adds it)."""
+
+  def __init__(self, guard):
+    super().__init__()
+    self.guard = guard
+    self.epoch, self.first_step_of_epoch = 0, 0
+
+  def on_train_begin(self, logs=None):
+    self.guard.reset()
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch, self.first_step_of_epoch = epoch, int(self.guard.steps.numpy())
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.guard.raise_if_non_finite(self.first_step_of_epoch, self.epoch)
 
 
 def _is_multi_worker(strategy):

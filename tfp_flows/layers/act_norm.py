@@ -62,11 +62,15 @@ class ActNorm(flow_layer.FlowLayer):
     mean = total / count
     (squares,) = _global_sum([tf.reduce_sum(tf.square(x - mean), axes)])
     variance = squares / count
-    done = self.initialized > 0
+    # A non-finite batch initialises nothing: FlowModel skips its step and stops fit,
+    # and the layer must not keep NaN statistics for the next, clean fit.
+    finite = tf.reduce_all(tf.math.is_finite(mean)) & tf.reduce_all(
+        tf.math.is_finite(variance))
+    done = (self.initialized > 0) | ~finite
     self.loc.assign(tf.where(done, self.loc, mean))
     self.log_scale.assign(tf.where(done, self.log_scale,
                                    0.5 * tf.math.log(variance + self.epsilon)))
-    self.initialized.assign(1.0)
+    self.initialized.assign(tf.where(finite, tf.ones_like(self.initialized), self.initialized))
 
   def get_config(self):
     return {**super().get_config(), "data_init": self.data_init, "epsilon": self.epsilon}

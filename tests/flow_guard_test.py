@@ -1,0 +1,183 @@
+"""A non-finite batch never reaches the weights: the step is skipped and `fit` raises.
+
+A NaN or inf anywhere in a batch makes its loss and gradients NaN. FlowModel's train
+step then applies nothing (weights and optimizer state stay bit for bit what they were
+after the previous step) and `fit` stops with an error naming the step. Checked
+eagerly, in graph mode, under XLA, and under MirroredStrategy over two logical CPUs
+(in a subprocess: logical devices must be set before TensorFlow starts), where the
+replicas must agree to skip the step although only one of them saw the bad row.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfp_flows as tff
+
+BATCH = 8
+
+
+def _model():
+  keras.utils.set_random_seed(0)
+  return tff.FlowModel([tff.layers.ActNorm(),
+                        tff.layers.AffineCoupling(hidden_units=(8,)),
+                        tff.layers.AffineCoupling(hidden_units=(8,), reverse=True)], [2])
+
+
+def _state(model):
+  return [keras.ops.convert_to_numpy(v).copy()
+          for v in list(model.variables) + list(model.optimizer.variables)]
+
+
+class _Snapshot(keras.callbacks.Callback):
+  """Keeps the training state after every step."""
+
+  def __init__(self):
+    super().__init__()
+    self.states = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.states.append(_state(self.model))
+
+
+def _data(bad_row, value):
+  x = np.random.default_rng(0).normal(size=(4 * BATCH, 2)).astype("float32")
+  x[bad_row, 1] = value
+  return x
+
+
+@pytest.mark.parametrize("mode, value", [("eager", np.nan), ("graph", np.inf),
+                                         ("xla", np.nan), ("xla", -np.inf)])
+def test_a_non_finite_batch_is_not_applied_and_fit_stops(mode, value):
+  # Batches of 8 rows; row 21 is in the third batch of the first epoch (step 3).
+  model = _model()
+  model.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=mode == "eager",
+                jit_compile=mode == "xla")
+  snapshot = _Snapshot()
+  with pytest.raises(FloatingPointError,
+                     match=r"non-finite loss or gradient at training step 3 \(epoch 1, "
+                           r"batch 3\): check the data for NaN/inf"):
+    model.fit(_data(21, value), batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
+              callbacks=[snapshot])
+  # The error is raised after the bad step, before any callback after it runs.
+  assert len(snapshot.states) == 2
+  after = _state(model)
+  assert int(model.optimizer.iterations.numpy()) == 2
+  for before, now in zip(snapshot.states[-1], after):
+    np.testing.assert_array_equal(now, before)
+  assert all(np.all(np.isfinite(v)) for v in after)
+  # Training goes on from there once the data are fixed: the guard resets per fit.
+  history = model.fit(_data(21, 0.0), batch_size=BATCH, epochs=1, shuffle=False,
+                      verbose=0).history
+  assert np.isfinite(history["loss"][0])
+  assert int(model.optimizer.iterations.numpy()) == 6
+
+
+def test_a_non_finite_first_batch_leaves_act_norm_uninitialised():
+  # ActNorm initialises from the first training batch; a NaN there must not become its
+  # statistics, or every later (clean) fit would stay NaN.
+  model = _model()
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  model.optimizer.build(model.trainable_variables)
+  initial = _state(model)
+  with pytest.raises(FloatingPointError, match="at training step 1 "):
+    model.fit(_data(2, np.nan), batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+  for before, now in zip(initial, _state(model)):
+    np.testing.assert_array_equal(now, before)
+  act_norm = model.flow_layers[0]
+  assert float(act_norm.initialized.numpy()) == 0.0
+  clean = _data(2, 0.0)
+  # A clean fit's first batch initialises it: at learning rate 0, loc is its mean.
+  model.compile(optimizer=keras.optimizers.SGD(0.0))
+  model.fit(clean, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+  np.testing.assert_allclose(act_norm.loc.numpy(), clean[:BATCH].mean(0), rtol=1e-5)
+
+
+def test_a_later_epoch_names_its_batch():
+  model = _model()
+  model.compile(optimizer=keras.optimizers.SGD(1e-2))
+  x = _data(0, 0.0)
+  bad = x.copy()
+  bad[BATCH + 3, 0] = np.nan
+  model.fit(x, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+  with pytest.raises(FloatingPointError, match=r"at training step 2 \(epoch 1, batch 2\)"):
+    model.fit(bad, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+  with pytest.raises(FloatingPointError, match=r"at training step 6 \(epoch 2, batch 2\)"):
+    # One pass over the 8 batches in 2 epochs of 4 steps: the bad batch is epoch 2's.
+    dataset = tf.data.Dataset.from_tensor_slices(np.concatenate([x, bad])).batch(BATCH)
+    model.fit(dataset, epochs=2, steps_per_epoch=4, shuffle=False, verbose=0)
+
+
+def test_train_on_batch_skips_and_raises_too():
+  model = _model()
+  model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
+  x = _data(3, np.nan)
+  model.train_on_batch(x[BATCH:2 * BATCH])
+  before = _state(model)
+  with pytest.raises(FloatingPointError, match="at training step 1: check the data"):
+    model.train_on_batch(x[:BATCH])
+  for old, now in zip(before, _state(model)):
+    np.testing.assert_array_equal(now, old)
+
+
+_MIRRORED = textwrap.dedent("""
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import tfp_flows as tff
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+      keras.utils.set_random_seed(0)
+      model = tff.FlowModel([tff.layers.ActNorm(),
+                             tff.layers.AffineCoupling(hidden_units=(8,))], [2])
+      model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
+    x = np.random.default_rng(0).normal(size=(48, 2)).astype("float32")
+    x[16 + 13, 0] = np.nan  # step 2, in the second replica's half of the batch
+    states = []
+
+    def state():
+      values = []
+      for v in list(model.variables) + list(model.optimizer.variables):
+        copies = [np.array(c) for c in strategy.experimental_local_results(
+            getattr(v, "value", v))]
+        assert all(np.array_equal(copies[0], c) for c in copies[1:]), v.path
+        values.append(copies[0])
+      return values
+
+    snapshot = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: states.append(state()))
+    try:
+      model.fit(x, batch_size=16, epochs=1, shuffle=False, verbose=0,
+                callbacks=[snapshot])
+    except FloatingPointError as error:
+      assert "non-finite loss or gradient at training step 2 " in str(error), error
+    else:
+      raise AssertionError("fit did not raise")
+    assert len(states) == 1 and int(model.optimizer.iterations.numpy()) == 1
+    for before, now in zip(states[0], state()):
+      np.testing.assert_array_equal(now, before)
+    print("GUARDED")
+""")
+
+
+def test_mirrored_strategy_skips_the_step_on_every_replica():
+  # Graph mode: Keras' jit_compile=True under MirroredStrategy over logical CPUs fails
+  # in TensorFlow itself (one XLA cluster reading variables of both devices).
+  result = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True,
+                          text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert "GUARDED" in result.stdout, result.stderr[-3000:]
+
+
+if __name__ == "__main__":
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
