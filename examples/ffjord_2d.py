@@ -37,7 +37,7 @@ import tensorflow_probability as tfp
 
 import tfp_flows as tff
 from tfp_flows import data
-from tfp_flows.bijectors import ode
+from tfp_flows.numerics import ode
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position

@@ -20,7 +20,7 @@ from tfp_flows import bijectors as tffb
 SCALE = 0.7
 LIPSCHITZ = {2: 0.5, 4: 0.7, 8: 0.9}
 # The geometric roulette (p = 1/2) has finite variance when Lip(g)^2 < 1/2 (see
-# tfp_flows.estimators.log_det_series): Lip(g) <= 0.7 keeps the standard errors meaningful.
+# tfp_flows.numerics.log_det_series): Lip(g) <= 0.7 keeps the standard errors meaningful.
 ROULETTE_LIPSCHITZ = {2: 0.5, 4: 0.6, 8: 0.7}
 NUM_SEEDS = 10_000
 

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_flows import nets
-from tfp_flows.nets import norm_bounds
+from tfp_flows.numerics import norm_bounds
 from tfp_flows.nets import spectral_norm
 
 COEFFICIENT = 0.9

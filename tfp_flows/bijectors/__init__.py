@@ -11,10 +11,11 @@ from tfp_flows.bijectors.invertible_conv1x1 import InvertibleConv1x1
 from tfp_flows.bijectors.preprocessing import Logit
 from tfp_flows.bijectors.spline import (CircularRationalQuadraticTransformer,
                                         RationalQuadraticTransformer)
-from tfp_flows.bijectors.residual import ResidualBlock, fixed_point_solve
+from tfp_flows.bijectors.residual import ResidualBlock
 from tfp_flows.bijectors.squeeze import Squeeze
 from tfp_flows.bijectors.transformers import (AdditiveTransformer, AffineTransformer,
                                               Transformer)
+from tfp_flows.numerics.fixed_point import fixed_point_solve
 
 __all__ = [
     "ActNorm", "AdditiveTransformer", "AffineTransformer", "Autoregressive",

@@ -3,7 +3,7 @@
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_flows.bijectors import _checks
+from tfp_flows.numerics import checks as _checks
 
 __all__ = ["ActNorm"]
 

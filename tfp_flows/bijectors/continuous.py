@@ -6,16 +6,16 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_flows.bijectors import _log_det_cache
-from tfp_flows.bijectors import ode
-from tfp_flows.estimators import trace as trace_estimators
+from tfp_flows.bijectors import _tfp_glue
+from tfp_flows.numerics import checks
+from tfp_flows.numerics import estimators
+from tfp_flows.numerics import ode
+from tfp_flows.numerics import probes
+from tfp_flows.numerics import trace as trace_lib
 
 __all__ = ["ContinuousFlow", "ContinuousFlowResult"]
 
 tfb = tfp.bijectors
-_TRACES = ("exact", "hutchinson")
-_NOISES = ("rademacher", "gaussian")
-_GRADIENTS = ("adjoint", "backprop")
 
 ContinuousFlowResult = collections.namedtuple(
     "ContinuousFlowResult",
@@ -48,12 +48,13 @@ class ContinuousFlow(tfb.Bijector):
   same (one ODE solve), so `log_prob` and `sample` are equally expensive; `forward`
   alone (sampling) skips the trace.
 
-  Trace `tr(df/dz)`, per evaluation of f:
+  Trace `tr(df/dz)`, per evaluation of f (`tfp_flows.numerics.trace.trace_and_norm`):
 
   * "exact": the dense Jacobian from its products with the D unit vectors: exact, cost
     and memory O(D) times one evaluation; for small events.
-  * "hutchinson": `e^T (df/dz) e` with one probe e per row (Rademacher or Gaussian),
-    drawn once per solve from the stateless `seed` and held fixed along the trajectory
+  * "hutchinson": `e^T (df/dz) e` with one probe e per row (Rademacher or normal,
+    `tfp_flows.numerics.probes`), drawn once per solve from the stateless `seed` (or
+    keyed by the row's values at the start of the solve) and held fixed along the trajectory
     so the integrand is a smooth function of t (Grathwohl et al. 2019): unbiased, one
     Jacobian product per evaluation. With S = (J + J^T) / 2 the symmetric part,
     Rademacher probes have the smaller variance, `2 sum_{i != j} S_ij^2` against
@@ -69,7 +70,7 @@ class ContinuousFlow(tfb.Bijector):
   benchmark (`benchmarks/ffjord_benchmark.py`): exact-trace `log_prob` about 2x
   faster, an adjoint training step about 1.2x.
 
-  Solvers (`tfp_flows.bijectors.ode`): adaptive "dopri5" with row-wise steps,
+  Solvers (`tfp_flows.numerics.ode`): adaptive "dopri5" with row-wise steps,
   `rtol`/`atol` and a mandatory finite `max_num_steps`; fixed-step "rk4" and "euler"
   with `num_steps`. Gradients: "adjoint" (a backward solve, memory flat in the number
   of steps) or "backprop" (through the solver's steps: faster, exact for the
@@ -79,9 +80,10 @@ class ContinuousFlow(tfb.Bijector):
   the Jacobian's squared Frobenius norm ride along in the same solve (Finlay et al.
   2020, "How to train your neural ODE").
 
-  A row the adaptive solver cannot finish within `max_num_steps` is never silent: with
-  `validate_args=True` the call raises `InvalidArgumentError` (outside XLA, which drops
-  assertions); in every case that row comes back as NaN (others are unaffected).
+  A row the adaptive solver cannot finish within `max_num_steps` is never silent: in
+  every mode, XLA included, that row comes back as NaN (others are unaffected), and with
+  `validate_args=True` the call also raises `InvalidArgumentError` (eagerly and in
+  graphs; XLA compiles assertions away, so there the NaN is the signal).
 
   #### References
 
@@ -105,8 +107,12 @@ class ContinuousFlow(tfb.Bijector):
         returning `dz/dt` of z's shape (e.g. `tfp_flows.nets.TimeConditionedMLP`).
       event_ndims: rank of one event (1 vectors, 3 images).
       end_time: T > 0, a float or scalar tensor (a learned end time is a tensor).
-      trace: "exact" or "hutchinson".
-      noise: Hutchinson probes, "rademacher" or "gaussian".
+      trace: "exact" or "hutchinson", or a resolved
+        `tfp_flows.numerics.estimators.Estimator` (from `TraceEstimator.choose`), whose
+        method, probes, keying and fixed seed take the place of `noise`,
+        `content_keyed_probes` and `seed`.
+      noise: Hutchinson probes, "rademacher" or "normal" (or its former name
+        "gaussian").
       seed: stateless seed `[2]`, needed for "hutchinson".
       solver: "dopri5", "rk4" or "euler".
       rtol, atol: tolerances of "dopri5".
@@ -118,10 +124,10 @@ class ContinuousFlow(tfb.Bijector):
         for the trace (e.g. `lambda t, z, v: net.call_with_tangents(z, t, v)`); it must
         agree with `vector_field`. Without it the products are reverse-mode autodiff.
       content_keyed_probes: draw each row's Rademacher probe from the row's values at
-        the start of the solve (`tfp_flows.estimators.trace.content_keyed_probes`)
+        the start of the solve (`tfp_flows.numerics.probes.content_keyed_probes`)
         rather than its batch index, so a point's Hutchinson log-det does not depend on
         the batch it is in.
-      validate_args: raise when the solver does not finish; check inputs are finite.
+      validate_args: also raise when the solver does not finish; check inputs are finite.
       dtype: float dtype.
       name: bijector name.
 
@@ -131,34 +137,27 @@ class ContinuousFlow(tfb.Bijector):
     parameters = dict(locals())
     if not callable(vector_field):
       raise ValueError(f"vector_field must be callable f(t, z); got {vector_field!r}.")
-    if trace not in _TRACES:
-      raise ValueError(f"trace must be one of {_TRACES}; got {trace!r}.")
-    if noise not in _NOISES:
-      raise ValueError(f"noise must be one of {_NOISES}; got {noise!r}.")
-    if content_keyed_probes and noise != "rademacher":
-      raise ValueError("content_keyed_probes draws Rademacher probes; got "
-                       f"noise={noise!r}.")
-    if trace == "hutchinson" and seed is None:
+    estimator = estimators.as_estimator(trace, trace_lib.TRACE_METHODS, noise=noise,
+                                        keyed_probes=content_keyed_probes, name="trace")
+    seed = seed if estimator.seed is None else tf.constant(estimator.seed, tf.int32)
+    if estimator.method == "hutchinson" and seed is None:
       raise ValueError("trace='hutchinson' draws probes: pass a stateless seed (a [2] int "
                        "tensor), or use trace='exact'.")
     if jvp_fn is not None and not callable(jvp_fn):
       raise ValueError(f"jvp_fn must be callable jvp_fn(t, z, tangents); got {jvp_fn!r}.")
-    if gradient not in _GRADIENTS:
-      raise ValueError(f"gradient must be one of {_GRADIENTS}; got {gradient!r}.")
+    checks.one_of("gradient", gradient, ode.GRADIENTS)
     if int(event_ndims) < 1:
       raise ValueError(f"event_ndims must be at least 1; got {event_ndims!r}.")
     known_end_time = (tf.get_static_value(end_time) if tf.is_tensor(end_time)
                       else end_time)
     if known_end_time is not None and not np.all(np.asarray(known_end_time) > 0):
       raise ValueError(f"end_time must be positive; got {end_time!r}.")
-    ode._check(solver, rtol, atol, max_num_steps, num_steps)  # pylint: disable=protected-access
+    ode.check_solver_args(solver, rtol, atol, max_num_steps, num_steps)
     self._f = vector_field
     self._jvp_fn = jvp_fn
     self._end_time = end_time
-    self._trace = trace
-    self._noise = noise
+    self._estimator = estimator
     self._seed = seed
-    self._content_keyed_probes = bool(content_keyed_probes)
     self._solver_kwargs = {"solver": solver, "rtol": rtol, "atol": atol,
                            "max_num_steps": max_num_steps, "num_steps": num_steps}
     self._gradient = gradient
@@ -167,70 +166,22 @@ class ContinuousFlow(tfb.Bijector):
 
   @property
   def trace_method(self):
-    return self._trace
-
-  def _as_batch(self, x):
-    event_ndims = self.forward_min_event_ndims
-    shape = tf.shape(x)
-    flat = tf.reshape(x, tf.concat([[-1], shape[tf.rank(x) - event_ndims:]], 0))
-    flat.set_shape([None] + x.shape[x.shape.rank - event_ndims:].as_list())
-    return flat, shape[:tf.rank(x) - event_ndims]
+    return self._estimator.method
 
   def _probe(self, z):
-    if self._content_keyed_probes:
-      return trace_estimators.content_keyed_probes(z, self._seed)
-    if self._noise == "gaussian":
-      return tf.random.stateless_normal(tf.shape(z), self._seed, dtype=z.dtype)
-    bits = tf.random.stateless_uniform(tf.shape(z), self._seed, minval=0, maxval=2,
-                                       dtype=tf.int32)
-    return tf.cast(2 * bits - 1, z.dtype)
+    """One probe per row of `z` for the Hutchinson trace (`tfp_flows.numerics.probes`)."""
+    if self._estimator.keyed_probes:
+      return probes.content_keyed_probes(z, self._seed)
+    return probes.hutchinson_probes(tf.shape(z), self._seed, z.dtype, self._estimator.probe)
 
   def _field_and_trace(self, t, z, probe, with_norm):
     """`f(t, z)`, `tr(df/dz)` per row and, if asked, `|df/dz|_F^2` (estimated alike)."""
+    jvp = None
     if self._jvp_fn is not None:
-      return self._field_and_trace_forward_mode(t, z, probe, with_norm)
-    if self._trace == "exact":
-      # D copies of each row and one vector-Jacobian product with the D unit vectors
-      # give the Jacobian's rows: the cost of D evaluations in one batched pass, and a
-      # graph far smaller than a vectorised `batch_jacobian`.
-      size = z.shape[1:].num_elements()
-      copies = tf.repeat(z, size, axis=0)
-      with tf.GradientTape() as tape:
-        tape.watch(copies)
-        f_copies = self._f(tf.repeat(t, size, axis=0), copies)
-      units = tf.tile(tf.eye(size, dtype=z.dtype), [tf.shape(z)[0], 1])
-      rows = tape.gradient(f_copies, copies, output_gradients=tf.reshape(
-          units, tf.shape(copies)))
-      rows = tf.reshape(rows, [-1, size, size])
-      f = f_copies[::size]
-      trace = tf.linalg.trace(rows)
-      norm = tf.reduce_sum(tf.square(rows), axis=[1, 2]) if with_norm else None
-      return f, trace, norm
-    with tf.GradientTape() as tape:
-      tape.watch(z)
-      f = self._f(t, z)
-    vjp = tape.gradient(f, z, output_gradients=probe)
-    axes = list(range(1, z.shape.rank))
-    trace = tf.reduce_sum(vjp * probe, axis=axes)
-    norm = tf.reduce_sum(tf.square(vjp), axis=axes) if with_norm else None
-    return f, trace, norm
-
-  def _field_and_trace_forward_mode(self, t, z, probe, with_norm):
-    """As `_field_and_trace`, from `jvp_fn`'s products `J v` (`E|J e|^2 = |J|_F^2`)."""
-    axes = list(range(1, z.shape.rank))
-    if self._trace == "exact":
-      size = z.shape[1:].num_elements()
-      units = tf.reshape(tf.eye(size, dtype=z.dtype), [size, 1] + z.shape[1:].as_list())
-      tangents = tf.broadcast_to(units, tf.concat([[size], tf.shape(z)], 0))
-      f, columns = self._jvp_fn(t, z, tangents)
-      columns = tf.reshape(columns, [size, -1, size])
-      trace = tf.linalg.trace(tf.transpose(columns, [1, 0, 2]))
-      norm = tf.reduce_sum(tf.square(columns), axis=[0, 2]) if with_norm else None
-      return f, trace, norm
-    f, product = self._jvp_fn(t, z, probe[None])
-    trace = tf.reduce_sum(product[0] * probe, axis=axes)
-    norm = tf.reduce_sum(tf.square(product[0]), axis=axes) if with_norm else None
-    return f, trace, norm
+      jvp = lambda z, tangents, t: self._jvp_fn(t, z, tangents)
+    return trace_lib.trace_and_norm(lambda z, t: self._f(t, z), z, self._estimator.method,
+                                    probe=probe, jvp=jvp, row_args=(t,),
+                                    with_norm=with_norm)
 
   def solve(self, value, direction="inverse", log_det=True, regularize=False):
     """Maps `value` with one ODE solve, with its log-det and regularisers if asked.
@@ -257,7 +208,7 @@ class ContinuousFlow(tfb.Bijector):
   def _solve(self, value, direction, log_det, regularize):
     if self.validate_args:
       value = tf.debugging.assert_all_finite(value, f"{self.name}: input is not finite.")
-    flat, batch_shape = self._as_batch(value)
+    flat, batch_shape = trace_lib.flatten_batch(value, self.forward_min_event_ndims)
     dtype = flat.dtype
     # A Python float goes straight to `dtype`: tf.cast would round it through float32.
     end_time = (tf.constant(self._end_time, dtype) if isinstance(self._end_time, float)
@@ -267,7 +218,7 @@ class ContinuousFlow(tfb.Bijector):
           end_time, f"{self.name}: end_time must be positive.")]):
         end_time = tf.identity(end_time)
     sign = 1.0 if direction == "forward" else -1.0
-    probe = self._probe(flat) if self._trace == "hutchinson" and (
+    probe = self._probe(flat) if self.trace_method == "hutchinson" and (
         log_det or regularize) else None
     zeros = tf.zeros(tf.shape(flat)[:1], dtype)
 
@@ -298,7 +249,10 @@ class ContinuousFlow(tfb.Bijector):
                                      **self._solver_kwargs)
     else:
       result = ode.integrate(dynamics, state, controlled=controlled, **self._solver_kwargs)
-    final = self._mark_failures(result)
+    final = checks.nan_unless(result.success, result.state, self.validate_args, message=(
+        f"{self.name}: the ODE solver did not reach the end time within max_num_steps="
+        f"{self._solver_kwargs['max_num_steps']} steps; raise max_num_steps, loosen "
+        "rtol/atol, or regularise the vector field (kinetic/Jacobian weights)."))
     out = tf.reshape(final[0], tf.shape(value))
     parts = [tf.reshape(part, batch_shape) for part in final[1:-1]]
     ldj = parts.pop(0) if log_det else None
@@ -306,25 +260,12 @@ class ContinuousFlow(tfb.Bijector):
     return ContinuousFlowResult(out, ldj, kinetic, norm, result.num_evaluations,
                                 tf.reshape(result.success, batch_shape))
 
-  def _mark_failures(self, result):
-    success = result.success
-    if self.validate_args:
-      check = tf.debugging.assert_equal(success, True, message=(
-          f"{self.name}: the ODE solver did not reach the end time within max_num_steps="
-          f"{self._solver_kwargs['max_num_steps']} steps; raise max_num_steps, loosen "
-          "rtol/atol, or regularise the vector field (kinetic/Jacobian weights)."))
-      with tf.control_dependencies([check]):
-        return [tf.identity(part) for part in result.state]
-    nan = tf.constant(float("nan"), result.state[0].dtype)
-    return [tf.where(tf.reshape(success, [-1] + [1] * (part.shape.rank - 1)), part, nan)
-            for part in result.state]
-
   def _forward(self, z):
     return self.solve(z, "forward", log_det=False).value
 
   def _inverse(self, x, **kwargs):
     result = self.solve(x, "inverse")
-    _log_det_cache.remember_inverse_log_det(self, x, result.log_det, kwargs)
+    _tfp_glue.remember_inverse_log_det(self, x, result.log_det, kwargs)
     return result.value
 
   def _inverse_log_det_jacobian(self, x):

@@ -7,16 +7,14 @@ import tensorflow as tf
 
 from tfp_flows import nets
 from tfp_flows.bijectors import continuous
-from tfp_flows.bijectors import ode
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
+from tfp_flows.numerics import checks
+from tfp_flows.numerics import estimators
+from tfp_flows.numerics import ode
+from tfp_flows.numerics.optimal_transport import sinkhorn_pairing
 
 __all__ = ["FFJORD"]
-
-_TRACES = ("exact", "hutchinson")
-# A fixed seed for the content-keyed probes makes evaluation-mode Hutchinson log-densities
-# repeatable.
-_EVAL_PROBE_SEED = (20181003, 0)
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
@@ -29,7 +27,9 @@ class FFJORD(flow_layer.FlowLayer):
   initialisation). `log_prob` solves the ODE data -> base once, with the log-det
   integrated alongside; sampling solves base -> data.
 
-  Which trace estimator is in effect depends on the mode (`trace_mode(training)`):
+  Which trace estimator is in effect depends on the mode (`trace_mode(training)`), by
+  the rule of `trace_estimator` (a `tfp_flows.numerics.estimators.TraceEstimator`, made
+  from `trace`, `noise` and `exact_max_dims` unless given):
 
   * training: `trace` ("hutchinson" by default, one probe per row drawn per step from
     the layer's `keras.random.SeedGenerator`, independently on every `tf.distribute`
@@ -51,7 +51,7 @@ class FFJORD(flow_layer.FlowLayer):
     hidden_units: hidden sizes (vectors) or hidden channels (images) of the field.
     activation: smooth hidden activation.
     trace: training trace estimator, "hutchinson" or "exact".
-    noise: Hutchinson probes, "rademacher" or "gaussian".
+    noise: Hutchinson probes, "rademacher" or "normal" ("gaussian" is accepted too).
     solver: "dopri5" (adaptive), "rk4" or "euler" (fixed steps).
     rtol, atol: tolerances of "dopri5".
     max_num_steps: step cap of "dopri5" (finite; rows that exceed it come back NaN,
@@ -62,7 +62,10 @@ class FFJORD(flow_layer.FlowLayer):
     learn_end_time: make T trainable (T = s^2 with s initialised at sqrt(end_time)).
     kinetic_weight, jacobian_weight: regulariser weights (0 disables).
     exact_max_dims: largest event size evaluated with the exact trace.
-    validate_args: raise when the solver does not finish (outside XLA).
+    trace_estimator: a `TraceEstimator` (or its config dict) for the whole rule; it
+      takes the place of `trace`, `noise` and `exact_max_dims`.
+    validate_args: also raise when the solver does not finish (eagerly and in graphs;
+      the unfinished rows are NaN in every mode, XLA included).
     seed: seed of the layer's SeedGenerator (None: from Keras' global seed).
   """
 
@@ -70,17 +73,17 @@ class FFJORD(flow_layer.FlowLayer):
                noise="rademacher", solver="dopri5", rtol=1e-5, atol=1e-5,
                max_num_steps=1000, num_steps=None, gradient="adjoint", end_time=1.0,
                learn_end_time=False, kinetic_weight=0.0, jacobian_weight=0.0,
-               exact_max_dims=32, validate_args=False, seed=None, **kwargs):
+               exact_max_dims=32, trace_estimator=None, validate_args=False, seed=None,
+               **kwargs):
     super().__init__(**kwargs)
-    if trace not in _TRACES:
-      raise ValueError(f"trace must be one of {_TRACES}; got {trace!r}.")
-    if noise not in ("rademacher", "gaussian"):
-      raise ValueError(f"noise must be 'rademacher' or 'gaussian'; got {noise!r}.")
-    if gradient not in ("adjoint", "backprop"):
-      raise ValueError(f"gradient must be 'adjoint' or 'backprop'; got {gradient!r}.")
+    if trace_estimator is None:
+      trace_estimator = estimators.TraceEstimator(training=trace, probe=noise,
+                                                  exact_max_dims=exact_max_dims)
+    self.trace_estimator = estimators.TraceEstimator.from_spec(trace_estimator)
+    checks.one_of("gradient", gradient, ode.GRADIENTS)
     if solver in ("rk4", "euler") and num_steps is None:
       num_steps = 8
-    ode._check(solver, rtol, atol, max_num_steps, num_steps)  # pylint: disable=protected-access
+    ode.check_solver_args(solver, rtol, atol, max_num_steps, num_steps)
     if not float(end_time) > 0:
       raise ValueError(f"end_time must be positive; got {end_time!r}.")
     if float(kinetic_weight) < 0 or float(jacobian_weight) < 0:
@@ -88,8 +91,6 @@ class FFJORD(flow_layer.FlowLayer):
                        f"{kinetic_weight!r} and {jacobian_weight!r}.")
     self.hidden_units = tuple(int(u) for u in hidden_units)
     self.activation = activation
-    self.trace = trace
-    self.noise = noise
     self.solver = solver
     self.rtol = float(rtol)
     self.atol = float(atol)
@@ -100,7 +101,6 @@ class FFJORD(flow_layer.FlowLayer):
     self.learn_end_time = bool(learn_end_time)
     self.kinetic_weight = float(kinetic_weight)
     self.jacobian_weight = float(jacobian_weight)
-    self.exact_max_dims = int(exact_max_dims)
     self.validate_args = bool(validate_args)
     self.seed = seed
     self.seed_generator = keras.random.SeedGenerator(seed, name="ffjord_seed")
@@ -129,6 +129,20 @@ class FFJORD(flow_layer.FlowLayer):
     return math.prod(self._event_shape)
 
   @property
+  def trace(self):
+    """The training trace estimator, "hutchinson" or "exact"."""
+    return self.trace_estimator.training
+
+  @property
+  def noise(self):
+    """The training probes, "rademacher" or "normal"."""
+    return self.trace_estimator.probe
+
+  @property
+  def exact_max_dims(self):
+    return self.trace_estimator.exact_max_dims
+
+  @property
   def integration_time(self):
     """T, a tensor when learned."""
     if self.learn_end_time:
@@ -141,11 +155,7 @@ class FFJORD(flow_layer.FlowLayer):
     "hutchinson (keyed probe)" is evaluation above `exact_max_dims`: one Rademacher probe
     per point, a function of the point's values and a fixed seed.
     """
-    if training:
-      return self.trace
-    if self.event_size <= self.exact_max_dims:
-      return "exact"
-    return "hutchinson (keyed probe)"
+    return self.trace_estimator.describe(training, self.event_size)
 
   def vector_field(self, t, z):
     return self.net(z, t)
@@ -155,20 +165,12 @@ class FFJORD(flow_layer.FlowLayer):
     return self.net.call_with_tangents(z, t, tangents)
 
   def make_bijector(self, training=False, seed=None):
-    noise, keyed = self.noise, False
-    if training:
-      trace = self.trace
-    elif self.event_size <= self.exact_max_dims:
-      trace = "exact"
-    else:
-      trace, seed = "hutchinson", tf.constant(_EVAL_PROBE_SEED, tf.int32)
-      noise, keyed = "rademacher", True
-    if trace == "hutchinson" and seed is None:
+    estimator = self.trace_estimator.choose(training, self.event_size)
+    if estimator.method == "hutchinson" and estimator.seed is None and seed is None:
       seed = self._draw_seed()
     return continuous.ContinuousFlow(
         self.vector_field, event_ndims=len(self._event_shape),
-        end_time=self.integration_time, trace=trace, noise=noise, seed=seed,
-        content_keyed_probes=keyed,
+        end_time=self.integration_time, trace=estimator, seed=seed,
         solver=self.solver, rtol=self.rtol, atol=self.atol,
         max_num_steps=self.max_num_steps, num_steps=self.num_steps,
         gradient=self.gradient,
@@ -228,7 +230,7 @@ class FFJORD(flow_layer.FlowLayer):
     x = tf.convert_to_tensor(x, self.compute_dtype)
     z = tf.random.stateless_normal(tf.shape(x), seeds[0], dtype=x.dtype)
     if optimal_transport:
-      z = _ot_pair(x, z, seeds[2])
+      z = sinkhorn_pairing(x, z, seeds[2])
     u = tf.random.stateless_uniform(tf.shape(x)[:1], seeds[1], dtype=x.dtype)
     column = tf.reshape(u, [-1] + [1] * (x.shape.rank - 1))
     x_t = (1.0 - column) * z + column * x
@@ -244,33 +246,6 @@ class FFJORD(flow_layer.FlowLayer):
             "gradient": self.gradient, "end_time": self.end_time,
             "learn_end_time": self.learn_end_time, "kinetic_weight": self.kinetic_weight,
             "jacobian_weight": self.jacobian_weight, "exact_max_dims": self.exact_max_dims,
+            "trace_estimator": self.trace_estimator.get_config(),
             "validate_args": self.validate_args, "seed": self.seed}
 
-
-def _ot_pair(x, z, seed, num_iterations=100):
-  """Base points re-drawn from the minibatch's entropic OT plan, one per data row.
-
-  Sinkhorn iterations in the log domain on the squared-distance cost with uniform
-  marginals and regularisation 0.05 x the mean cost; row i of the plan, normalised,
-  is the distribution of data point i's partner.
-  """
-  flat_x = tf.reshape(x, [tf.shape(x)[0], -1])
-  flat_z = tf.reshape(z, [tf.shape(z)[0], -1])
-  cost = tf.reduce_sum(tf.square(flat_x[:, None, :] - flat_z[None, :, :]), axis=-1)
-  cost = tf.stop_gradient(cost)
-  epsilon = 0.05 * tf.reduce_mean(cost)
-  log_kernel = -cost / epsilon
-  n = tf.cast(tf.shape(cost)[0], cost.dtype)
-  log_marginal = -tf.math.log(n)
-
-  def body(i, f, g):
-    f = log_marginal - tf.reduce_logsumexp(log_kernel + g[None, :], axis=1)
-    g = log_marginal - tf.reduce_logsumexp(log_kernel + f[:, None], axis=0)
-    return i + 1, f, g
-
-  zeros = tf.zeros(tf.shape(cost)[:1], cost.dtype)
-  _, f, g = tf.while_loop(lambda i, f, g: i < num_iterations, body,
-                          (tf.constant(0), zeros, zeros))
-  logits = log_kernel + f[:, None] + g[None, :]
-  partner = tf.random.stateless_categorical(logits, 1, seed)[:, 0]
-  return tf.gather(z, partner)

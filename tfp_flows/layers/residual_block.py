@@ -6,14 +6,13 @@ import keras
 import tensorflow as tf
 
 from tfp_flows import nets
-from tfp_flows.bijectors import _checks
 from tfp_flows.bijectors import residual
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
+from tfp_flows.numerics import checks
+from tfp_flows.numerics import estimators
 
 __all__ = ["ResidualBlock"]
-
-_LOG_DETS = ("exact", "series", "russian_roulette")
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
@@ -25,7 +24,9 @@ class ResidualBlock(flow_layer.FlowLayer):
   spectral norm at most `lipschitz`, and LipSwish is 1-Lipschitz, so Lip(g) <= lipschitz.
 
   Which log-det estimator is in effect depends on the mode, and `log_det_mode(training)`
-  says which:
+  says which, by the rule of `log_det_estimator` (a
+  `tfp_flows.numerics.estimators.LogDetEstimator`, made from `log_det`, `n_exact_terms`,
+  `gradient` and `exact_max_dims` unless given):
 
   * training (`fit`, `model(x, training=True)`): `log_det` ("russian_roulette" by
     default: unbiased, `n_exact_terms` terms always computed), with probes and counts
@@ -52,6 +53,8 @@ class ResidualBlock(flow_layer.FlowLayer):
     n_exact_terms: terms always computed by the roulette (or all terms of "series").
     gradient: "neumann" (memory flat in the terms) or "backprop".
     exact_max_dims: largest event size evaluated with the exact log-det.
+    log_det_estimator: a `LogDetEstimator` (or its config dict) for the whole rule; it
+      takes the place of `log_det`, `n_exact_terms`, `gradient` and `exact_max_dims`.
     tolerance, max_iterations: fixed-point inverse settings (`tolerance` relative to
       `max(1, max|z_row|)`, see `tfp_flows.bijectors.fixed_point_solve`).
     power_iterations: power-iteration steps per training call of every spectrally
@@ -59,44 +62,35 @@ class ResidualBlock(flow_layer.FlowLayer):
       training of convolutions can outrun it (a 12x12 conv fit at learning rate 3e-3
       reached norms of 1.06-1.08 for c = 0.97 with 1 step, at most 1.03 with 5), which
       makes g non-contractive during training; evaluation is certified either way.
-    validate_args: raise `InvalidArgumentError` when the fixed-point inverse does not
-      converge or an input is not finite, instead of returning NaN rows.
+    validate_args: also raise `InvalidArgumentError` when the fixed-point inverse does
+      not converge (whose rows are NaN in every mode, XLA included) or an input is not
+      finite.
     seed: seed of the layer's SeedGenerator (None: from Keras' global seed).
   """
 
   def __init__(self, hidden_units=(128, 128), lipschitz=0.97, log_det="russian_roulette",
                n_exact_terms=2, gradient="neumann", exact_max_dims=256, tolerance=1e-5,
-               max_iterations=200, power_iterations=1, validate_args=False, seed=None,
-               **kwargs):
+               max_iterations=200, power_iterations=1, log_det_estimator=None,
+               validate_args=False, seed=None, **kwargs):
     super().__init__(**kwargs)
     if not 0.0 < float(lipschitz) < 1.0:
       raise ValueError("lipschitz must be in (0, 1): y + g(y) is invertible only if "
                        f"Lip(g) < 1; got {lipschitz!r}.")
-    if log_det not in _LOG_DETS:
-      raise ValueError(f"log_det must be one of {_LOG_DETS}; got {log_det!r}.")
-    if gradient not in ("neumann", "backprop"):
-      raise ValueError(f"gradient must be 'neumann' or 'backprop'; got {gradient!r}.")
+    if log_det_estimator is None:
+      log_det_estimator = estimators.LogDetEstimator(
+          training=log_det, gradient=gradient, n_exact_terms=n_exact_terms,
+          exact_max_dims=exact_max_dims)
+    self.log_det_estimator = estimators.LogDetEstimator.from_spec(log_det_estimator)
     self.hidden_units = tuple(int(u) for u in hidden_units)
     if not self.hidden_units or min(self.hidden_units) < 1:
       raise ValueError(f"hidden_units must be positive sizes; got {hidden_units!r}.")
-    minimum_terms = 1 if log_det == "series" else 0
-    if not _checks.is_int_at_least(n_exact_terms, minimum_terms):
-      raise ValueError(f"n_exact_terms must be an int >= {minimum_terms} with "
-                       f"log_det={log_det!r}; got {n_exact_terms!r}.")
-    if not _checks.is_int_at_least(exact_max_dims, 0):
-      raise ValueError("exact_max_dims must be a non-negative int (0: never exact); got "
-                       f"{exact_max_dims!r}.")
     if not float(tolerance) > 0.0:
       raise ValueError(f"tolerance must be positive; got {tolerance!r}.")
-    if not _checks.is_int_at_least(max_iterations, 1):
-      raise ValueError(f"max_iterations must be an int >= 1; got {max_iterations!r}.")
-    if not _checks.is_int_at_least(power_iterations, 1):
-      raise ValueError(f"power_iterations must be an int >= 1; got {power_iterations!r}.")
+    for name, value in (("max_iterations", max_iterations),
+                        ("power_iterations", power_iterations)):
+      if not checks.is_int_at_least(value, 1):
+        raise ValueError(f"{name} must be an int >= 1; got {value!r}.")
     self.lipschitz = float(lipschitz)
-    self.log_det = log_det
-    self.n_exact_terms = int(n_exact_terms)
-    self.gradient = gradient
-    self.exact_max_dims = int(exact_max_dims)
     self.tolerance = float(tolerance)
     self.max_iterations = int(max_iterations)
     self.validate_args = bool(validate_args)
@@ -137,6 +131,23 @@ class ResidualBlock(flow_layer.FlowLayer):
   def event_size(self):
     return math.prod(self._event_shape)
 
+  @property
+  def log_det(self):
+    """The training estimator, "russian_roulette", "series" or "exact"."""
+    return self.log_det_estimator.training
+
+  @property
+  def n_exact_terms(self):
+    return self.log_det_estimator.n_exact_terms
+
+  @property
+  def gradient(self):
+    return self.log_det_estimator.gradient
+
+  @property
+  def exact_max_dims(self):
+    return self.log_det_estimator.exact_max_dims
+
   def residual_fn(self, training=False):
     """g as a callable on `[N, *event]`, its normalised kernels computed once now.
 
@@ -155,42 +166,22 @@ class ResidualBlock(flow_layer.FlowLayer):
       return h
     return g
 
-  def _eval_series_terms(self):
-    """Smallest n with truncation bias D L^(n+1) / ((n+1)(1 - L)) below 1e-3 nats."""
-    lip, size = self.lipschitz, self.event_size
-    n = 1
-    while size * lip ** (n + 1) / ((n + 1) * (1 - lip)) >= 1e-3:
-      n += 1
-    return n
-
   def log_det_mode(self, training=False):
     """The estimator in effect: "exact", "series (n terms)" or the training estimator."""
-    if training:
-      if self.log_det == "series":
-        return f"series ({self.n_exact_terms} terms)"
-      return self.log_det
-    if self.event_size <= self.exact_max_dims:
-      return "exact"
-    return f"series ({self._eval_series_terms()} terms)"
+    return self.log_det_estimator.describe(training, self.event_size,
+                                           lipschitz=self.lipschitz)
 
   def make_bijector(self, training=False, seed=None):
-    if training:
-      method, num_terms = self.log_det, self.n_exact_terms
-    elif self.event_size <= self.exact_max_dims:
-      method, num_terms, seed = "exact", 1, None
-    else:
-      method, num_terms = "series", self._eval_series_terms()
-      seed = tf.constant([20191104, 0], tf.int32)
-    if method != "exact" and seed is None:
+    estimator = self.log_det_estimator.choose(training, self.event_size,
+                                              lipschitz=self.lipschitz)
+    if estimator.method != "exact" and estimator.seed is None and seed is None:
       seed = _replica_seed.draw_replica_seed(self.seed_generator)
     return residual.ResidualBlock(
-        self.residual_fn(training), event_ndims=len(self._event_shape), log_det=method,
-        gradient=self.gradient, seed=seed, num_terms=num_terms,
-        n_exact_terms=self.n_exact_terms, tolerance=self.tolerance,
-        max_iterations=self.max_iterations, content_keyed_probes=not training,
-        validate_args=self.validate_args,
-        dtype=self.compute_dtype,
-        name=self.bijector_name())
+        self.residual_fn(training), event_ndims=len(self._event_shape), log_det=estimator,
+        gradient=self.gradient, seed=seed, n_exact_terms=self.n_exact_terms,
+        distribution=self.log_det_estimator.distribution, tolerance=self.tolerance,
+        max_iterations=self.max_iterations, validate_args=self.validate_args,
+        dtype=self.compute_dtype, name=self.bijector_name())
 
   def call(self, inputs, context=None, training=None):
     bijector = self.make_bijector(training=bool(training))
@@ -204,5 +195,6 @@ class ResidualBlock(flow_layer.FlowLayer):
             "n_exact_terms": self.n_exact_terms, "gradient": self.gradient,
             "exact_max_dims": self.exact_max_dims, "tolerance": self.tolerance,
             "max_iterations": self.max_iterations,
-            "power_iterations": self.power_iterations, "validate_args": self.validate_args,
-            "seed": self.seed}
+            "power_iterations": self.power_iterations,
+            "log_det_estimator": self.log_det_estimator.get_config(),
+            "validate_args": self.validate_args, "seed": self.seed}

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_flows.nets import norm_bounds
+from tfp_flows.numerics import norm_bounds
 
 __all__ = ["SpectralNormConv2D", "SpectralNormDense", "spectral_norm_exact"]
 
@@ -160,7 +160,7 @@ class _SpectralNorm(keras.layers.Layer):
     rows) divides by a certified upper bound within 1e-5 of the exact norm; "Fourier
     bound" (evaluation calls of larger convolutions with kernels bigger than 1x1) by a
     certified bound a few percent above it (see
-    `tfp_flows.nets.norm_bounds.conv_fourier_bound`); power
+    `tfp_flows.numerics.norm_bounds.conv_fourier_bound`); power
     iteration by an estimate that can fall short
     of it (see the class docstring).
     """
@@ -285,7 +285,7 @@ _MATH = """
   does not. Larger convolutions (kernels bigger than 1x1; a 1x1 kernel's Gram is its
   small kernel matrix at any image size) divide instead by a certified bound from the
   convolution's Fourier blocks (Sedghi et al. 2019; see
-  `tfp_flows.nets.norm_bounds.conv_fourier_bound`), 1-2%
+  `tfp_flows.numerics.norm_bounds.conv_fourier_bound`), 1-2%
   above the exact norm for 3x3 kernels on 12x12 images (more on smaller ones), so
   their evaluation-mode kernel is contracted that much more than the training calls'
   estimate (unless `exact_max_dims=0`: no certification). Otherwise (dense kernels with both sides larger

@@ -23,11 +23,14 @@ import collections
 
 import tensorflow as tf
 
-from tfp_flows.bijectors import _checks
+from tfp_flows.numerics import checks
 
-__all__ = ["ODEResult", "integrate", "integrate_adjoint", "SOLVERS"]
+__all__ = ["GRADIENTS", "ODEResult", "SOLVERS", "check_solver_args", "integrate",
+           "integrate_adjoint"]
 
 SOLVERS = ("dopri5", "rk4", "euler")
+# How a solve is differentiated: the adjoint's backward solve or through the steps.
+GRADIENTS = ("adjoint", "backprop")
 
 ODEResult = collections.namedtuple(
     "ODEResult", ["state", "num_evaluations", "num_steps", "success"])
@@ -54,16 +57,14 @@ _E = (35 / 384 - 5179 / 57600, 0.0, 500 / 1113 - 7571 / 16695, 125 / 192 - 393 /
       -2187 / 6784 + 92097 / 339200, 11 / 84 - 187 / 2100, -1 / 40)
 
 
-def _check(solver, rtol, atol, max_num_steps, num_steps):
-  if solver not in SOLVERS:
-    raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
-  if solver == "dopri5":
+def check_solver_args(solver, rtol, atol, max_num_steps, num_steps):
+  """Raises ValueError for solver arguments `integrate` cannot use, quoting them."""
+  if checks.one_of("solver", solver, SOLVERS) == "dopri5":
     if not (rtol > 0 and atol > 0):
       raise ValueError(f"rtol and atol must be positive; got rtol={rtol!r}, atol={atol!r}.")
-    if not _checks.is_int_at_least(max_num_steps, 1):
-      raise ValueError("max_num_steps must be a positive int: the adaptive solver never "
-                       f"runs an unbounded loop; got {max_num_steps!r}.")
-  elif not _checks.is_int_at_least(num_steps, 1):
+    checks.int_at_least("max_num_steps", max_num_steps, 1,
+                        why=": the adaptive solver never runs an unbounded loop")
+  elif not checks.is_int_at_least(num_steps, 1):
     raise ValueError(f"solver={solver!r} takes a fixed positive int num_steps; "
                      f"got {num_steps!r}.")
 
@@ -261,7 +262,7 @@ def integrate(fn, state, solver="dopri5", rtol=1e-5, atol=1e-5, max_num_steps=10
   Returns:
     `ODEResult`.
   """
-  _check(solver, rtol, atol, max_num_steps, num_steps)
+  check_solver_args(solver, rtol, atol, max_num_steps, num_steps)
   state = [tf.convert_to_tensor(y) for y in state]
   batched = [True] * len(state) if batched is None else list(batched)
   controlled = list(batched) if controlled is None else list(controlled)
@@ -289,15 +290,16 @@ def integrate_adjoint(fn, state, controlled=None, validate_args=False, **solver_
   backward solve covers `y` and `a` (the "seminorm" of Kidger et al. 2021), not
   `a_theta`, which only accumulates. The backward solve shares `max_num_steps`; if it
   does not reach s = 0 within them, every gradient it returns is NaN (the batch shares
-  its steps), or, with `validate_args`, the gradient computation raises.
+  its steps), and with `validate_args` the gradient computation also raises.
 
   Args:
     fn: as for `integrate`; the variables it reads (those a tape sees in the forward
       solve, `tf.custom_gradient`'s convention) receive gradients.
     state: list of tensors at s = 0 (all batched).
     controlled: per component, whether it (and its adjoint) enters the error control.
-    validate_args: raise `InvalidArgumentError` when the backward solve does not finish
-      (outside XLA, which drops assertions) instead of returning NaN gradients.
+    validate_args: also raise `InvalidArgumentError` when the backward solve does not
+      finish (eagerly and in graphs; under XLA, which drops assertions, the NaN
+      gradients are the signal). See `checks.nan_unless`.
     **solver_kwargs: `solver`, `rtol`, `atol`, `max_num_steps`, `num_steps`.
 
   Returns:
@@ -332,17 +334,13 @@ def integrate_adjoint(fn, state, controlled=None, validate_args=False, **solver_
       back = integrate(augmented, aug0, batched=[True] * (2 * n) + [False] * len(params),
                        controlled=controlled * 2 + [False] * len(params),
                        shared_steps=True, **solver_kwargs)
-      finished = tf.reduce_all(back.success)
-      if validate_args:
-        with tf.control_dependencies([tf.debugging.assert_equal(finished, True, message=(
-            "the adjoint's backward ODE solve did not reach s = 0 within max_num_steps="
-            f"{solver_kwargs.get('max_num_steps')} steps; raise max_num_steps or loosen "
-            "rtol/atol"))]):
-          finished = tf.identity(finished)
       # An unfinished backward solve stopped short of s = 0: its adjoint is the
       # gradient of another problem, so it must not reach the optimizer as a number.
-      gradients = [tf.where(finished, g, tf.constant(float("nan"), g.dtype))
-                   for g in back.state[n:]]
+      gradients = checks.nan_unless(
+          tf.reduce_all(back.success), back.state[n:], validate_args, message=(
+              "the adjoint's backward ODE solve did not reach s = 0 within max_num_steps="
+              f"{solver_kwargs.get('max_num_steps')} steps; raise max_num_steps or loosen "
+              "rtol/atol"))
       return gradients[:n], gradients[n:]
 
     return result.state, grad

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import tensorflow as tf
 
-from tfp_flows.bijectors import ode
+from tfp_flows.numerics import ode
 
 A = np.array([[-0.3, 0.8], [-0.5, 0.2]])
 Y0 = np.random.default_rng(0).normal(size=[5, 2])

@@ -1,4 +1,4 @@
-"""tfp_flows.estimators.log_det_series: exact identities, unbiasedness in the mean, memory.
+"""tfp_flows.numerics.log_det_series: exact identities, unbiasedness in the mean, memory.
 
 The test map g(x) = c tanh(x W^T + b) has the closed-form Jacobian
 J = c diag(1 - tanh^2(x W^T + b)) W, and log|det(I + J)| (and its gradient, by autodiff

@@ -62,12 +62,14 @@ import math
 
 import tensorflow as tf
 
-from tfp_flows.estimators import trace
+from tfp_flows.numerics import checks
+from tfp_flows.numerics import probes
+from tfp_flows.numerics import trace
 
-__all__ = ["estimate_log_det", "neumann_log_det", "power_series_log_det",
-           "russian_roulette_log_det"]
+__all__ = ["COUNT_DISTRIBUTIONS", "GRADIENTS", "LOG_DET_METHODS", "estimate_log_det",
+           "neumann_log_det", "power_series_log_det", "russian_roulette_log_det"]
 
-METHODS = ("exact", "series", "russian_roulette")
+LOG_DET_METHODS = ("exact", "series", "russian_roulette")
 GRADIENTS = ("neumann", "backprop")
 COUNT_DISTRIBUTIONS = ("geometric", "poisson")
 
@@ -83,7 +85,7 @@ def power_series_log_det(g, x, probe, num_terms, gradient="backprop", return_out
   Args:
     g: callable mapping `[N, *event]` to `[N, *event]` row by row, with Lip(g) < 1.
     x: tensor `[N, *event]` with static rank.
-    probe: tensor shaped like `x` (see `trace.hutchinson_probes`).
+    probe: tensor shaped like `x` (see `probes.hutchinson_probes`).
     num_terms: static int n >= 1.
     gradient: "backprop" or "neumann" (see the module docstring); the value is the same.
     return_output: also return g(x), from the same forward pass.
@@ -91,7 +93,7 @@ def power_series_log_det(g, x, probe, num_terms, gradient="backprop", return_out
   Returns:
     `[N]` estimates, or `(g(x), log_det)` if `return_output`.
   """
-  num_terms = _static_count(num_terms, "num_terms", minimum=1)
+  num_terms = checks.int_at_least("num_terms", num_terms, 1)
   return _series_log_det(g, x, probe, num_terms, None, gradient, return_output)
 
 
@@ -137,7 +139,7 @@ def russian_roulette_log_det(g, x, probe, seed, n_exact_terms=2, distribution="g
   Args:
     g: callable mapping `[N, *event]` to `[N, *event]` row by row, with Lip(g) < 1.
     x: tensor `[N, *event]` with static rank.
-    probe: tensor shaped like `x` (see `trace.hutchinson_probes`).
+    probe: tensor shaped like `x` (see `probes.hutchinson_probes`).
     seed: stateless seed (int32/int64, shape [2]) for the count N only.
     n_exact_terms: static int >= 0, terms always computed.
     distribution: "geometric" or "poisson", the law of N.
@@ -153,8 +155,8 @@ def russian_roulette_log_det(g, x, probe, seed, n_exact_terms=2, distribution="g
   Raises:
     ValueError: an argument outside its range, or an unknown `distribution`/`gradient`.
   """
-  n_exact_terms = _static_count(n_exact_terms, "n_exact_terms", minimum=0)
-  max_num_terms = _static_count(max_num_terms, "max_num_terms", minimum=max(n_exact_terms, 1))
+  n_exact_terms = checks.int_at_least("n_exact_terms", n_exact_terms, 0)
+  max_num_terms = checks.int_at_least("max_num_terms", max_num_terms, max(n_exact_terms, 1))
   max_random_terms = max_num_terms - n_exact_terms
   tail_probability = _count_tail(distribution, geometric_p, poisson_rate)
   count = _sample_count(seed, distribution, geometric_p, poisson_rate, max_random_terms)
@@ -179,7 +181,7 @@ def neumann_log_det(g, x, probe, seed, n_exact_terms=2, distribution="geometric"
     g: callable mapping `[N, *event]` to `[N, *event]` row by row, with Lip(g) < 1; it may
       read `tf.Variable`s or Keras weights, which receive the Neumann gradient.
     x: tensor `[N, *event]` with static rank.
-    probe: tensor shaped like `x` (see `trace.hutchinson_probes`).
+    probe: tensor shaped like `x` (see `probes.hutchinson_probes`).
     seed: stateless seed (int32/int64, shape [2]) for the count N only.
     n_exact_terms, distribution, geometric_p, poisson_rate, max_num_terms: as in
       `russian_roulette_log_det`.
@@ -212,7 +214,7 @@ def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=N
   ```
 
   For the stochastic methods `seed` is split in two: one half draws one probe per row
-  (`trace.hutchinson_probes`, `probe_distribution`), the other the roulette count.
+  (`probes.hutchinson_probes`, `probe_distribution`), the other the roulette count.
 
   Args:
     g: callable mapping `[N, *event]` to `[N, *event]` row by row, with Lip(g) < 1.
@@ -225,7 +227,7 @@ def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=N
       arguments (see `russian_roulette_log_det`).
     probe_distribution: "rademacher" or "normal".
     content_keyed_probes: draw each row's (Rademacher) probe from its values
-      (`trace.content_keyed_probes`) rather than its index, so a point's estimate does
+      (`probes.content_keyed_probes`) rather than its index, so a point's estimate does
       not depend on its batch; for deterministic evaluation.
     return_output: also return g(x), from the same forward pass.
 
@@ -235,25 +237,22 @@ def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=N
   Raises:
     ValueError: unknown `method` or `gradient`, or no `seed` for a stochastic method.
   """
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
-  if gradient not in GRADIENTS:
-    raise ValueError(f"gradient must be one of {GRADIENTS}; got {gradient!r}.")
+  checks.one_of("method", method, LOG_DET_METHODS)
+  checks.one_of("gradient", gradient, GRADIENTS)
   if method == "exact":
     return trace.exact_jacobian_log_det(g, x, return_output=return_output)
   if seed is None:
     raise ValueError(f"method={method!r} is stochastic and needs a seed (a stateless "
                      "seed of shape [2]); got seed=None.")
   x = tf.convert_to_tensor(x)
-  probe_seed, count_seed = tf.unstack(tf.random.experimental.stateless_split(
-      seed, num=2, alg=trace.RNG_ALGORITHM))
+  probe_seed, count_seed = tf.unstack(probes.split_seed(seed))
   if content_keyed_probes:
     if probe_distribution != "rademacher":
       raise ValueError("content_keyed_probes draws Rademacher probes; got "
                        f"probe_distribution={probe_distribution!r}.")
-    probe = trace.content_keyed_probes(x, probe_seed)
+    probe = probes.content_keyed_probes(x, probe_seed)
   else:
-    probe = trace.hutchinson_probes(tf.shape(x), probe_seed, x.dtype, probe_distribution)
+    probe = probes.hutchinson_probes(tf.shape(x), probe_seed, x.dtype, probe_distribution)
   if method == "series":
     return power_series_log_det(g, x, probe, num_terms, gradient=gradient,
                                 return_output=return_output)
@@ -270,14 +269,10 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
   k = n_exact_terms + m carries coefficient (-1)^(k+1) / P(N >= m); w collects
   coefficient * v^T J^(k-1) for the Neumann gradient.
   """
-  if gradient not in GRADIENTS:
-    raise ValueError(f"gradient must be one of {GRADIENTS}; got {gradient!r}.")
-  neumann = gradient == "neumann"
+  neumann = checks.one_of("gradient", gradient, GRADIENTS) == "neumann"
   x = tf.convert_to_tensor(x)
   probe = tf.convert_to_tensor(probe, dtype=x.dtype)
-  if x.shape.rank is None or x.shape.rank < 2:
-    raise ValueError("x must have a static rank of at least 2, [batch, *event]; got shape "
-                     f"{x.shape}.")
+  probes.check_batched(x)
   # One forward pass of g; every power below is a vjp through this recording.
   with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
     tape.watch(x)
@@ -295,7 +290,7 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
     if neumann:
       w += sign * u
     u = vjp(u)
-    value += (sign / k) * _row_dot(u, probe)
+    value += (sign / k) * trace.row_dot(u, probe)
 
   if roulette is not None and roulette[2] > 0:
     count, tail_probability, max_random_terms = roulette
@@ -307,7 +302,7 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
       if neumann:
         w = (w[0] + coefficient * u,)
       u = vjp(u)
-      value += coefficient / tf.cast(k, x.dtype) * _row_dot(u, probe)
+      value += coefficient / tf.cast(k, x.dtype) * trace.row_dot(u, probe)
       return (m + 1, u, value) + w
 
     _, u, value, *w = tf.while_loop(
@@ -318,7 +313,7 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
 
   if neumann:
     # d/dtheta <vjp(w), v> = w^T (dJ/dtheta) v with w fixed: Chen et al. eq. 8.
-    surrogate = _row_dot(vjp(tf.stop_gradient(w)), probe)
+    surrogate = trace.row_dot(vjp(tf.stop_gradient(w)), probe)
     log_det = tf.stop_gradient(value) + (surrogate - tf.stop_gradient(surrogate))
   else:
     log_det = value
@@ -327,7 +322,7 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
 
 def _sample_count(seed, distribution, geometric_p, poisson_rate, max_count):
   """The roulette count N <= max_count, by inverse CDF from one float64 uniform."""
-  u = trace._uniform_float64([], seed)  # pylint: disable=protected-access
+  u = probes.uniform_float64([], seed)
   if distribution == "geometric":
     # P(N >= m) = P(1 - u <= (1 - p)^m) = (1 - p)^m.
     count = tf.floor(tf.math.log1p(-u) / math.log1p(-geometric_p))
@@ -342,27 +337,11 @@ def _sample_count(seed, distribution, geometric_p, poisson_rate, max_count):
 
 def _count_tail(distribution, geometric_p, poisson_rate):
   """m -> P(N >= m) for int m >= 1, in float64, after checking the parameters."""
-  if distribution == "geometric":
+  if checks.one_of("distribution", distribution, COUNT_DISTRIBUTIONS) == "geometric":
     if not 0.0 < geometric_p < 1.0:
       raise ValueError(f"geometric_p must be in (0, 1); got {geometric_p!r}.")
     log_q = math.log1p(-geometric_p)
     return lambda m: tf.exp(tf.cast(m, tf.float64) * log_q)
-  if distribution == "poisson":
-    if not poisson_rate > 0.0:
-      raise ValueError(f"poisson_rate must be positive; got {poisson_rate!r}.")
-    rate = float(poisson_rate)
-    # P(Poisson(rate) >= m) = P(Gamma(m, 1) <= rate), the regularised lower gamma.
-    return lambda m: tf.math.igamma(tf.cast(m, tf.float64), tf.constant(rate, tf.float64))
-  raise ValueError(f"distribution must be one of {COUNT_DISTRIBUTIONS}; "
-                   f"got {distribution!r}.")
-
-
-def _static_count(value, name, minimum):
-  if isinstance(value, bool) or int(value) != value or value < minimum:
-    raise ValueError(f"{name} must be a static integer >= {minimum}; got {value!r}.")
-  return int(value)
-
-
-def _row_dot(a, b):
-  """<a[n], b[n]> over all non-batch axes: `[N, *event] x [N, *event] -> [N]`."""
-  return tf.reduce_sum(a * b, axis=list(range(1, a.shape.rank)))
+  rate = checks.positive_float("poisson_rate", poisson_rate)
+  # P(Poisson(rate) >= m) = P(Gamma(m, 1) <= rate), the regularised lower gamma.
+  return lambda m: tf.math.igamma(tf.cast(m, tf.float64), tf.constant(rate, tf.float64))

@@ -1,4 +1,4 @@
-"""tfp_flows.estimators.trace against closed forms, and Hutchinson's estimator in the mean.
+"""tfp_flows.numerics.trace (through tff.estimators) against closed forms, and Hutchinson's estimator in the mean.
 
 The test map g(x) = c tanh(x W^T + b) has the closed-form Jacobian
 J = c diag(1 - tanh^2(x W^T + b)) W, so log|det(I + J)| and tr J are known to float64
