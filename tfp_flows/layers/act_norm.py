@@ -14,15 +14,26 @@ class ActNorm(flow_layer.FlowLayer):
   """Per-channel affine flow layer (Glow's ActNorm), initialised from the first batch.
 
   On the first training call (inside `fit`, also under XLA and across replicas, where
-  the statistics are all-reduced over the global batch) it sets
-  `loc = mean(x)` and `log_scale = log(sqrt(var(x) + eps))` per channel, so that its
-  data -> base output has zero mean and unit variance per channel. A non-trainable
-  `initialized` weight records this, so it survives `.keras` save/load. A batch of one
-  vector or a constant channel gives `log_scale = log(sqrt(eps))`: finite, never inf.
+  the statistics are all-reduced over the global batch) it sets, per channel,
+
+  ```none
+  loc       = mean(x)
+  log_scale = 0.5 log(var(x) + eps)    if var(x) > eps
+              0                        otherwise (the channel is centred, not scaled)
+  ```
+
+  so that its data -> base output has zero mean and unit variance per channel. A
+  channel that is constant in the first batch (a batch of one vector, or data sorted by
+  a 0/1 column) carries no information about its spread: standardising it would divide
+  later data by sqrt(eps) (a factor of 1000 at eps = 1e-6) and start training from a
+  held-out NLL of 1e5 or more, so it is left unscaled and the scale is learned instead.
+  A non-trainable `initialized` weight records the initialisation, so it survives
+  `.keras` save/load.
 
   Args:
     data_init: whether to initialise from the first training batch.
-    epsilon: variance floor of the initialisation.
+    epsilon: positive float: the variance added before the log, and the variance at or
+      below which a channel counts as constant and is not scaled.
   """
 
   def __init__(self, data_init=True, epsilon=1e-6, **kwargs):
@@ -68,8 +79,10 @@ class ActNorm(flow_layer.FlowLayer):
         tf.math.is_finite(variance))
     done = (self.initialized > 0) | ~finite
     self.loc.assign(tf.where(done, self.loc, mean))
-    self.log_scale.assign(tf.where(done, self.log_scale,
-                                   0.5 * tf.math.log(variance + self.epsilon)))
+    informative = variance > self.epsilon
+    log_scale = tf.where(informative, 0.5 * tf.math.log(variance + self.epsilon),
+                         tf.zeros_like(variance))
+    self.log_scale.assign(tf.where(done, self.log_scale, log_scale))
     self.initialized.assign(tf.where(finite, tf.ones_like(self.initialized), self.initialized))
 
   def get_config(self):

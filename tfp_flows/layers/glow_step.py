@@ -19,6 +19,10 @@ class GlowStep(flow_layer.FlowChain):
   Args:
     hidden_channels: width of the coupling's conv net.
     coupling: "affine" or "additive".
+    scale: the affine coupling's scale map, "sigmoid" (Glow's) or "exp"; see
+      `tfp_flows.bijectors.AffineTransformer`.
+    clamp: the affine scale's bound: sampling expands a coordinate by at most
+      e^clamp per coupling ("sigmoid"), or |log s| <= clamp ("exp").
     lu: LU-parameterised 1x1 convolution.
     mask: "half" (channel split) or "checkerboard".
     reverse: transform the other half / checkerboard colour.
@@ -27,7 +31,8 @@ class GlowStep(flow_layer.FlowChain):
   """
 
   def __init__(self, hidden_channels=512, coupling="affine", lu=True, mask="half",
-               reverse=False, seed=0, flow_layers=None, **kwargs):
+               reverse=False, seed=0, scale="sigmoid", clamp=2.0, flow_layers=None,
+               **kwargs):
     if coupling not in ("affine", "additive"):
       raise ValueError(f"coupling must be 'affine' or 'additive'; got {coupling!r}.")
     self.hidden_channels = int(hidden_channels)
@@ -36,18 +41,23 @@ class GlowStep(flow_layer.FlowChain):
     self.mask = mask
     self.reverse = bool(reverse)
     self.seed = int(seed)
+    self.scale = scale
+    self.clamp = float(clamp)
     if flow_layers is None:
-      coupling_cls = (coupling_layers.AffineCoupling if coupling == "affine"
-                      else coupling_layers.AdditiveCoupling)
+      common = dict(mask=mask, reverse=reverse, hidden_channels=hidden_channels,
+                    name="coupling")
+      coupling_layer = (
+          coupling_layers.AffineCoupling(scale=scale, clamp=clamp, **common)
+          if coupling == "affine" else coupling_layers.AdditiveCoupling(**common))
       flow_layers = [
           act_norm.ActNorm(name="act_norm"),
           invertible_conv1x1.InvertibleConv1x1(lu=lu, seed=seed, name="conv1x1"),
-          coupling_cls(mask=mask, reverse=reverse, hidden_channels=hidden_channels,
-                       name="coupling"),
+          coupling_layer,
       ]
     super().__init__(flow_layers, **kwargs)
 
   def get_config(self):
     return {**super().get_config(), "hidden_channels": self.hidden_channels,
             "coupling": self.coupling, "lu": self.lu, "mask": self.mask,
-            "reverse": self.reverse, "seed": self.seed}
+            "reverse": self.reverse, "seed": self.seed, "scale": self.scale,
+            "clamp": self.clamp}

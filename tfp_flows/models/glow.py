@@ -8,7 +8,7 @@ __all__ = ["Glow"]
 
 def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # pylint: disable=invalid-name
          coupling="affine", lu=True, num_bits=8, num_classes=None, mask="half",
-         logit_alpha=0.05, name="glow"):
+         logit_alpha=0.05, scale="sigmoid", clamp=2.0, name="glow"):
   """A multi-scale Glow over integer images in [0, 2**num_bits), as a `FlowModel`.
 
   Data side first: `Dequantize(num_bits)` (uniform noise in training, logit transform);
@@ -33,6 +33,10 @@ def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # p
     mask: "half" (channel split) or "checkerboard" (alternating colours per step).
     logit_alpha: margin of the logit preprocessing, or None for Glow's linear scaling
       of pixels to [-1/2, 1/2).
+    scale: the affine couplings' scale map: "sigmoid" (Glow's: training multiplies by
+      a sigmoid, so no batch can blow latents up) or "exp" (soft-clamped exp).
+    clamp: the scale's bound: with "sigmoid", sampling expands by at most e^clamp per
+      coupling (finite samples); with "exp", |log s| <= clamp.
     name: model name.
   """
   height, width, channels = [int(d) for d in image_shape]
@@ -45,17 +49,17 @@ def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # p
                      f"must be divisible by {factor}; got {list(image_shape)}.")
   seeds = iter(range(num_scales * steps_per_scale))
 
-  def scale(level):
+  def level_layers(level):
     steps = [layers.Squeeze(2)] + [
         layers.GlowStep(hidden_channels=hidden_channels, coupling=coupling, lu=lu,
                         mask=mask, reverse=(mask == "checkerboard" and step % 2 == 1),
-                        seed=next(seeds))
+                        seed=next(seeds), scale=scale, clamp=clamp)
         for step in range(steps_per_scale)]
     if level == num_scales - 1:
       return steps + [layers.GaussianPrior(num_classes=num_classes)]
-    return steps + [layers.FactorOut(scale(level + 1))]
+    return steps + [layers.FactorOut(level_layers(level + 1))]
 
-  flow_layers = [layers.Dequantize(num_bits=num_bits, alpha=logit_alpha)] + scale(0)
+  flow_layers = [layers.Dequantize(num_bits=num_bits, alpha=logit_alpha)] + level_layers(0)
   return flow.FlowModel(
       flow_layers, event_shape=[height, width, channels],
       context_shape=None if num_classes is None else [],
