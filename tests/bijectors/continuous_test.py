@@ -221,6 +221,19 @@ def test_step_cap_raises_with_validate_args_and_gives_nan_rows_without():
   assert not result.success.numpy().any()
 
 
+def test_step_cap_under_xla_with_validate_args_gives_nan_rows():
+  # XLA compiles the assertion away: before, validate_args=True then returned the
+  # unfinished solve (z part-way to the end time) as if it were the answer.
+  stiff = lambda t, z: -500.0 * z
+  checked = tffb.ContinuousFlow(stiff, trace="exact", max_num_steps=3, validate_args=True)
+  result = tf.function(lambda z: checked.solve(z, "inverse"), jit_compile=True)(
+      tf.constant(Z, tf.float32))
+  assert np.isnan(result.value.numpy()).all() and np.isnan(result.log_det.numpy()).all()
+  assert not result.success.numpy().any()
+  sample = tf.function(checked.forward, jit_compile=True)(tf.constant(Z, tf.float32))
+  assert np.isnan(sample.numpy()).all()
+
+
 def test_adjoint_backward_solve_out_of_steps_gives_nan_gradients_or_raises():
   # A field whose backward (augmented) solve needs more steps than its forward one:
   # near the cap the forward solve finishes and the backward one does not. Its

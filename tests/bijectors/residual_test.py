@@ -191,6 +191,19 @@ def test_non_convergence_raises_with_validate_args():
   assert np.all(np.isfinite(converged))
 
 
+def test_non_convergence_under_xla_with_validate_args_gives_nan_rows():
+  # XLA compiles the assertion away: before, validate_args=True then returned the
+  # unconverged iterates of rows 2 and 3 as if they were answers.
+  g, z = _non_convergence_problem()
+  bijector = tffb.ResidualBlock(g, max_iterations=2, validate_args=True, dtype=tf.float64)
+  result = tf.function(bijector.forward, jit_compile=True)(tf.constant(z)).numpy()
+  assert np.isnan(result[2:]).all()
+  expected = tffb.ResidualBlock(g, max_iterations=2, dtype=tf.float64).forward(
+      tf.constant(z)).numpy()
+  assert np.isfinite(expected[:2]).all()
+  np.testing.assert_allclose(result[:2], expected[:2], rtol=0, atol=1e-15)
+
+
 def test_non_convergence_gives_nan_rows_only_without_validate_args():
   g, z = _non_convergence_problem()
   y, converged, num_iterations = tffb.fixed_point_solve(g, tf.constant(z), 1e-6, 2)

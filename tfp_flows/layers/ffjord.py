@@ -54,8 +54,8 @@ class FFJORD(flow_layer.FlowLayer):
     noise: Hutchinson probes, "rademacher" or "normal" ("gaussian" is accepted too).
     solver: "dopri5" (adaptive), "rk4" or "euler" (fixed steps).
     rtol, atol: tolerances of "dopri5".
-    max_num_steps: step cap of "dopri5" (finite; rows that exceed it come back NaN,
-      or raise with `validate_args`).
+    max_num_steps: step cap of "dopri5" (finite; rows that exceed it come back NaN in
+      every mode, and also raise with `validate_args` where TensorFlow can raise).
     num_steps: steps of "rk4" / "euler".
     gradient: "adjoint" (memory flat in the steps) or "backprop" (through the steps).
     end_time: integration time T.

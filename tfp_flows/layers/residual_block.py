@@ -43,7 +43,8 @@ class ResidualBlock(flow_layer.FlowLayer):
     for exact per-point values).
 
   Sampling inverts the block by fixed-point iteration (`tolerance`, `max_iterations`);
-  rows that do not converge come back as NaN, or raise with `validate_args=True` (see
+  rows that do not converge come back as NaN in every mode, XLA included, and also raise
+  with `validate_args=True` where TensorFlow can raise (see
   `tfp_flows.bijectors.ResidualBlock`).
 
   Args:
