@@ -5,10 +5,12 @@ __version__ = "0.1.0"
 from tfp_flows import bijectors
 from tfp_flows import callbacks
 from tfp_flows import data
+from tfp_flows import estimators
 from tfp_flows import export
 from tfp_flows import layers
 from tfp_flows import models
 from tfp_flows import nets
 from tfp_flows.flow import FlowModel
 
-__all__ = ["FlowModel", "bijectors", "callbacks", "data", "export", "layers", "models", "nets", "__version__"]
+__all__ = ["FlowModel", "bijectors", "callbacks", "data", "estimators", "export", "layers", "models",
+           "nets", "__version__"]
