@@ -7,14 +7,18 @@ centred at 3 while the validation data are centred at 0, so the first epoch's
 is a single full batch (no shuffling noise).
 """
 
+import json
 import math
 import os
+import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
 import pytest
 import scipy.stats
+import tensorflow as tf
 
 import tfp_flows as tff
 
@@ -116,6 +120,67 @@ def test_model_checkpoint_saves_when_val_loss_improves(tmp_path):
   best = keras.saving.load_model(path.format(epoch=improved[-1] + 1))
   np.testing.assert_allclose(-best.log_prob(x_val).numpy().mean(), val_loss.min(),
                              rtol=1e-6)
+
+
+def _batch_nlls(x, batch):
+  """Each batch's mean NLL under N(0, I), float64."""
+  nll = -scipy.stats.norm.logpdf(x.astype(np.float64)).sum(-1)
+  return nll.reshape(-1, batch).mean(-1)
+
+
+def test_loss_max_is_the_largest_step_loss_of_each_epoch():
+  # At learning rate 0 the model stays N(0, I), so every step loss is a closed form.
+  # Epoch 1 holds a batch far from the data (shifted by 6): its loss is the epoch's
+  # maximum, more than 3x the epoch mean, which hides it. Epoch 2 (the next 4
+  # batches, all near the data) starts a new maximum.
+  x = _data(0.0, n=64)
+  x[16:24] += 6.0
+  expected = _batch_nlls(x, 8)
+  model = tff.FlowModel([tff.layers.ActNorm(data_init=False)], [2])
+  model.compile(optimizer=keras.optimizers.SGD(0.0))
+  dataset = tf.data.Dataset.from_tensor_slices(x).batch(8)
+  history = model.fit(dataset, epochs=2, steps_per_epoch=4, shuffle=False,
+                      verbose=0).history
+  np.testing.assert_allclose(history["loss_max"], [expected[:4].max(), expected[4:].max()],
+                             rtol=1e-6)
+  np.testing.assert_allclose(history["loss"], [expected[:4].mean(), expected[4:].mean()],
+                             rtol=1e-6)
+  assert history["loss_max"][0] > 3 * history["loss"][0]
+  assert history["loss_max"][1] < 2 * history["loss"][1]
+
+
+_MIRRORED = textwrap.dedent("""
+    import json
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import tfp_flows as tff
+
+    x = (np.random.default_rng(0).normal(size=(32, 2))).astype("float32")
+    x[8:16] += 6.0  # the second replica's half of the first global batch
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+      model = tff.FlowModel([tff.layers.ActNorm(data_init=False)], [2])
+      model.compile(optimizer=keras.optimizers.SGD(0.0))
+    history = model.fit(x, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+    print(json.dumps({"x": x.tolist(), "loss": history["loss"],
+                      "loss_max": history["loss_max"]}))
+""")
+
+
+def test_loss_max_under_mirrored_strategy_is_the_global_batch_loss():
+  # Each replica sees half of a global batch; the logged maximum is over global
+  # batches (the replicas' losses averaged), not over one replica's halves.
+  result = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True,
+                          text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  logs = json.loads(result.stdout.strip().splitlines()[-1])
+  expected = _batch_nlls(np.array(logs["x"], np.float32), 16)
+  np.testing.assert_allclose(logs["loss_max"], [expected.max()], rtol=1e-6)
+  np.testing.assert_allclose(logs["loss"], [expected.mean()], rtol=1e-6)
 
 
 if __name__ == "__main__":

@@ -383,7 +383,7 @@ def test_fit_learns_a_correlated_gaussian(source):
     history = model.fit(dataset, epochs=15, shuffle=False, verbose=0).history
   final = -model.log_prob(x_test).numpy().mean()
 
-  assert set(history) == {"loss", "nll"}
+  assert set(history) == {"loss", "loss_max", "nll"}
   assert history["nll"][-1] < history["nll"][0]
   assert final < initial - 3.0
   assert final < independent_nll - 0.4
@@ -401,7 +401,7 @@ def test_image_models_log_bits_per_dim():
   x = np.random.default_rng(6).normal(size=[8, 4, 4, 2]).astype("float32")
   model.compile(optimizer="adam")
   history = model.fit(x, batch_size=8, epochs=1, verbose=0).history
-  assert set(history) == {"loss", "nll", "bits_per_dim"}
+  assert set(history) == {"loss", "loss_max", "nll", "bits_per_dim"}
   np.testing.assert_allclose(history["bits_per_dim"][0],
                              history["nll"][0] / (32 * math.log(2.0)), rtol=1e-6)
   results = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)

@@ -97,6 +97,7 @@ class FlowModel(keras.Model):
     self.optimal_transport = bool(optimal_transport)
     self._check_objective()
     self._fm_tracker = keras.metrics.Mean(name="flow_matching_loss")
+    self._loss_max_tracker = _Maximum(name="loss_max")
     self._step_guard = _StepGuard()
     self._create_weights()
     # Every weight exists now. Keras callbacks (BackupAndRestore) refuse unbuilt models.
@@ -286,13 +287,17 @@ class FlowModel(keras.Model):
       self.optimizer.build(self.trainable_variables)
     _apply_if(finite, self.optimizer, gradients, variables)
     self._step_guard.record(finite)
+    # The largest step loss of the epoch shows a spike that the epoch mean hides.
+    self._loss_max_tracker.update_state(_global_mean(loss, tf.shape(_unpack(data)[0])[0]))
+    results = {"loss_max": self._loss_max_tracker.result()}
     if self.objective == "flow_matching":
-      return self._metric_results({"flow_matching_loss": self._fm_tracker.result()})
-    return self._metric_results()
+      results["flow_matching_loss"] = self._fm_tracker.result()
+      return self._metric_results(results)
+    return self._metric_results(results, likelihood=True)
 
   def test_step(self, data):
     self._track_loss(self._loss_and_metrics(data, training=False), data)
-    return self._metric_results()
+    return self._metric_results(likelihood=True)
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
           **kwargs):
@@ -318,14 +323,14 @@ class FlowModel(keras.Model):
     x, _ = _unpack(data)
     self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
 
-  def _metric_results(self, results=None):
-    if results is None:
-      results = {"nll": self._nll_tracker.result()}
+  def _metric_results(self, results=None, likelihood=False):
+    results = {"loss": self._loss_tracker.result(), **(results or {})}
+    if likelihood:
+      results["nll"] = self._nll_tracker.result()
       if self.is_image_model:
         results["bits_per_dim"] = self._bpd_tracker.result()
       for name, tracker in self._statistic_trackers.items():
         results[name] = tracker.result()
-    results = {"loss": self._loss_tracker.result(), **results}
     if _is_multi_worker(tf.distribute.get_strategy()):
       # Keras reduces the step logs across workers with strategy.reduce(MEAN, axis=0),
       # which rejects scalars (tensorflow/tensorflow#72388); epoch logs still come
@@ -337,8 +342,8 @@ class FlowModel(keras.Model):
   def metrics(self):
     # Keras' loss tracker exists once the model is compiled.
     loss = [self._loss_tracker] if self.compiled and self._loss_tracker is not None else []
-    return [*loss, self._nll_tracker, self._bpd_tracker, self._fm_tracker,
-            *self._statistic_trackers.values()]
+    return [*loss, self._loss_max_tracker, self._nll_tracker, self._bpd_tracker,
+            self._fm_tracker, *self._statistic_trackers.values()]
 
   def get_config(self):
     return {"name": self.name,
@@ -373,6 +378,38 @@ def _stateless_seed(seed):
       raise ValueError(f"seed must be an int in [0, 2**31) or a [2] tensor; got {seed}.")
     return tf.constant([0, seed], tf.int32)
   return seed
+
+
+def _global_mean(value, weight):
+  """The weighted mean of `value` over the replicas' batches: the global batch's value."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return value
+  weight = tf.cast(weight, value.dtype)
+  total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [value * weight, weight])
+  return total / count
+
+
+class _Maximum(keras.metrics.Metric):
+  """The largest value since the last reset (Keras has no maximum metric).
+
+  Under tf.distribute every replica updates it with the same (global) value, so the
+  replicas' copies agree and their "mean" on read is that value.
+  """
+
+  def __init__(self, name, dtype=None):
+    super().__init__(name=name, dtype=dtype)
+    self.maximum = self.add_variable(shape=(), initializer=keras.initializers.Constant(
+        -math.inf), aggregation="mean", name="maximum")
+
+  def update_state(self, value):
+    self.maximum.assign(tf.maximum(self.maximum, tf.cast(value, self.dtype)))
+
+  def reset_state(self):
+    self.maximum.assign(-math.inf)
+
+  def result(self):
+    return tf.convert_to_tensor(self.maximum)
 
 
 def _all_finite(tensors):
