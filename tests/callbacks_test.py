@@ -191,6 +191,24 @@ def test_keras_backup_and_restore_resumes_a_deterministic_flow_at_epoch_ends(tmp
   assert _max_difference(_state(resumed), _state(uninterrupted)) <= 1e-6
 
 
+def test_step_backups_also_at_epoch_ends(tmp_path, reference):
+  # save_freq=3 over 8-step epochs with save_at_epoch_end: backups after steps 3 and 6
+  # and at the end of epoch 0, where the count restarts. Preempted after step 2 of
+  # epoch 1 (0-based 1): the backup is the end of epoch 0; with save_freq=3 alone it
+  # would be step 1 of epoch 1 (the count carried over from epoch 0), and with
+  # "epoch" the same end of epoch 0 but nothing within epochs.
+  backup = lambda: callbacks.BackupAndRestore(tmp_path, save_freq=3, save_at_epoch_end=True)
+  with pytest.raises(KeyboardInterrupt, match="preempted"):
+    _fit(_model(0), backup(), _Interrupt(1, 1))
+  with np.load(tmp_path / "training_state.npz") as saved:
+    assert (int(saved["epoch"]), int(saved["steps"])) == (1, 0)
+  resumed = _model(1)
+  history = _fit(resumed, backup())
+  assert _max_difference(_state(resumed), reference["state"]) <= 1e-6
+  assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * STEPS
+  np.testing.assert_allclose(history["nll"], reference["nll"][1:], rtol=1e-6)
+
+
 @pytest.mark.parametrize("save_freq", [0, -2, "batch", 2.5])
 def test_bad_save_freq_is_rejected(tmp_path, save_freq):
   with pytest.raises(ValueError, match="save_freq must be"):

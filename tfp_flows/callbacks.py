@@ -47,9 +47,13 @@ class BackupAndRestore(keras.callbacks.Callback):
     save_freq: "epoch" (back up at the end of every epoch) or a number of training
       steps between backups.
     delete_checkpoint: delete the backup when `fit` completes.
+    save_at_epoch_end: with a number of steps as `save_freq`, also back up at the end
+      of every epoch that ran steps since the last backup (the step count restarts
+      there), so that a backup never lags an epoch boundary.
   """
 
-  def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+  def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True,
+               save_at_epoch_end=False):
     super().__init__()
     if not backup_dir:
       raise ValueError(f"backup_dir must be a directory path; got {backup_dir!r}.")
@@ -59,6 +63,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     self.backup_dir = str(backup_dir)
     self.save_freq = save_freq
     self.delete_checkpoint = bool(delete_checkpoint)
+    self.save_at_epoch_end = bool(save_at_epoch_end)
     self._path = os.path.join(self.backup_dir, _STATE_FILE)
     self._epoch = 0
     self._steps_in_epoch = 0
@@ -125,7 +130,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     if self._resuming(epoch):
       self._resume = None
       _unwrap_train_function(self.model)
-    if self.save_freq == "epoch":
+    if self.save_freq == "epoch" or (self.save_at_epoch_end and self._steps_since_save):
       self._save(epoch + 1, 0)
 
   def on_train_end(self, logs=None):

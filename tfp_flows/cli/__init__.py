@@ -4,8 +4,9 @@
             checkerboard, digits, digits_vectors, fashion_mnist, npy with --data_file)
             and writes --output_dir: model.keras, run.json, a PNG (image grid or 2-D
             density) and, unless --noexport_saved_model, the SavedModel saved_model/;
-            prints held-out NLL. --logdir adds TensorBoard summaries (metrics, per-layer log-dets, an
-            invertibility check).
+            prints held-out NLL. --logdir adds TensorBoard summaries (metrics,
+            per-layer log-dets, an invertibility check). Training backs up to
+            --output_dir/backup; the same command resumes an interrupted run.
   sample    loads --model_dir and writes --num_samples samples as samples.npy and
             samples.png.
   evaluate  prints the held-out NLL of --model_dir (nats per row; bits/dim for images
@@ -22,8 +23,8 @@ library itself does not: `pip install 'tfp_flows[cli]'`. Without them the comman
 says which package is missing.
 
 Modules: `app` (entry point), `config` (the flags, read once into a `Config`), `train`,
-`commands` (sample, evaluate, export), `run_files` (model.keras and run.json),
-`datasets`, `presets`, `outputs` (metrics, samples, SavedModel), `plots`,
-`diagnostics` (TensorBoard summaries), `errors`. Importing this package defines no flags;
-importing `tfp_flows.cli.app` (or `config`) does.
+`backup` (resumable training), `commands` (sample, evaluate, export), `run_files`
+(model.keras and run.json), `datasets`, `presets`, `outputs` (metrics, samples,
+SavedModel), `plots`, `diagnostics` (TensorBoard summaries), `errors`. Importing this
+package defines no flags; importing `tfp_flows.cli.app` (or `config`) does.
 """

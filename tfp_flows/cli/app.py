@@ -10,6 +10,7 @@ from absl import app
 from tfp_flows.cli import commands
 from tfp_flows.cli import config as config_lib
 from tfp_flows.cli import train
+from tfp_flows.cli.errors import Interrupted
 from tfp_flows.cli.errors import UsageError
 
 __all__ = ["COMMANDS", "main", "run"]
@@ -25,8 +26,9 @@ def main(argv):
     argv: the positional arguments absl leaves after parsing the flags.
 
   Returns:
-    The exit status: 0, or 2 after printing a user error (an unknown command, a bad
-    flag combination, a missing or malformed file) as one line on stderr.
+    The exit status: 0; 2 after printing a user error (an unknown command, a bad flag
+    combination, a missing or malformed file) as one line on stderr; 130 after Ctrl-C,
+    with one line saying what was saved.
   """
   command = argv[1] if len(argv) > 1 else "train"
   if command not in COMMANDS or len(argv) > 2:
@@ -39,6 +41,12 @@ def main(argv):
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except Interrupted as e:
+    print(e, file=sys.stderr)
+    return 130
+  except KeyboardInterrupt:
+    print(f"interrupted: {command} stopped before it finished.", file=sys.stderr)
+    return 130
 
 
 def run():

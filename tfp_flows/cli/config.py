@@ -85,6 +85,12 @@ _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0,
                                    lower_bound=0.0)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (data, split, init, noise, samples).",
                              lower_bound=0, upper_bound=2**31 - 1)
+_BACKUP_STEPS = flags.DEFINE_integer(
+    "backup_steps", 100, "train: back up the training state to <output_dir>/backup "
+    "every this many steps and at every epoch end.", lower_bound=1)
+_RESUME = flags.DEFINE_boolean(
+    "resume", True, "train: resume from the backup an interrupted run with the same "
+    "settings left in <output_dir>/backup; --noresume deletes it and starts afresh.")
 _JIT = flags.DEFINE_boolean("jit_compile", True, "Compile the train step with XLA.")
 _RUN_EAGERLY = flags.DEFINE_boolean(
     "run_eagerly", False, "Train and evaluate eagerly, without tracing: for debugging, "
@@ -139,6 +145,8 @@ class Config:
   learning_rate: float
   weight_decay: float
   seed: int
+  backup_steps: int
+  resume: bool
   jit_compile: bool
   run_eagerly: bool
   verbose: int
@@ -180,7 +188,8 @@ def from_flags():
           num_steps=_NUM_STEPS.value, trace=_TRACE.value, seed=_SEED.value),
       epochs=_EPOCHS.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
       batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,
-      weight_decay=_WEIGHT_DECAY.value, seed=_SEED.value, jit_compile=_JIT.value,
+      weight_decay=_WEIGHT_DECAY.value, seed=_SEED.value,
+      backup_steps=_BACKUP_STEPS.value, resume=_RESUME.value, jit_compile=_JIT.value,
       run_eagerly=_RUN_EAGERLY.value, verbose=_VERBOSE.value, logdir=_LOGDIR.value,
       summary_batch=_SUMMARY_BATCH.value, export_saved_model=_EXPORT_SAVED_MODEL.value,
       plot=_PLOT.value, num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,

@@ -6,8 +6,10 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfp_flows import data
+from tfp_flows.cli import backup as backup_lib
 from tfp_flows.cli import datasets
 from tfp_flows.cli import diagnostics
 from tfp_flows.cli import outputs
@@ -26,7 +28,8 @@ def train(config):
   Writes model.keras and run.json (`run_files`), samples.png (unless `config.plot` is
   off) and the SavedModel saved_model/ (if `config.export_saved_model`); prints the
   held-out metrics, the independent-pixel baseline for integer data, the per-layer
-  log-dets and the invertibility error.
+  log-dets and the invertibility error. Training backs up to run_dir/backup and
+  resumes from a backup an interrupted run left there (`tfp_flows.cli.backup`).
 
   Args:
     config: the command line's `tfp_flows.cli.config.Config`.
@@ -36,6 +39,7 @@ def train(config):
 
   Raises:
     UsageError: for data, presets or settings the user must change.
+    Interrupted: on Ctrl-C during training, saying where the backup is.
   """
   if config.plot:
     plots.require_matplotlib()
@@ -50,7 +54,10 @@ def train(config):
   x_test = dataset.x_test.reshape(len(dataset.x_test), *event_shape)
   steps = config.steps_per_epoch or math.ceil(len(x_train) / config.batch_size)
   _compile(model, config, steps)
-  callbacks = []
+  run_dir = config.run_dir
+  backup = backup_lib.Backup(run_dir, config, total_steps=config.epochs * steps)
+  backup.prepare()
+  callbacks = backup.callbacks()
   if config.logdir:
     callbacks.append(diagnostics.FlowSummaries(config.logdir,
                                                x_test[:config.summary_batch]))
@@ -59,12 +66,12 @@ def train(config):
   print(f"Training {config.preset} ({num_weights} trainable weights, event shape "
         f"{event_shape}) for {config.epochs} epochs of {steps} steps.")
   start = time.time()
-  model.fit(x_train, epochs=config.epochs, batch_size=config.batch_size,
-            steps_per_epoch=config.steps_per_epoch, verbose=config.verbose, shuffle=True,
-            callbacks=callbacks)
-  print(f"Training took {time.time() - start:.0f} s.")
+  with backup.stop_on_ctrl_c():
+    model.fit(**_training_data(x_train, config), epochs=config.epochs,
+              steps_per_epoch=config.steps_per_epoch, verbose=config.verbose,
+              callbacks=callbacks)
+  print(f"Training took {time.time() - start:.0f} s for {backup.steps_this_run} steps.")
 
-  run_dir = config.run_dir
   run = {"preset": config.preset, "dataset": dataset.name,
          "data_file": config.data_file and os.path.abspath(config.data_file),
          "data_dir": config.data_dir and os.path.abspath(config.data_dir),
@@ -74,6 +81,7 @@ def train(config):
          "event_shape": event_shape,
          "value_range": [float(dataset.x_train.min()), float(dataset.x_train.max())]}
   run_files.write(run_dir, model, run)
+  backup.delete()
   _report(model, config, dataset, x_test)
   if config.plot:
     rows = dataset.x_train[np.random.default_rng(config.seed).permutation(
@@ -84,6 +92,22 @@ def train(config):
   if config.export_saved_model:
     outputs.write_saved_model(model, os.path.join(run_dir, "saved_model"))
   return 0
+
+
+def _training_data(x, config):
+  """`fit`'s data arguments: one shuffled pass per epoch, or a stream of batches.
+
+  With `--steps_per_epoch`, Keras stops at the end of arrays ("ran out of data"), so
+  an epoch longer than the data would run fewer steps than it announced. The data
+  then comes as an endless stream, reshuffled every pass, and each epoch runs exactly
+  `steps_per_epoch` batches, continuing where the last one stopped.
+  """
+  if config.steps_per_epoch is None:
+    return {"x": x, "batch_size": config.batch_size, "shuffle": True}
+  stream = (tf.data.Dataset.from_tensor_slices(x)
+            .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
+            .repeat().batch(config.batch_size))
+  return {"x": stream, "shuffle": False}  # shuffled by the stream itself
 
 
 def _compile(model, config, steps_per_epoch):
