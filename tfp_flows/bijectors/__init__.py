@@ -13,6 +13,8 @@ from tfp_flows.bijectors.spline import (CircularRationalQuadraticTransformer,
                                         RationalQuadraticTransformer)
 from tfp_flows.bijectors.residual import ResidualBlock
 from tfp_flows.bijectors.squeeze import Squeeze
+from tfp_flows.bijectors.transformer_autoregressive import (TokenSolveResult,
+                                                          TransformerAutoregressive)
 from tfp_flows.bijectors.transformers import (AdditiveTransformer, AffineTransformer,
                                               Transformer)
 from tfp_flows.numerics.fixed_point import fixed_point_solve
@@ -22,6 +24,7 @@ __all__ = [
     "CircularRationalQuadraticTransformer", "ConditionalAffine", "ContinuousFlow",
     "ContinuousFlowResult", "Coupling",
     "FactorOut", "InvertibleConv1x1", "Logit", "RationalQuadraticTransformer",
-    "ResidualBlock", "Squeeze", "Transformer", "checkerboard_mask",
+    "ResidualBlock", "Squeeze", "TokenSolveResult", "Transformer", "TransformerAutoregressive",
+    "checkerboard_mask",
     "conditional_kwargs", "fixed_point_solve", "is_conditional",
 ]

@@ -1,5 +1,6 @@
 """Keras networks used as conditioners and vector fields."""
 
+from tfp_flows.nets.causal_transformer import CausalTransformer
 from tfp_flows.nets.glow_conv_net import GlowConvNet
 from tfp_flows.nets.lip_swish import LipSwish
 from tfp_flows.nets.lip_swish import lip_swish
@@ -13,6 +14,6 @@ from tfp_flows.nets.time_conditioned import ConcatSquashDense
 from tfp_flows.nets.time_conditioned import TimeConditionedConvNet
 from tfp_flows.nets.time_conditioned import TimeConditionedMLP
 
-__all__ = ["ConcatSquashConv2D", "ConcatSquashDense", "GlowConvNet", "LipSwish", "MADE",
-           "MLP", "SpectralNormConv2D", "SpectralNormDense", "TimeConditionedConvNet",
-           "TimeConditionedMLP", "lip_swish", "spectral_norm_exact"]
+__all__ = ["CausalTransformer", "ConcatSquashConv2D", "ConcatSquashDense", "GlowConvNet",
+           "LipSwish", "MADE", "MLP", "SpectralNormConv2D", "SpectralNormDense",
+           "TimeConditionedConvNet", "TimeConditionedMLP", "lip_swish", "spectral_norm_exact"]
