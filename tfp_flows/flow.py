@@ -155,11 +155,11 @@ class FlowModel(keras.Model):
     """
     return tfd.TransformedDistribution(self.base_distribution, self.bijector)
 
-  def _check_context(self, context, x=None):
+  def _check_context(self, context, x=None, sample_shape=None):
     """The context cast to `context_dtype`, after checking its static shape.
 
     Its rows must have shape `context_shape`; with `x` (log_prob) there must be one row
-    per row of x, `[N, *context_shape]`.
+    per point of x, `[*sample_shape, *context_shape]` (no broadcasting).
     """
     if self.context_shape is None:
       if context is not None:
@@ -175,20 +175,41 @@ class FlowModel(keras.Model):
           self.context_shape):
         raise ValueError(f"context rows must have shape context_shape="
                          f"{self.context_shape}; got a context of shape {shape}.")
-      if x is not None and not shape[:shape.rank - size].is_compatible_with(x.shape[:1]):
+      if x is not None and not shape[:shape.rank - size].is_compatible_with(sample_shape):
         raise ValueError(f"log_prob takes one context row per row of x: a context of "
-                         f"shape [{x.shape[0]}, *{self.context_shape}]; got {shape} for "
-                         f"x of shape {x.shape}.")
+                         f"shape {sample_shape.as_list() + self.context_shape}; got "
+                         f"{shape} for x of shape {x.shape}.")
     return tf.cast(context, self.context_dtype)
 
+  def _sample_shape(self, x):
+    """The leading (sample) shape of `x`, after checking that it ends in `event_shape`."""
+    rank, size = x.shape.rank, len(self.event_shape)
+    if rank is None or rank < size or not x.shape[rank - size:].is_compatible_with(
+        self.event_shape):
+      raise ValueError(f"log_prob takes points of event_shape {self.event_shape} after "
+                       f"any sample shape, [..., {str(self.event_shape)[1:-1]}]; got x of "
+                       f"shape {x.shape}.")
+    return x.shape[:rank - size]
+
   def call(self, inputs, context=None, training=None):
-    """Log-density of each row of `inputs` (data -> base walk); shape `[N]`."""
+    """Log-density of `inputs`, `[*sample_shape, *event_shape]` -> `[*sample_shape]`.
+
+    As in TFP any leading sample shape works (one point gives a scalar); the points
+    walk the layers as one batch `[N, *event_shape]`, and so does the context.
+    """
     x = tf.convert_to_tensor(inputs)
-    context = self._check_context(context, x)
+    sample_shape = self._sample_shape(x)
+    context = self._check_context(context, x, sample_shape)
     if not x.dtype.is_floating:
       x = tf.cast(x, self.compute_dtype)
+    output_shape = tf.shape(x)[:sample_shape.rank]
+    x = tf.reshape(x, [-1, *self.event_shape])
+    if context is not None:
+      context = tf.reshape(context, [-1, *self.context_shape])
+    if x.shape[0] == 0:  # no points: nothing to walk (and some layers cannot walk none)
+      return tf.zeros(output_shape, self.base_distribution.dtype)
     z, ildj = self.flow(x, context=context, training=training)
-    return self.base_distribution.log_prob(z) + ildj
+    return tf.reshape(self.base_distribution.log_prob(z) + ildj, output_shape)
 
   def log_prob(self, x, context=None):
     """Evaluation-mode log-density (nats) of each row of `x`; deterministic."""
@@ -209,6 +230,8 @@ class FlowModel(keras.Model):
       raise ValueError("temperature needs the default standard-normal base distribution.")
     if not temperature > 0:
       raise ValueError(f"temperature must be positive; got {temperature!r}.")
+    if not tf.is_tensor(n) and (not isinstance(n, (int, np.integer)) or n < 0):
+      raise ValueError(f"n must be a non-negative int; got {n!r}.")
     context = self._check_context(context)
     rows = []
     if context is not None:
@@ -220,6 +243,8 @@ class FlowModel(keras.Model):
       total = n * num_rows
     else:
       total = n
+    if not tf.is_tensor(total) and total == 0:  # no draws: nothing to map (and some layers cannot map none)
+      return tf.zeros([n, *rows, *self.event_shape], self.base_distribution.dtype)
     z = self.base_distribution.sample(total, seed=_stateless_seed(seed)) * temperature
     bijector = self.bijector
     x = bijector.forward(z, **conditioning.conditional_kwargs(bijector, context))
