@@ -15,10 +15,12 @@ from tfp_flows.layers.permute import Permute
 from tfp_flows.layers.residual_block import ResidualBlock
 from tfp_flows.layers.spline_coupling import SplineCoupling
 from tfp_flows.layers.squeeze import Squeeze
+from tfp_flows.layers.tarflow import NoiseAugmentation, TarFlowBlock
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling",
     "AutoregressiveLayer", "CouplingLayer", "Dequantize", "FFJORD", "FactorOut", "FlowChain",
     "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute", "ResidualBlock",
     "SplineAutoregressive", "SplineCoupling", "Squeeze",
+    "NoiseAugmentation", "TarFlowBlock",
 ]
