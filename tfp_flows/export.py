@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tfp_flows import export_checks
 from tfp_flows.bijectors import conditioning
 
 __all__ = ["SIGNATURES", "save"]
@@ -13,77 +14,120 @@ _SEED_MAX = 2**31 - 1
 
 
 class _FlowServing(tf.Module):
-  """Traced serving functions of a FlowModel; the graph holds only core TF ops.
+  """The saved object: the flow's variables and its traced serving functions.
 
-  Generic over `FlowModel`: every function goes through `model.log_prob`,
-  `model.sample` and `model.bijector`, so a new preset needs nothing here.
+  The graph holds only core TF ops. Only the variables are tracked: a tracked Keras
+  model would add its own serving function, traced without the context a conditional
+  flow needs. They are tracked as the tf.Variables under the Keras 3 wrappers:
+  session-based loaders (TensorFlow Serving, `saved_model_cli run`) leave wrapped
+  variables uninitialised.
   """
 
   def __init__(self, model):
     super().__init__(name="flow_serving")
-    # Only the variables are tracked: a tracked Keras model would add its own serving
-    # function, traced without the context a conditional flow needs. They are tracked
-    # as the tf.Variables under the Keras 3 wrappers: session-based loaders (TensorFlow
-    # Serving, `saved_model_cli run`) leave wrapped variables uninitialised.
     self.flow_variables = [variable.value for variable in model.variables]
-    event = [None, *model.event_shape]
-    latent = [None, *model.latent_shape]
-    conditional = model.context_shape is not None
-    context = ([tf.TensorSpec([None, *model.context_shape], model.context_dtype,
-                              name="context")] if conditional else [])
-    n = tf.TensorSpec([], tf.int32, name="n")
-    self.log_prob = tf.function(
-        lambda x, *c: {"log_prob": model.log_prob(x, *c)},
-        input_signature=[tf.TensorSpec(event, tf.float32, name="x")] + context)
+    functions = _ServingFunctions(model)
+    for name in SIGNATURES:
+      setattr(self, name, getattr(functions, name))
+
+
+class _ServingFunctions:
+  """The serving `tf.function`s of a FlowModel (a plain object: nothing here is saved
+  but the traced graphs).
+
+  Generic over `FlowModel`: every function goes through `model.log_prob`,
+  `model.sample` and `model.bijector`, so a new preset needs nothing here. Each checks
+  its inputs first (`export_checks.ServingContract`) and answers an empty request
+  (`N = 0` rows, `n = 0`) with an empty result without running the flow, so the
+  exported model serves those whether or not every layer handles an empty batch.
+  """
+
+  def __init__(self, model):
+    self._model = model
+    contract = self._contract = export_checks.ServingContract(model)
+    context = [contract.spec("context")] if contract.conditional else []
+    row = [contract.spec("row")] if contract.conditional else []
+    self.log_prob = tf.function(self._log_prob,
+                                input_signature=[contract.spec("x")] + context)
     self.sample = tf.function(
-        lambda n, seed, *c: {"samples": model.sample(n, seed=seed, context=_row(c))},
-        input_signature=[n, tf.TensorSpec([2], tf.int32, name="seed")] + _one_row(model))
-    self.sample_fresh = tf.function(
-        lambda n, *c: _sample_fresh(self.sample, n, c),
-        input_signature=[n] + _one_row(model))
-    self.forward = tf.function(
-        lambda z, *c: {"x": _transform(model, "forward", z, c)},
-        input_signature=[tf.TensorSpec(latent, tf.float32, name="z")] + context)
-    self.inverse = tf.function(
-        lambda x, *c: {"z": _transform(model, "inverse", x, c)},
-        input_signature=[tf.TensorSpec(event, tf.float32, name="x")] + context)
+        self._sample, input_signature=[contract.spec("n"), contract.spec("seed")] + row)
+    self.sample_fresh = tf.function(self._sample_fresh,
+                                    input_signature=[contract.spec("n")] + row)
+    self.forward = tf.function(self._forward,
+                               input_signature=[contract.spec("z")] + context)
+    self.inverse = tf.function(self._inverse,
+                               input_signature=[contract.spec("x")] + context)
+
+  def _log_prob(self, x, *context):
+    x = self._contract.data("log_prob", x, pixels=True)
+    context = self._batch_context("log_prob", context, x)
+    return {"log_prob": _unless_empty(
+        tf.shape(x)[0], lambda: self._model.log_prob(x, _row(context)),
+        tf.zeros([0], self._contract.dtype))}
+
+  def _sample(self, n, seed, *context):
+    n = self._contract.count("sample", n)
+    seed = self._contract.seed("sample", seed)
+    context = self._one_row("sample", context)
+    samples = lambda: self._model.sample(n, seed=seed, context=_row(context))
+    return {"samples": _unless_empty(
+        n, samples, tf.zeros([0, *self._model.event_shape], self._contract.dtype))}
+
+  def _sample_fresh(self, n, *context):
+    n = self._contract.count("sample_fresh", n)
+    context = self._one_row("sample_fresh", context)
+    # A stateful op with both seeds 0 takes its seed from the OS when its kernel is
+    # created, then advances on every call. So each call, each loaded copy and each
+    # server replica draws differently. A tracked tf.random.Generator would not: its
+    # saved state would restart every loaded copy on the same sequence. `tf.raw_ops`
+    # bypasses tf.random's global seed, which would otherwise be baked in at export.
+    seed = tf.raw_ops.RandomUniformInt(shape=[2], minval=0, maxval=_SEED_MAX, seed=0,
+                                       seed2=0)
+    # Calls the traced `sample` graph rather than tracing the flow a second time.
+    return {**self.sample(n, seed, *context), "seed": seed}
+
+  def _forward(self, z, *context):
+    z = self._contract.latent("forward", z)
+    context = self._batch_context("forward", context, z)
+    return {"x": self._transform("forward", z, context, self._model.event_shape)}
+
+  def _inverse(self, x, *context):
+    x = self._contract.data("inverse", x, pixels=False)
+    context = self._batch_context("inverse", context, x)
+    return {"z": self._transform("inverse", x, context, self._model.latent_shape)}
+
+  def _batch_context(self, signature, context, rows):
+    return tuple(self._contract.context(signature, c, rows) for c in context)
+
+  def _one_row(self, signature, context):
+    return tuple(self._contract.context(signature, c) for c in context)
+
+  def _transform(self, direction, inputs, context, output_shape):
+    def transform():
+      # One bijector object for both the call and its routing: conditional kwargs are
+      # keyed by bijector name, which a second construction inside a graph would uniquify.
+      bijector = self._model.bijector
+      kwargs = conditioning.conditional_kwargs(bijector, _row(context))
+      return getattr(bijector, direction)(inputs, **kwargs)
+    return _unless_empty(tf.shape(inputs)[0], transform,
+                         tf.zeros([0, *output_shape], self._contract.dtype))
 
 
-def _sample_fresh(sample, n, context):
-  # A stateful op with both seeds 0 takes its seed from the OS when its kernel is
-  # created, then advances on every call. So each call, each loaded copy and each
-  # server replica draws differently. A tracked tf.random.Generator would not: its
-  # saved state would restart every loaded copy on the same sequence. `tf.raw_ops`
-  # bypasses tf.random's global seed, which would otherwise be baked in at export.
-  seed = tf.raw_ops.RandomUniformInt(shape=[2], minval=0, maxval=_SEED_MAX, seed=0,
-                                     seed2=0)
-  # Calls the traced `sample` graph rather than tracing the flow a second time.
-  return {**sample(n, seed, *context), "seed": seed}
+def _unless_empty(size, compute, empty):
+  """`compute()` if `size > 0`, else `empty` (the flow never sees an empty batch)."""
+  return tf.cond(size > 0, compute, lambda: empty)
 
 
 def _row(context):
   return context[0] if context else None
 
 
-def _one_row(model):
-  if model.context_shape is None:
-    return []
-  return [tf.TensorSpec(model.context_shape, model.context_dtype, name="context")]
-
-
-def _transform(model, direction, inputs, context):
-  # One bijector object for both the call and its routing: conditional kwargs are keyed
-  # by bijector name, which a second construction inside a graph would uniquify.
-  bijector = model.bijector
-  kwargs = conditioning.conditional_kwargs(bijector, _row(context))
-  return getattr(bijector, direction)(inputs, **kwargs)
-
-
 def save(model, path):
   """Writes `model` (any `tfp_flows.FlowModel`) as a SavedModel with serving signatures.
 
   Signatures (inputs -> outputs); `N` is unknown, so one traced graph serves every
-  batch size:
+  batch size, and float inputs and outputs have the model's float dtype (float32, or
+  float64 for a model built under a float64 dtype policy or floatx):
 
   * `log_prob`: `x [N, *event_shape]` (+ `context [N, *context_shape]`) ->
     `log_prob [N]`, the evaluation-mode log-density (deterministic: no dequantisation
@@ -97,6 +141,12 @@ def save(model, path):
   * `forward`: `z [N, *latent_shape]` -> `x`;  `inverse`: `x` -> `z` (+ `context`).
   * `serving_default`: the same function as `log_prob`.
 
+  Every signature checks its inputs in the graph (`export_checks.ServingContract`:
+  shapes, finite values, pixel values of a `Dequantize` model, class labels, `n >= 0`,
+  the seed's range): a bad request raises `InvalidArgumentError` whose message names
+  the signature, the input and what it must be, never a number. An empty request
+  (`N = 0`, `n = 0`) returns empty outputs.
+
   Load with `tf.saved_model.load(path).signatures["log_prob"](x=...)`, or serve with
   TensorFlow Serving under the same signature and input names.
 
@@ -106,6 +156,10 @@ def save(model, path):
 
   Returns:
     `path`.
+
+  Raises:
+    ValueError: for a model with class labels (an integer context) whose label range
+      no layer declares (`num_classes`).
   """
   serving = _FlowServing(model)
   signatures = {name: getattr(serving, name).get_concrete_function()
