@@ -364,7 +364,7 @@ def _regression_model(kind):
 def test_fit_with_xla_keeps_the_bound(kind):
   keras.utils.set_random_seed(0)
   model, x, y = _regression_model(kind)
-  sn_layers = [l for l in model.layers if isinstance(l, spectral_norm._SpectralNorm)]
+  sn_layers = [l for l in model.layers if isinstance(l, spectral_norm.SpectralNorm)]
   before = [_vectors(l) for l in sn_layers]
   model.compile(optimizer=keras.optimizers.Adam(2e-2 if kind == "dense" else 2e-3),
                 loss="mse", jit_compile=True)

@@ -6,9 +6,9 @@ from tfp_flows.nets.lip_swish import LipSwish
 from tfp_flows.nets.lip_swish import lip_swish
 from tfp_flows.nets.made import MADE
 from tfp_flows.nets.mlp import MLP
-from tfp_flows.nets.spectral_norm import SpectralNormConv2D
-from tfp_flows.nets.spectral_norm import SpectralNormDense
 from tfp_flows.nets.spectral_norm import spectral_norm_exact
+from tfp_flows.nets.spectral_norm_conv import SpectralNormConv2D
+from tfp_flows.nets.spectral_norm_dense import SpectralNormDense
 from tfp_flows.nets.time_conditioned import ConcatSquashConv2D
 from tfp_flows.nets.time_conditioned import ConcatSquashDense
 from tfp_flows.nets.time_conditioned import TimeConditionedConvNet

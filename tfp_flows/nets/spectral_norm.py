@@ -1,15 +1,21 @@
-"""Spectrally normalised Dense and Conv2D layers whose Lipschitz constant is <= coefficient."""
+"""The normalisation shared by the spectrally normalised layers, and an exact reference.
 
-import math
+`SpectralNorm` divides a kernel by an estimate or certified bound of its linear map's
+spectral norm (`MATHEMATICAL_DETAILS`); `SpectralNormDense` (`spectral_norm_dense.py`)
+and `SpectralNormConv2D` (`spectral_norm_conv.py`) define the map.
+`spectral_norm_exact` computes the exact norm in float64 for tests and diagnostics.
+"""
+
 import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfp_flows.numerics import checks
 from tfp_flows.numerics import norm_bounds
 
-__all__ = ["SpectralNormConv2D", "SpectralNormDense", "spectral_norm_exact"]
+__all__ = ["MATHEMATICAL_DETAILS", "SpectralNorm", "spectral_norm_exact"]
 
 # Power steps run once at build on the initial kernel (as Residual Flows' reference code
 # does), so the bound holds from the first training step instead of after ~100 of them.
@@ -20,31 +26,6 @@ _MAX_EXPLICIT_ENTRIES = 4_000_000
 # The Gram iteration of evaluation calls stops once its upper bound is within this
 # relative distance of its lower bound: the certified norm over-contracts by at most this.
 _GRAM_TOLERANCE = 1e-5
-
-
-def _positive_int(name, value):
-  """`value` as an int, or a ValueError quoting it (bools and 2.5 are not counts)."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f"{name} must be a positive int; got {value!r}.")
-  return int(value)
-
-
-def _pair(name, value):
-  """An int or a pair of ints as a tuple of two positive ints."""
-  if isinstance(value, numbers.Integral):
-    values = (value, value)
-  else:
-    try:
-      values = tuple(value)
-    except TypeError:  # None, 2.5: not a pair either
-      values = ()
-  if len(values) != 2:
-    raise ValueError(f"{name} must be an int or a pair of ints; got {value!r}.")
-  try:
-    return tuple(_positive_int(name, v) for v in values)
-  except ValueError:
-    raise ValueError(f"{name} must be a positive int or a pair of them; "
-                     f"got {value!r}.") from None
 
 
 def _coefficient(value):
@@ -85,7 +66,7 @@ def _random_unit(shape, dtype, seed):
   return x / tf.norm(tf.reshape(x, [-1]))
 
 
-class _SpectralNorm(keras.layers.Layer):
+class SpectralNorm(keras.layers.Layer):
   """Shared normalisation machinery; subclasses define the linear map `A` of the kernel.
 
   Subclasses set `self._operator` (see `norm_bounds.linear_map`), `self._u_shape`,
@@ -98,10 +79,9 @@ class _SpectralNorm(keras.layers.Layer):
                use_bias, kernel_initializer, bias_initializer, seed, **kwargs):
     super().__init__(**kwargs)
     self.coefficient = _coefficient(coefficient)
-    self.num_iterations = _positive_int("num_iterations", num_iterations)
-    self.eval_iterations = _positive_int("eval_iterations", eval_iterations)
-    if (isinstance(exact_max_dims, bool) or not isinstance(exact_max_dims, numbers.Integral)
-        or exact_max_dims < 0):
+    self.num_iterations = checks.int_at_least("num_iterations", num_iterations)
+    self.eval_iterations = checks.int_at_least("eval_iterations", eval_iterations)
+    if not checks.is_int_at_least(exact_max_dims, 0):
       raise ValueError("exact_max_dims must be a non-negative int (0: never certify); got "
                        f"{exact_max_dims!r}.")
     self.exact_max_dims = int(exact_max_dims)
@@ -140,11 +120,21 @@ class _SpectralNorm(keras.layers.Layer):
   # Subclasses whose evaluation calls can fall back on a certified Fourier bound.
   _fourier_bounded = False
 
-  def _matvec(self, kernel, v):
+  @property
+  def operator(self):
+    """The linear map's `operator` tuple for `tfp_flows.numerics.norm_bounds`."""
+    return self._operator
+
+  @property
+  def map_shapes(self):
+    """(shape of the map's input vectors v, shape of its output vectors u)."""
+    return self._v_shape, self._u_shape
+
+  def matvec(self, kernel, v):
     """`A v` for `v` shaped like `self.v`."""
     return norm_bounds.linear_map(self._operator, kernel, v)
 
-  def _rmatvec(self, kernel, u):
+  def rmatvec(self, kernel, u):
     """`A^T u` for `u` shaped like `self.u`."""
     return norm_bounds.adjoint_map(self._operator, kernel, u, self._v_shape)
 
@@ -178,9 +168,9 @@ class _SpectralNorm(keras.layers.Layer):
     bound, x = norm_bounds.gram_iteration(gram, _GRAM_TOLERANCE)
     v = norm_bounds.normalize_or_keep(tf.reshape(lift(x), self._v_shape),
                                       tf.cast(self.v, kernel.dtype))
-    u = norm_bounds.normalize_or_keep(self._matvec(frozen, v),
+    u = norm_bounds.normalize_or_keep(self.matvec(frozen, v),
                                       tf.cast(self.u, kernel.dtype))
-    rayleigh = tf.reduce_sum(u * self._matvec(kernel, v))
+    rayleigh = tf.reduce_sum(u * self.matvec(kernel, v))
     # The value is the bound; the gradient is that of s1 (u v^T through the Rayleigh
     # quotient), scaled by bound / rayleigh (1 up to the tolerance) to match the value.
     tiny = norm_bounds.TINY_NORM
@@ -203,7 +193,7 @@ class _SpectralNorm(keras.layers.Layer):
                                          self.v,
                               num_iterations)
       u, v = tf.stop_gradient(u), tf.stop_gradient(v)
-      sigma = tf.reduce_sum(u * self._matvec(kernel, v))
+      sigma = tf.reduce_sum(u * self.matvec(kernel, v))
     # As in i-ResNet and Residual Flows: rescale only when sigma > coefficient, so a
     # kernel already inside the bound is used unchanged.
     factor = tf.maximum(tf.ones([], kernel.dtype), sigma / self.coefficient)
@@ -245,7 +235,7 @@ class _SpectralNorm(keras.layers.Layer):
             "seed": self.seed}
 
 
-_MATH = """
+MATHEMATICAL_DETAILS = """
   #### Mathematical Details
 
   With `A` the linear map of the kernel `W`, every call divides `W` by an estimate or a
@@ -310,221 +300,6 @@ _MATH = """
 """
 
 
-@keras.saving.register_keras_serializable(package="tfp_flows")
-class SpectralNormDense(_SpectralNorm):
-  """Dense layer `y = x W_hat + b` with `|W_hat|_2 <= coefficient` (spectral norm).
-
-  The building block of the residual function `g` of i-ResNets and Residual Flows: with
-  1-Lipschitz activations between such layers, `Lip(g) <= coefficient < 1` and the block
-  `x + g(x)` is invertible. There is no activation argument: use `LipSwish` (or another
-  1-Lipschitz activation) as a separate layer.
-  {math}
-  Here `A v = W^T v` (`W` is `[in, units]`), `u` is `[units]` and `v` is `[in]`. Cost per
-  power step: two matrix-vector products, O(in * units). The Gram matrix is `W W^T` or
-  `W^T W`, of size `min(in, units)`.
-
-  #### References
-
-  [1]: Miyato, Kataoka, Koyama, Yoshida. Spectral Normalization for Generative Adversarial
-       Networks. https://arxiv.org/abs/1802.05957
-  [2]: Behrmann, Grathwohl, Chen, Duvenaud, Jacobsen. Invertible Residual Networks.
-       https://arxiv.org/abs/1811.00995
-  [3]: Chen, Behrmann, Duvenaud, Jacobsen. Residual Flows for Invertible Generative
-       Modeling. https://arxiv.org/abs/1906.02735
-
-  Args:
-    units: size of the output.
-    coefficient: the bound on the spectral norm, in (0, 1).
-    num_iterations: power-iteration steps per training call (stored).
-    eval_iterations: power-iteration steps per evaluation call (not stored), used only
-      when the Gram matrix is larger than `exact_max_dims`.
-    exact_max_dims: largest Gram matrix (rows) for which evaluation calls use the
-      certified Gram-iteration bound (0: always power iteration).
-    use_bias: whether to add a bias (it does not change the Lipschitz constant).
-    kernel_initializer: initializer of the raw kernel `W`.
-    bias_initializer: initializer of the bias.
-    seed: int seed of the random initial `u`, `v` (None: drawn from Keras' global seed,
-      so `keras.utils.set_random_seed` makes it reproducible).
-    **kwargs: `keras.layers.Layer` arguments (`name`, `dtype="float64"`, ...).
-
-  Raises:
-    ValueError: for a coefficient outside (0, 1), non-positive counts, or an input whose
-      last dimension is unknown.
-  """
-
-  def __init__(self, units, coefficient=0.97, num_iterations=1, eval_iterations=20,
-               exact_max_dims=256, use_bias=True, kernel_initializer="glorot_uniform",
-               bias_initializer="zeros", seed=None, **kwargs):
-    super().__init__(coefficient, num_iterations, eval_iterations, exact_max_dims,
-                     use_bias, kernel_initializer, bias_initializer, seed, **kwargs)
-    self.units = _positive_int("units", units)
-
-  def build(self, input_shape):
-    if input_shape[-1] is None:
-      raise ValueError(f"SpectralNormDense needs a known last input dimension; got shape "
-                       f"{tuple(input_shape)}.")
-    in_units = int(input_shape[-1])
-    self._operator = ("dense",)
-    self._u_shape, self._v_shape = (self.units,), (in_units,)
-    self._gram_size = min(in_units, self.units)
-    self._build_weights((in_units, self.units), (self.units,))
-
-  def _gram_and_lift(self, kernel):
-    return norm_bounds.matrix_gram(kernel)
-
-  def call(self, inputs, training=None):
-    return self.apply_kernel(inputs, self._normalized_kernel_for_call(training))
-
-  def apply_kernel(self, inputs, kernel):
-    """The layer's map with a given (already normalised) kernel: `inputs @ kernel + b`."""
-    outputs = keras.ops.matmul(inputs, kernel)
-    if self.bias is not None:
-      outputs = outputs + keras.ops.cast(self.bias, outputs.dtype)
-    return outputs
-
-  def compute_output_shape(self, input_shape):
-    return (*input_shape[:-1], self.units)
-
-  def get_config(self):
-    return {**super().get_config(), "units": self.units}
-
-
-@keras.saving.register_keras_serializable(package="tfp_flows")
-class SpectralNormConv2D(_SpectralNorm):
-  """Conv2D `[N, H, W, C] -> [N, H', W', filters]` whose operator norm is <= coefficient.
-
-  The norm bounded is that of the convolution as a linear map on the whole input image
-  `[H, W, C] -> [H', W', filters]`, zero padding and strides included (as in Residual
-  Flows), not of the reshaped kernel matrix (which can be off by a factor of up to
-  `sqrt(kh * kw)`). The map depends on the image size, so the layer is built for one
-  input size: `build` needs known `H` and `W`, and calls with another size raise.
-  Channels last, no dilation.
-  {math}
-  Here `A v = conv2d(v, W)` and `A^T u = conv2d_transpose(u, W)` (its exact adjoint), with
-  `v` shaped `[1, H, W, C]` and `u` shaped `[1, H', W', filters]`. Cost per power step:
-  two convolutions of one image. The Gram matrix is that of the explicit operator on its
-  smaller side, `min(H W C, H' W' filters)` rows (the convolution of that many basis
-  images); for a 1x1 kernel, whose operator is the `[C, filters]` kernel matrix applied
-  at every sampled pixel, that of the kernel matrix, `min(C, filters)` rows at any size.
-
-  #### References
-
-  [1]: Miyato, Kataoka, Koyama, Yoshida. Spectral Normalization for Generative Adversarial
-       Networks. https://arxiv.org/abs/1802.05957
-  [2]: Gouk, Frank, Pfahringer, Cree. Regularisation of Neural Networks by Enforcing
-       Lipschitz Continuity (power iteration with the transposed convolution).
-       https://arxiv.org/abs/1804.04368
-  [3]: Chen, Behrmann, Duvenaud, Jacobsen. Residual Flows for Invertible Generative
-       Modeling. https://arxiv.org/abs/1906.02735
-
-  Args:
-    filters: output channels.
-    kernel_size: an int or a pair `(kh, kw)`.
-    coefficient: the bound on the operator norm, in (0, 1).
-    num_iterations: power-iteration steps per training call (stored).
-    eval_iterations: power-iteration steps per evaluation call (not stored), used only
-      with `exact_max_dims=0` or for a 1x1 kernel whose Gram matrix is larger.
-    exact_max_dims: largest Gram matrix (rows) for which evaluation calls use the
-      certified Gram-iteration bound; larger convolutions (kernels bigger than 1x1) use
-      the certified Fourier bound (0: never certify, always power iteration).
-    padding: "same" or "valid" (zero padding, as `tf.nn.conv2d`).
-    strides: an int or a pair.
-    use_bias: whether to add a bias.
-    kernel_initializer: initializer of the raw kernel `[kh, kw, C, filters]`.
-    bias_initializer: initializer of the bias.
-    seed: int seed of the random initial `u`, `v` (None: Keras' global seed).
-    **kwargs: `keras.layers.Layer` arguments.
-
-  Raises:
-    ValueError: for bad arguments, an input with unknown `H`, `W` or `C`, a "valid"
-      convolution with an empty output, or a call on another image size than built for.
-  """
-
-  def __init__(self, filters, kernel_size, coefficient=0.97, num_iterations=1,
-               eval_iterations=20, exact_max_dims=256, padding="same", strides=1,
-               use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-               seed=None, **kwargs):
-    super().__init__(coefficient, num_iterations, eval_iterations, exact_max_dims,
-                     use_bias, kernel_initializer, bias_initializer, seed, **kwargs)
-    self.filters = _positive_int("filters", filters)
-    self.kernel_size = _pair("kernel_size", kernel_size)
-    self.strides = _pair("strides", strides)
-    if not isinstance(padding, str) or padding.lower() not in ("same", "valid"):
-      raise ValueError(f'padding must be "same" or "valid"; got {padding!r}.')
-    self.padding = padding.lower()
-
-  def build(self, input_shape):
-    if len(input_shape) != 4 or any(d is None for d in input_shape[1:]):
-      raise ValueError("SpectralNormConv2D needs inputs [N, H, W, C] with known H, W and "
-                       "C: the operator norm of a convolution depends on the image size; "
-                       f"got shape {tuple(input_shape)}.")
-    height, width, channels = (int(d) for d in input_shape[1:])
-    out_size = []
-    for size, k, s in zip((height, width), self.kernel_size, self.strides):
-      out_size.append(math.ceil(size / s) if self.padding == "same"
-                      else math.ceil((size - k + 1) / s))
-    if min(out_size) < 1:
-      raise ValueError(f'A "valid" convolution with kernel_size {self.kernel_size} has an '
-                       f"empty output on inputs of shape {tuple(input_shape)}.")
-    self.input_size = (height, width, channels)
-    self._operator = ("conv", self.strides, self.padding.upper())
-    self._u_shape = (1, *out_size, self.filters)
-    self._v_shape = (1, height, width, channels)
-    self._gram_size = (min(channels, self.filters) if self.kernel_size == (1, 1) else
-                       min(math.prod(self._v_shape), math.prod(self._u_shape)))
-    # A 1x1 kernel's Gram is its small kernel matrix at any image size.
-    self._fourier_bounded = self.kernel_size != (1, 1)
-    self._build_weights((*self.kernel_size, channels, self.filters), (self.filters,))
-
-  def _gram_and_lift(self, kernel):
-    height, width, channels = self.input_size
-    if self.kernel_size == (1, 1):
-      # Pixel (0, 0) is read by every 1x1 convolution ("same" needs no padding for k = 1),
-      # so the kernel matrix's input-side vector placed there is a top input image.
-      gram, lift = norm_bounds.matrix_gram(tf.reshape(kernel, (channels, self.filters)))
-      return gram, lambda x: tf.pad(tf.reshape(lift(x), (1, 1, 1, channels)),
-                                    ((0, 0), (0, height - 1), (0, width - 1), (0, 0)))
-    num_in, num_out = math.prod(self._v_shape), math.prod(self._u_shape)
-    eye = lambda n: tf.eye(n, dtype=kernel.dtype)
-    if num_in <= num_out:  # rows A e_i: G = A^T A, eigenvectors are input images
-      rows = tf.reshape(self._matvec(kernel, tf.reshape(eye(num_in), (num_in, *self.input_size))),
-                        (num_in, num_out))
-      return tf.matmul(rows, rows, transpose_b=True), lambda x: x
-    # rows A^T e_j: G = A A^T; an output-side x lifts to A^T x = x^T rows.
-    rows = tf.reshape(tf.nn.conv2d_transpose(
-        tf.reshape(eye(num_out), (num_out, *self._u_shape[1:])), kernel,
-        output_shape=(num_out, height, width, channels), strides=self.strides,
-        padding=self.padding.upper()), (num_out, num_in))
-    return (tf.matmul(rows, rows, transpose_b=True),
-            lambda x: tf.linalg.matvec(rows, x, transpose_a=True))
-
-  def call(self, inputs, training=None):
-    if tuple(inputs.shape[1:]) != self.input_size and None not in inputs.shape[1:]:
-      raise ValueError(f"SpectralNormConv2D was built (and its norm bounded) for images "
-                       f"{self.input_size}; got inputs of shape {tuple(inputs.shape)}.")
-    return self.apply_kernel(inputs, self._normalized_kernel_for_call(training))
-
-  def apply_kernel(self, inputs, kernel):
-    """The layer's map with a given (already normalised) kernel: `conv(inputs) + b`."""
-    outputs = tf.nn.conv2d(inputs, kernel, strides=self.strides,
-                           padding=self.padding.upper())
-    if self.bias is not None:
-      outputs = outputs + tf.cast(self.bias, outputs.dtype)
-    return outputs
-
-  def compute_output_shape(self, input_shape):
-    return (input_shape[0], *self._u_shape[1:])
-
-  def get_config(self):
-    return {**super().get_config(), "filters": self.filters,
-            "kernel_size": list(self.kernel_size), "strides": list(self.strides),
-            "padding": self.padding}
-
-
-SpectralNormDense.__doc__ = SpectralNormDense.__doc__.format(math=_MATH)
-SpectralNormConv2D.__doc__ = SpectralNormConv2D.__doc__.format(math=_MATH)
-
-
 def spectral_norm_exact(layer, training=False, normalized=True):
   """The exact largest singular value of a spectral-norm layer's (normalised) linear map.
 
@@ -547,18 +322,18 @@ def spectral_norm_exact(layer, training=False, normalized=True):
   Raises:
     ValueError: if `layer` is not a built spectral-norm layer.
   """
-  if not isinstance(layer, _SpectralNorm) or not layer.built:
+  if not isinstance(layer, SpectralNorm) or not layer.built:
     raise ValueError(f"spectral_norm_exact needs a built SpectralNormDense or "
                      f"SpectralNormConv2D; got {layer!r}.")
   kernel = layer.normalized_kernel(training) if normalized else layer.kernel
   kernel = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
-  if isinstance(layer, SpectralNormDense):
+  if layer.operator[0] == "dense":
     return float(np.linalg.svd(kernel, compute_uv=False)[0])
 
   kernel = tf.constant(kernel)
-  in_shape, out_shape = layer._v_shape, layer._u_shape
+  in_shape, out_shape = layer.map_shapes
   num_in, num_out = int(np.prod(in_shape)), int(np.prod(out_shape))
-  conv = lambda x: layer._matvec(kernel, x)
+  conv = lambda x: layer.matvec(kernel, x)
   if num_in * num_out <= _MAX_EXPLICIT_ENTRIES:
     basis = tf.reshape(tf.eye(num_in, dtype=tf.float64), (num_in, *in_shape[1:]))
     matrix = tf.reshape(conv(basis), (num_in, num_out)).numpy()
@@ -568,7 +343,7 @@ def spectral_norm_exact(layer, training=False, normalized=True):
   operator = scipy.sparse.linalg.LinearOperator(
       (num_out, num_in), dtype=np.float64,
       matvec=lambda x: conv(tf.reshape(tf.constant(x, tf.float64), in_shape)).numpy().ravel(),
-      rmatvec=lambda y: layer._rmatvec(
+      rmatvec=lambda y: layer.rmatvec(
           kernel, tf.reshape(tf.constant(y, tf.float64), out_shape)).numpy().ravel())
   singular_values = scipy.sparse.linalg.svds(operator, k=1, return_singular_vectors=False,
                                              random_state=0)

@@ -62,26 +62,6 @@ def _column(t, like):
   return ops.reshape(t, [-1, 1])
 
 
-def _with_tangents(net, z, t, tangents):
-  """Primal and tangents through `net`'s concat-squash layers (see the module doc)."""
-  if not net.supports_tangents:
-    raise ValueError(
-        f"{type(net).__name__} computes forward-mode products only for the activations "
-        f"{sorted(_ACTIVATION_DERIVATIVES)} and without mixed precision; got activation "
-        f"{net.activation!r}, dtype policy {net.dtype_policy.name!r}. Use one of them, or "
-        "let the continuous flow use reverse-mode autodiff (no jvp_fn).")
-  if not net.built:
-    net.build(tuple(z.shape))
-  dtype = net.compute_dtype
-  h, v = ops.cast(z, dtype), ops.cast(tangents, dtype)
-  activation = _ACTIVATION_DERIVATIVES[net.activation]
-  for layer in net._hidden:  # pylint: disable=protected-access
-    pre, v = layer.call_with_tangents(h, t, v)
-    h, slope = activation(pre)
-    v = v * slope
-  return net._output.call_with_tangents(h, t, v)  # pylint: disable=protected-access
-
-
 @keras.saving.register_keras_serializable(package="tfp_flows")
 class ConcatSquashDense(keras.layers.Layer):
   """`(W z + b) * sigmoid(t g + c) + t h`: a dense layer gated and shifted by time.
@@ -129,6 +109,9 @@ class ConcatSquashDense(keras.layers.Layer):
     flat = ops.reshape(tangents, (-1, ops.shape(tangents)[-1]))
     moved = ops.reshape(ops.matmul(flat, self.kernel), (num, -1, self.units))
     return out, moved * gate
+
+  def compute_output_shape(self, input_shape, t_shape=None):
+    return (*input_shape[:-1], self.units)
 
   def get_config(self):
     return {**super().get_config(), "units": self.units, "zero_init": self.zero_init}
@@ -186,13 +169,79 @@ class ConcatSquashConv2D(keras.layers.Layer):
     moved = ops.reshape(moved, (shape[0], -1) + tuple(ops.shape(moved)[1:]))
     return out + shift[:, None, None, :], moved * gate
 
+  def compute_output_shape(self, input_shape, t_shape=None):
+    return (*input_shape[:-1], self.filters)
+
   def get_config(self):
     return {**super().get_config(), "filters": self.filters,
             "kernel_size": self.kernel_size, "zero_init": self.zero_init}
 
 
+class _TimeConditionedNet(keras.layers.Layer):
+  """Concat-squash layers with a smooth activation between them, zero output at init.
+
+  Subclasses set `_layer` (the concat-squash layer class) and pass their widths.
+  """
+
+  _layer = None
+
+  def __init__(self, widths, widths_name, activation, **kwargs):
+    super().__init__(**kwargs)
+    widths = tuple(int(w) for w in widths)
+    if not widths or min(widths) < 1:
+      raise ValueError(f"{widths_name} must be positive sizes; got {widths!r}.")
+    self.activation = activation
+    self._activation = keras.activations.get(activation)
+    self._hidden = [self._layer(w, dtype=self.dtype_policy, name=f"hidden_{i}")
+                    for i, w in enumerate(widths)]
+    self._output = None
+
+  def build(self, input_shape):
+    self._output = self._layer(input_shape[-1], zero_init=True, dtype=self.dtype_policy,
+                               name="output")
+    shape = tuple(input_shape)
+    for layer in self._hidden:
+      layer.build(shape)
+      shape = tuple(layer.compute_output_shape(shape))
+    self._output.build(shape)
+
+  def call(self, z, t):
+    h = z
+    for layer in self._hidden:
+      h = self._activation(layer(h, t))
+    return self._output(h, t)
+
+  @property
+  def supports_tangents(self):
+    """Whether `call_with_tangents` works: the activation has a closed-form derivative."""
+    return (isinstance(self.activation, str) and self.activation in _ACTIVATION_DERIVATIVES
+            and self.compute_dtype == self.variable_dtype)
+
+  def call_with_tangents(self, z, t, tangents):
+    """`(call(z, t), J v)` for the stacked tangents `v` `[K, B, *event]` (forward mode).
+
+    Costs one pass of the net plus K linear passes of the kernels (no backward pass).
+    """
+    if not self.supports_tangents:
+      raise ValueError(
+          f"{type(self).__name__} computes forward-mode products only for the activations "
+          f"{sorted(_ACTIVATION_DERIVATIVES)} and without mixed precision; got activation "
+          f"{self.activation!r}, dtype policy {self.dtype_policy.name!r}. Use one of them, "
+          "or let the continuous flow use reverse-mode autodiff (no jvp_fn).")
+    if not self.built:
+      self.build(tuple(z.shape))
+    dtype = self.compute_dtype
+    h, v = ops.cast(z, dtype), ops.cast(tangents, dtype)
+    activation = _ACTIVATION_DERIVATIVES[self.activation]
+    for layer in self._hidden:
+      pre, v = layer.call_with_tangents(h, t, v)
+      h, slope = activation(pre)
+      v = v * slope
+    return self._output.call_with_tangents(h, t, v)
+
+
 @keras.saving.register_keras_serializable(package="tfp_flows")
-class TimeConditionedMLP(keras.layers.Layer):
+class TimeConditionedMLP(_TimeConditionedNet):
   """Vector field `f(t, z)` on `[B, D]`: concat-squash dense layers, zero output at init.
 
   `call(z, t)` with `t` a scalar or `[B]`. Smooth activations (softplus, tanh) keep the
@@ -204,44 +253,11 @@ class TimeConditionedMLP(keras.layers.Layer):
     activation: hidden activation (a smooth one).
   """
 
+  _layer = ConcatSquashDense
+
   def __init__(self, hidden_units=(64, 64, 64), activation="softplus", **kwargs):
-    super().__init__(**kwargs)
+    super().__init__(hidden_units, "hidden_units", activation, **kwargs)
     self.hidden_units = tuple(int(u) for u in hidden_units)
-    if not self.hidden_units or min(self.hidden_units) < 1:
-      raise ValueError(f"hidden_units must be positive sizes; got {hidden_units!r}.")
-    self.activation = activation
-    self._activation = keras.activations.get(activation)
-    self._hidden = [ConcatSquashDense(u, dtype=self.dtype_policy, name=f"hidden_{i}")
-                    for i, u in enumerate(self.hidden_units)]
-    self._output = None
-
-  def build(self, input_shape):
-    self._output = ConcatSquashDense(input_shape[-1], zero_init=True,
-                                     dtype=self.dtype_policy, name="output")
-    shape = tuple(input_shape)
-    for layer in self._hidden:
-      layer.build(shape)
-      shape = shape[:-1] + (layer.units,)
-    self._output.build(shape)
-
-  def call(self, z, t):
-    h = z
-    for layer in self._hidden:
-      h = self._activation(layer(h, t))
-    return self._output(h, t)
-
-  @property
-  def supports_tangents(self):
-    """Whether `call_with_tangents` works: the activation has a closed-form derivative."""
-    return (isinstance(self.activation, str) and self.activation in _ACTIVATION_DERIVATIVES
-            and self.compute_dtype == self.variable_dtype)
-
-  def call_with_tangents(self, z, t, tangents):
-    """`(call(z, t), J v)` for the stacked tangents `v` `[K, B, *event]` (forward mode).
-
-    Costs one pass of the net plus K linear passes of the kernels (no backward pass).
-    """
-    return _with_tangents(self, z, t, tangents)
 
   def get_config(self):
     return {**super().get_config(), "hidden_units": list(self.hidden_units),
@@ -249,7 +265,7 @@ class TimeConditionedMLP(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
-class TimeConditionedConvNet(keras.layers.Layer):
+class TimeConditionedConvNet(_TimeConditionedNet):
   """Vector field `f(t, z)` on images `[B, H, W, C]`: concat-squash 3x3 convolutions.
 
   Args:
@@ -257,44 +273,11 @@ class TimeConditionedConvNet(keras.layers.Layer):
     activation: hidden activation (a smooth one).
   """
 
+  _layer = ConcatSquashConv2D
+
   def __init__(self, hidden_channels=(64, 64, 64), activation="softplus", **kwargs):
-    super().__init__(**kwargs)
+    super().__init__(hidden_channels, "hidden_channels", activation, **kwargs)
     self.hidden_channels = tuple(int(c) for c in hidden_channels)
-    if not self.hidden_channels or min(self.hidden_channels) < 1:
-      raise ValueError(f"hidden_channels must be positive sizes; got {hidden_channels!r}.")
-    self.activation = activation
-    self._activation = keras.activations.get(activation)
-    self._hidden = [ConcatSquashConv2D(c, dtype=self.dtype_policy, name=f"hidden_{i}")
-                    for i, c in enumerate(self.hidden_channels)]
-    self._output = None
-
-  def build(self, input_shape):
-    self._output = ConcatSquashConv2D(input_shape[-1], zero_init=True,
-                                      dtype=self.dtype_policy, name="output")
-    shape = tuple(input_shape)
-    for layer in self._hidden:
-      layer.build(shape)
-      shape = shape[:-1] + (layer.filters,)
-    self._output.build(shape)
-
-  def call(self, z, t):
-    h = z
-    for layer in self._hidden:
-      h = self._activation(layer(h, t))
-    return self._output(h, t)
-
-  @property
-  def supports_tangents(self):
-    """Whether `call_with_tangents` works: the activation has a closed-form derivative."""
-    return (isinstance(self.activation, str) and self.activation in _ACTIVATION_DERIVATIVES
-            and self.compute_dtype == self.variable_dtype)
-
-  def call_with_tangents(self, z, t, tangents):
-    """`(call(z, t), J v)` for the stacked tangents `v` `[K, B, *event]` (forward mode).
-
-    Costs one pass of the net plus K linear passes of the kernels (no backward pass).
-    """
-    return _with_tangents(self, z, t, tangents)
 
   def get_config(self):
     return {**super().get_config(), "hidden_channels": list(self.hidden_channels),
