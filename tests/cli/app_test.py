@@ -350,6 +350,18 @@ def test_bad_flag_value_exits_without_traceback():
   assert "Traceback" not in result.stderr
 
 
+def test_help_lists_the_command_line_flags():
+  # absl's --help shows __main__'s docstring and key flags; the flags are defined in
+  # tfp_flows.cli.config, not in tfp_flows/__main__.py.
+  result = subprocess.run([sys.executable, "-m", "tfp_flows", "--help"],
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 1, result.stderr  # absl's --help exits with status 1
+  assert result.stdout.startswith("Command line: python -m tfp_flows {train,sample,")
+  listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", result.stdout, flags=re.MULTILINE))
+  assert {"preset", "dataset", "data_dir", "epochs", "steps_per_epoch", "backup_steps",
+          "resume", "output_dir", "model_dir", "plot"} <= listed, result.stdout
+
+
 @pytest.mark.parametrize("args, status, message", [
     (("train", "--dataset=npy", "--data_file={bad}"), 2, r"error: .*NaN or infinite values"),
     (("sample", "--model_dir=/nonexistent"), 2, r"error: .*holds no trained model"),

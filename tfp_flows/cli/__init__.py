@@ -21,10 +21,4 @@ message to stderr and exit with status 2. --helpfull lists every flag.
 The digits and the 2-D toys need scikit-learn and the PNG plots matplotlib, which the
 library itself does not: `pip install 'tfp_flows[cli]'`. Without them the command line
 says which package is missing.
-
-Modules: `app` (entry point), `config` (the flags, read once into a `Config`), `train`,
-`backup` (resumable training), `commands` (sample, evaluate, export), `run_files`
-(model.keras and run.json), `datasets`, `presets`, `outputs` (metrics, samples,
-SavedModel), `plots`, `diagnostics` (TensorBoard summaries), `errors`. Importing this
-package defines no flags; importing `tfp_flows.cli.app` (or `config`) does.
 """

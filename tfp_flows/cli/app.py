@@ -1,12 +1,21 @@
 """The entry point: parse the flags once, run one command, turn user errors into status 2.
 
 `run` is what `python -m tfp_flows` and the `tfp-flows` console script call.
+
+The command line's modules: `app` (this entry point), `config` (the flags, read once
+into a `Config`), `train`, `backup` (resumable training), `commands` (sample,
+evaluate, export), `run_files` (model.keras and run.json), `datasets`, `presets`,
+`outputs` (metrics, samples, SavedModel), `plots`, `diagnostics` (TensorBoard
+summaries), `errors`. Importing `tfp_flows.cli` defines no flags; importing
+`tfp_flows.cli.app` (or `config`) does.
 """
 
 import sys
 
 from absl import app
+from absl import flags
 
+from tfp_flows import cli
 from tfp_flows.cli import commands
 from tfp_flows.cli import config as config_lib
 from tfp_flows.cli import train
@@ -50,5 +59,13 @@ def main(argv):
 
 
 def run():
-  """Parses `sys.argv` with absl and exits with `main`'s status."""
+  """Parses `sys.argv` with absl and exits with `main`'s status.
+
+  absl's --help prints the docstring and the key flags of the `__main__` module, which
+  is tfp_flows/__main__.py or the tfp-flows console script; both get the command
+  line's docstring (`tfp_flows.cli`) and flags (`tfp_flows.cli.config`).
+  """
+  sys.modules["__main__"].__doc__ = cli.__doc__
+  for flag in flags.FLAGS.get_flags_for_module(config_lib.__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main)

@@ -102,8 +102,9 @@ class Backup:
     except KeyboardInterrupt:
       raise Interrupted(self.interrupted_message()) from None
     finally:
-      if in_main_thread:
-        signal.signal(signal.SIGINT, previous)
+      if in_main_thread:  # None: a handler not set from Python; restore Python's
+        signal.signal(signal.SIGINT,
+                      signal.default_int_handler if previous is None else previous)
 
   @property
   def steps_this_run(self):
