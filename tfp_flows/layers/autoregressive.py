@@ -43,16 +43,29 @@ class AutoregressiveLayer(flow_layer.FlowLayer):
   def make_transformer(self):
     raise NotImplementedError
 
-  def build(self, input_shape):
-    if len(input_shape) != 2 or input_shape[-1] is None:
+  def build(self, inputs_shape, context_shape=None):
+    """Creates the MADE's weights for inputs `[N, D]` (and a context `[N, C]`).
+
+    The weights exist after `build`, so Keras' standard build path (a symbolic call,
+    `.keras` loading) restores them. Built without `context_shape` (FlowModel's
+    constructor builds its flow, then calls it with a context), a conditional layer
+    creates the MADE's weights on the first call.
+
+    Raises:
+      ValueError: for inputs that are not `[N, D]`.
+    """
+    if len(inputs_shape) != 2 or inputs_shape[-1] is None:
       raise ValueError("Autoregressive layers take vectors [N, D] with a known D; got "
-                       f"input shape {input_shape}.")
-    self.event_size = int(input_shape[-1])
+                       f"input shape {inputs_shape}.")
+    self.event_size = int(inputs_shape[-1])
     self.net = nets.MADE(self.event_size, self.make_transformer().num_params,
                          hidden_units=self.hidden_units, activation=self.activation,
                          order=self.order, seed=self.seed, dtype=self.dtype_policy,
                          name="made")
-    super().build(input_shape)
+    if not self.conditional or context_shape is not None:
+      self.net.build((None, self.event_size),
+                     None if context_shape is None else (None, int(context_shape[-1])))
+    super().build(inputs_shape, context_shape)
 
   def _conditioner(self, y, context=None):
     return self.net(y, context)

@@ -1,5 +1,7 @@
 """Keras coupling layers: a conditioner network plus an elementwise transformer."""
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -42,11 +44,24 @@ class CouplingLayer(flow_layer.FlowLayer):
   def make_transformer(self):
     raise NotImplementedError
 
-  def build(self, input_shape):
-    event_shape = [int(d) for d in input_shape[1:]]
+  def build(self, inputs_shape, context_shape=None):
+    """Creates the conditioner's weights for inputs `[N, *event_shape]`.
+
+    The weights exist after `build`, so Keras' standard build path (a symbolic call,
+    `.keras` loading) restores them. A conditional layer reads the context's shape:
+    the conditioner's input width includes it (vectors: `context_shape[-1]` more
+    features; images: `prod(context_shape[1:])` more channels). Built without one
+    (FlowModel's constructor builds its flow, then calls it with a context), a
+    conditional layer creates its conditioner's weights on the first call.
+
+    Raises:
+      ValueError: for an event shape that is not `[D]` or `[H, W, C]`, or a half split
+        of fewer than 2 channels.
+    """
+    event_shape = [int(d) for d in inputs_shape[1:]]
     if len(event_shape) not in (1, 3):
       raise ValueError("Coupling layers take vectors [N, D] or images [N, H, W, C]; got "
-                       f"input shape {input_shape}.")
+                       f"input shape {inputs_shape}.")
     channels = event_shape[-1]
     num_params = self.make_transformer().num_params
     if self.mask == "half":
@@ -54,23 +69,31 @@ class CouplingLayer(flow_layer.FlowLayer):
         raise ValueError(f"mask='half' needs at least 2 channels; got {channels}. Use "
                          "mask='checkerboard' or squeeze the image first.")
       moved = channels - channels // 2 if not self.reverse else channels // 2
+      kept = channels - moved
       self._mask_tensor = None
     else:
-      moved = channels
+      moved = kept = channels
       if len(event_shape) == 1:
         parity = tf.range(channels) % 2
         self._mask_tensor = tf.cast(parity == int(self.reverse), self.compute_dtype)
       else:
         self._mask_tensor = coupling.checkerboard_mask(
             *event_shape, parity=int(self.reverse), dtype=self.compute_dtype)
+    context_known = not self.conditional or context_shape is not None
     if len(event_shape) == 1:
       self.net = nets.MLP(moved * num_params, self.hidden_units,
                           dtype=self.dtype_policy, name="conditioner")
+      if context_known:
+        self.net.build((None, kept), None if context_shape is None
+                       else (None, int(context_shape[-1])))
     else:
       self.net = nets.GlowConvNet(moved * num_params, self.hidden_channels,
                                   dtype=self.dtype_policy, name="conditioner")
+      if context_known:
+        context_channels = 0 if context_shape is None else math.prod(context_shape[1:])
+        self.net.build((None, *event_shape[:2], kept + int(context_channels)))
     self._event_shape = event_shape
-    super().build(input_shape)
+    super().build(inputs_shape, context_shape)
 
   def _conditioner(self, x_a, context=None):
     if len(self._event_shape) == 1:

@@ -33,17 +33,19 @@ class FactorOut(flow_layer.FlowChain):
     flow_layers: the next scale's layers, data side first, acting on `x_a`.
   """
 
-  def build(self, input_shape):
-    channels = int(input_shape[-1])
+  def build(self, inputs_shape, context_shape=None):
+    channels = int(inputs_shape[-1])
     if channels < 2:
-      raise ValueError(f"FactorOut needs at least 2 channels; got shape {input_shape}.")
+      raise ValueError(f"FactorOut needs at least 2 channels; got shape {inputs_shape}.")
     self._num_kept = channels // 2
-    self._event_shape = [int(d) for d in input_shape[1:]]
+    self._event_shape = [int(d) for d in inputs_shape[1:]]
     self.prior_net = nets.GlowConvNet(2 * (channels - self._num_kept), hidden_channels=0,
-                                      name="split_prior")
-    kept_shape = tuple(input_shape[:-1]) + (self._num_kept,)
-    super().build(kept_shape)
-    self.event_ndims = len(input_shape) - 1
+                                      dtype=self.dtype_policy, name="split_prior")
+    kept_shape = tuple(inputs_shape[:-1]) + (self._num_kept,)
+    # The split prior's weights exist after build, so `.keras` loading restores them.
+    self.prior_net.build(kept_shape)
+    super().build(kept_shape, context_shape)
+    self.event_ndims = len(inputs_shape) - 1
 
   def _split_prior(self):
     return coupling.Coupling(

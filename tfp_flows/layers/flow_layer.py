@@ -21,21 +21,41 @@ class FlowLayer(keras.layers.Layer):
   one event. `FlowModel` walks its layers this way so that training-time behaviour
   (ActNorm's data-dependent initialisation, dequantisation noise) can happen in order.
 
-  Subclasses implement `build(input_shape)` and `make_bijector()`; they may override
-  `call` for training-time behaviour, and `postprocess_sample` (identity here).
+  Subclasses implement `build(inputs_shape, context_shape=None)` and `make_bijector()`;
+  they may override `call` for training-time behaviour, and `postprocess_sample`
+  (identity here). `build` creates every weight, those of conditioner networks
+  included, so Keras' standard build path (a symbolic call on `keras.Input`, `.keras`
+  loading) restores them; layers whose weights depend on the context read
+  `context_shape`, which Keras passes from the `context` call argument.
+
+  Dtypes: float32 (default) and float64 (`dtype="float64"`, or
+  `keras.config.set_floatx("float64")`). Mixed precision policies (`mixed_float16`,
+  `mixed_bfloat16`) are a `ValueError` at construction: a flow's inverses, log-dets and
+  triangular solves lose the accuracy the density needs in 16 bits, so give the flow
+  layers `dtype="float32"` and keep the policy for the rest of the model.
 
   Args:
     conditional: whether this layer reads the flow's context. A non-conditional layer
       ignores the context passed to it.
+
+  Raises:
+    ValueError: for a mixed precision dtype policy.
   """
 
   def __init__(self, conditional=False, **kwargs):
     super().__init__(**kwargs)
+    policy = self.dtype_policy
+    if policy.compute_dtype != policy.variable_dtype:
+      raise ValueError(
+          f"{type(self).__name__} does not support the mixed precision policy "
+          f"{policy.name!r}: flow layers compute in float32 or float64. Pass "
+          "dtype='float32' to the flow layers (the rest of the model may keep "
+          f"{policy.name!r}), or set keras.mixed_precision.set_global_policy('float32').")
     self.conditional = bool(conditional)
 
-  def build(self, input_shape):
-    self.event_ndims = len(input_shape) - 1
-    super().build(input_shape)
+  def build(self, inputs_shape, context_shape=None):
+    self.event_ndims = len(inputs_shape) - 1
+    super().build(inputs_shape)
 
   @property
   def bijector(self):
@@ -65,9 +85,14 @@ class FlowLayer(keras.layers.Layer):
     ildj = bijector.inverse_log_det_jacobian(inputs, event_ndims=self.event_ndims, **kwargs)
     return z, ildj + tf.zeros(tf.shape(inputs)[:1], inputs.dtype)
 
-  def compute_output_shape(self, input_shape, context_shape=None):
-    latent = self.bijector.inverse_event_shape(input_shape[1:])
-    return (input_shape[0],) + tuple(latent), (input_shape[0],)
+  def compute_output_shape(self, inputs_shape, context_shape=None):
+    """Shapes of `(z, ildj)` for `inputs` of shape `[N, *event_shape]`.
+
+    Keras matches these argument names to `call`'s (`inputs`, `context`) when the
+    layer is called on `keras.Input`s in a functional or Sequential model.
+    """
+    latent = self.bijector.inverse_event_shape(inputs_shape[1:])
+    return (inputs_shape[0],) + tuple(latent.as_list()), (inputs_shape[0],)
 
   def postprocess_sample(self, x):
     """Maps a sample of this layer's data side to what users get back (identity here)."""
@@ -77,6 +102,7 @@ class FlowLayer(keras.layers.Layer):
     return {**super().get_config(), "conditional": self.conditional}
 
 
+@keras.saving.register_keras_serializable(package="tfp_flows")
 class FlowChain(FlowLayer):
   """A sequence of flow layers, listed from the data side to the base side (like tfb.Chain).
 
@@ -95,14 +121,14 @@ class FlowChain(FlowLayer):
         raise TypeError(f"{type(self).__name__} takes tfp_flows FlowLayers; got {layer!r}.")
     self.flow_layers = flow_layers
 
-  def build(self, input_shape):
-    shape = tuple(input_shape)
+  def build(self, inputs_shape, context_shape=None):
+    shape = tuple(inputs_shape)
     for layer in self.flow_layers:
       # Layers restored by `.keras` loading arrive built; building again would add weights.
       if not layer.built:
-        layer.build(shape)
+        _build_member(layer, shape, context_shape)
       shape = (shape[0],) + tuple(layer.bijector.inverse_event_shape(shape[1:]))
-    super().build(input_shape)
+    super().build(inputs_shape, context_shape)
 
   def make_bijector(self):
     return tfp.bijectors.Chain([layer.bijector for layer in self.flow_layers],
@@ -130,3 +156,15 @@ class FlowChain(FlowLayer):
                              for c in config["flow_layers"]]
     return cls(**config)
 
+
+def _build_member(layer, inputs_shape, context_shape=None):
+  """Builds `layer` on `inputs_shape`, passing `context_shape` to layers that read it.
+
+  Conditional layers and chains (whose members may be conditional) take
+  `build(inputs_shape, context_shape)`; every other layer ignores the context, so it is
+  built on `inputs_shape` alone (their `build` may take only that).
+  """
+  if context_shape is not None and (layer.conditional or isinstance(layer, FlowChain)):
+    layer.build(inputs_shape, context_shape)
+  else:
+    layer.build(inputs_shape)

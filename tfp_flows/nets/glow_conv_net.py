@@ -29,14 +29,23 @@ class GlowConvNet(keras.layers.Layer):
     self.hidden_channels = int(hidden_channels)
     self._hidden = []
     if self.hidden_channels:
+      # Every sublayer computes in this layer's dtype policy, not the global one.
       self._hidden = [
           keras.layers.Conv2D(self.hidden_channels, 3, padding="same", activation="relu",
-                              name="conv_in"),
-          keras.layers.Conv2D(self.hidden_channels, 1, activation="relu", name="conv_mid"),
+                              dtype=self.dtype_policy, name="conv_in"),
+          keras.layers.Conv2D(self.hidden_channels, 1, activation="relu",
+                              dtype=self.dtype_policy, name="conv_mid"),
       ]
     self._output = keras.layers.Conv2D(self.output_channels, 3, padding="same",
                                        kernel_initializer="zeros", bias_initializer="zeros",
-                                       name="conv_out")
+                                       dtype=self.dtype_policy, name="conv_out")
+
+  def build(self, input_shape):
+    """Creates every weight now, so a `.keras` reload finds them."""
+    shape = tuple(input_shape)
+    for layer in self._hidden + [self._output]:
+      layer.build(shape)
+      shape = shape[:-1] + (layer.filters,)
 
   def call(self, inputs):
     h = inputs

@@ -26,10 +26,27 @@ class MLP(keras.layers.Layer):
     self.output_units = int(output_units)
     self.hidden_units = tuple(int(u) for u in hidden_units)
     self.activation = activation
-    self._hidden = [keras.layers.Dense(u, activation=activation, name=f"dense_{i}")
+    # Every sublayer computes in this layer's dtype policy (float64, say), not the global one.
+    self._hidden = [keras.layers.Dense(u, activation=activation, dtype=self.dtype_policy,
+                                       name=f"dense_{i}")
                     for i, u in enumerate(self.hidden_units)]
     self._output = keras.layers.Dense(self.output_units, kernel_initializer="zeros",
-                                      bias_initializer="zeros", name="output")
+                                      bias_initializer="zeros", dtype=self.dtype_policy,
+                                      name="output")
+
+  def build(self, inputs_shape, context_shape=None):
+    """Creates every weight now, so a `.keras` reload finds them.
+
+    The first layer's input width is `inputs_shape[-1]`, plus `context_shape[-1]` when a
+    context is concatenated.
+    """
+    width = int(inputs_shape[-1])
+    if context_shape is not None:
+      width += int(context_shape[-1])
+    shape = (None, width)
+    for layer in self._hidden + [self._output]:
+      layer.build(shape)
+      shape = (None, layer.units)
 
   def call(self, inputs, context=None):
     h = inputs if context is None else keras.ops.concatenate(
