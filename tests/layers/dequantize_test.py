@@ -79,6 +79,56 @@ def test_bad_alpha_is_rejected(alpha):
     tff.layers.Dequantize(alpha=alpha)
 
 
+# Pixels outside [0, 2**NUM_BITS) = [0, 8) or not integers; each goes into row 1 of 3.
+BAD_PIXELS = [8.0, -1.0, 2.5, 255.0, float("nan"), float("inf")]
+COMPILED_BAD_PIXELS = [8.0, 2.5, float("nan")]  # fewer compilations
+_RANGE_MESSAGE = r"pixel values must be integers in \[0, 8\) \(num_bits=3\)"
+
+
+def _rows_with(bad):
+  x = np.array([[0, 1, 6, 7], [7, 7, 0, 3], [2, 5, 4, 1]], "float32").reshape(3, 2, 2, 1)
+  x[1, 0, 1, 0] = bad
+  return x
+
+
+@pytest.mark.parametrize("alpha", [0.05, None])
+@pytest.mark.parametrize("bad", BAD_PIXELS)
+def test_bad_pixels_raise_eagerly_and_in_graphs(bad, alpha):
+  model = _model(alpha)
+  x = _rows_with(bad)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=_RANGE_MESSAGE):
+    model.log_prob(x)
+  if bad in COMPILED_BAD_PIXELS:
+    graph = tf.function(lambda x: model(x, training=True))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=_RANGE_MESSAGE):
+      graph(tf.constant(x))
+
+
+@pytest.mark.parametrize("alpha", [0.05, None])
+@pytest.mark.parametrize("bad", COMPILED_BAD_PIXELS)
+def test_bad_pixels_give_nan_rows_under_xla(bad, alpha):
+  # XLA cannot raise: the bad row's log_prob is NaN (with alpha=None it used to be a
+  # finite number), in evaluation and in training; the other rows keep their values.
+  model = _model(alpha)
+  x = _rows_with(bad)
+  for training in (False, True):
+    compiled = tf.function(lambda x: model(x, training=training), jit_compile=True)
+    got = compiled(tf.constant(x)).numpy()
+    assert np.isnan(got[1]), (training, got)
+    assert np.all(np.isfinite(got[[0, 2]]))
+    if not training:
+      np.testing.assert_allclose(got[[0, 2]], _expected_log_prob(x[[0, 2]], alpha),
+                                 rtol=1e-5)
+
+
+def test_integer_pixels_of_any_dtype_are_accepted():
+  model = _model(0.05)
+  x = np.array([[0, 1, 6, 7], [7, 7, 0, 3]]).reshape(2, 2, 2, 1)
+  for dtype in ("uint8", "int32", "float64"):
+    np.testing.assert_allclose(model.log_prob(x.astype(dtype)).numpy(),
+                               _expected_log_prob(x, 0.05), rtol=1e-5)
+
+
 if __name__ == "__main__":
   # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -5,6 +5,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import preprocessing
+from tfp_flows.layers import _integer_check
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
 
@@ -21,6 +22,11 @@ class Dequantize(flow_layer.FlowLayer):
   bijector `tfb.Chain([tfb.Scale(2**num_bits), Logit(alpha)])` maps `v` to
   `logit(alpha + (1 - 2 alpha) v / 2**num_bits)`; with `alpha=None` it is Glow's linear
   map `v / 2**num_bits - 1/2` instead.
+
+  Pixels must be integers in `[0, 2**num_bits)` (any real or integer dtype). Any other
+  value (256 with num_bits=8, -1, 2.5, NaN) is an `InvalidArgumentError` eagerly and in
+  graphs; under XLA, which cannot raise, the rows holding one come out NaN (so their
+  `log_prob` is NaN), never a finite number.
 
   The flow's density is therefore over continuous pixels `v` in bins of width 1, so
   `-log p(x + u) / (D ln 2)` is bits/dim in the discrete pixel space, an upper bound on
@@ -50,23 +56,34 @@ class Dequantize(flow_layer.FlowLayer):
     return 2 ** self.num_bits
 
   def make_bijector(self):
-    unit = (tfp.bijectors.Shift(0.5) if self.alpha is None
+    # Constants in the layer's dtype: a float32 tfb.Scale breaks a float64 flow.
+    dtype = self.compute_dtype
+    unit = (tfp.bijectors.Shift(tf.constant(0.5, dtype)) if self.alpha is None
             else preprocessing.Logit(self.alpha))
-    return tfp.bijectors.Chain([tfp.bijectors.Scale(float(self.num_levels)), unit],
-                               name=self.bijector_name())
+    return tfp.bijectors.Chain(
+        [tfp.bijectors.Scale(tf.constant(self.num_levels, dtype)), unit],
+        name=self.bijector_name())
 
   def call(self, inputs, context=None, training=None):
     inputs = tf.cast(inputs, self.compute_dtype)
+    ok = _integer_check.integers_in_range(
+        inputs, self.num_levels,
+        f"{self.name}: pixel values must be integers in [0, {self.num_levels}) "
+        f"(num_bits={self.num_bits}). Pass the raw integer pixels, not pixels scaled to "
+        "[0, 1], and set num_bits to the data's bit depth.")
+    row_ok = tf.reduce_all(ok, axis=list(range(-self.event_ndims, 0)))
     if training:
       noise = tf.random.stateless_uniform(
           tf.shape(inputs), _replica_seed.draw_replica_seed(self.seed_generator),
           dtype=inputs.dtype)
     else:
       noise = tf.constant(0.5, inputs.dtype)
-    return super().call(inputs + noise, context=context, training=training)
+    z, ildj = super().call(inputs + noise, context=context, training=training)
+    return _integer_check.nan_where_not(row_ok, z), _integer_check.nan_where_not(row_ok, ildj)
 
   def postprocess_sample(self, x):
-    return tf.clip_by_value(tf.floor(x), 0.0, float(self.num_levels - 1))
+    return tf.clip_by_value(tf.floor(x), tf.constant(0, x.dtype),
+                            tf.constant(self.num_levels - 1, x.dtype))
 
   def get_config(self):
     return {**super().get_config(), "num_bits": self.num_bits, "alpha": self.alpha,
