@@ -10,7 +10,8 @@ from tfp_flows import export
 from tfp_flows import layers
 from tfp_flows import models
 from tfp_flows import nets
+from tfp_flows import objectives
 from tfp_flows.flow import FlowModel
 
 __all__ = ["FlowModel", "bijectors", "callbacks", "data", "estimators", "export", "layers", "models",
-           "nets", "__version__"]
+           "nets", "objectives", "__version__"]

@@ -1,12 +1,12 @@
-"""FlowModel: a Keras model that is a normalizing flow, trained by maximum likelihood."""
-
-import math
+"""FlowModel: a Keras model that is a normalizing flow, trained by a pluggable objective."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_flows import objectives
+from tfp_flows import step_guard
 from tfp_flows.bijectors import conditioning
 from tfp_flows.layers import flow_layer
 
@@ -37,10 +37,16 @@ class FlowModel(keras.Model):
   lets ActNorm initialise from the first training batch and dequantisation add noise in
   training. In evaluation `log_prob` is a deterministic, row-independent function of x.
 
-  Training (`fit`) minimises the mean negative log-likelihood plus any layer losses and
-  logs `nll` (nats per example) and, for image event shapes `[H, W, C]`,
-  `bits_per_dim = nll / (H W C ln 2)`. `fit(x, context)` trains a conditional flow:
-  the second element of each batch is the context, not a target.
+  Training (`fit`) minimises an objective (`tfp_flows.objectives`; maximum likelihood
+  by default) plus any layer losses, and follows Keras' conventions: it logs `loss`
+  (that sum, the value minimised) and `val_loss`, so stock callbacks (`EarlyStopping`,
+  `ReduceLROnPlateau`, `ModelCheckpoint`) work with their defaults; `loss_max`, the
+  largest step loss of the epoch (a spike the mean hides); and the objective's metrics,
+  e.g. `nll` (nats per example) and, for image event shapes `[H, W, C]`,
+  `bits_per_dim = nll / (H W C ln 2)`. A step whose loss or gradients are not finite
+  (NaN or inf in the batch) is not applied, and `fit` stops with an error naming it.
+  `fit(x, context)` trains a conditional flow: the second element of each batch is the
+  context, not a target.
 
   Args:
     flow_layers: list of `tfp_flows.layers.FlowLayer`, data side first.
@@ -51,13 +57,10 @@ class FlowModel(keras.Model):
     context_shape: shape of one context row for conditional flows, else None.
     context_dtype: dtype of the context: None for the model's float dtype (float32, or
       float64 under a float64 dtype policy), or "int32" for class labels.
-    objective: what `fit` minimises: "maximum_likelihood", or "flow_matching" for a flow
-      whose base-side layer is a continuous flow with a `flow_matching_loss` (FFJORD):
-      the layers before it run in training mode (ActNorm initialises, dequantisation
-      adds noise) but are not trained by it (their output is a constant of the
-      regression), and the last one regresses its vector field on straight paths from
-      the standard-normal base, without solving the ODE; `fit` then logs
-      `flow_matching_loss`, and `evaluate`/`log_prob` are still exact likelihoods.
+    objective: what `fit` minimises: a `tfp_flows.objectives.Objective`, or the name
+      "maximum_likelihood" or "flow_matching" (`objectives.FlowMatching`: regresses
+      the vector field of a base-side continuous flow such as FFJORD on straight paths,
+      without solving the ODE; `evaluate`/`log_prob` are still exact likelihoods).
     optimal_transport: with "flow_matching", pair each batch by entropic OT.
 
   Layers may report per-call statistics (`statistic_names()`, `last_statistics`, e.g.
@@ -89,36 +92,18 @@ class FlowModel(keras.Model):
     base_dtype = np.dtype(self.dtype_policy.variable_dtype)
     self.base_distribution = base_distribution or tfd.Sample(
         tfd.Normal(base_dtype.type(0), base_dtype.type(1)), self.latent_shape)
-    self._nll_tracker = keras.metrics.Mean(name="nll")
-    self._bpd_tracker = keras.metrics.Mean(name="bits_per_dim")
-    names = sorted({name for layer in flow_layers for name in _statistic_names(layer)})
-    self._statistic_trackers = {name: keras.metrics.Mean(name=name) for name in names}
-    self.objective = objective
-    self.optimal_transport = bool(optimal_transport)
-    self._check_objective()
-    self._fm_tracker = keras.metrics.Mean(name="flow_matching_loss")
-    self._loss_max_tracker = _Maximum(name="loss_max")
-    self._step_guard = _StepGuard()
+    self.statistic_names = tuple(sorted(
+        {name for layer in flow_layers for name in _statistic_names(layer)}))
+    self.objective = objectives.get(objective, optimal_transport=optimal_transport)
+    self.objective.check(self)
+    names = (self.objective.metric_names(self, training=True) +
+             self.objective.metric_names(self, training=False))
+    self._trackers = {name: keras.metrics.Mean(name=name) for name in dict.fromkeys(names)}
+    self._loss_max_tracker = step_guard.Maximum(name="loss_max")
+    self._step_guard = step_guard.StepGuard()
     self._create_weights()
     # Every weight exists now. Keras callbacks (BackupAndRestore) refuse unbuilt models.
     self.built = True
-
-  def _check_objective(self):
-    if self.objective not in _OBJECTIVES:
-      raise ValueError(f"objective must be one of {_OBJECTIVES}; got {self.objective!r}.")
-    if self.objective != "flow_matching":
-      return
-    last = self.flow_layers[-1]
-    if not hasattr(last, "flow_matching_loss"):
-      raise ValueError("objective='flow_matching' trains a continuous flow: the base-side "
-                       f"(last) layer must be one, e.g. tff.layers.FFJORD; got {last.name!r}.")
-    others = [l.name for l in self.flow_layers[:-1] if hasattr(l, "flow_matching_loss")]
-    if others:
-      raise ValueError("objective='flow_matching' trains one vector field; the flow has "
-                       f"more continuous blocks ({others}): use a single block.")
-    if self._custom_base or self.context_shape is not None:
-      raise ValueError("objective='flow_matching' needs the default standard-normal base "
-                       "and an unconditional flow.")
 
   @property
   def flow_layers(self):
@@ -127,6 +112,19 @@ class FlowModel(keras.Model):
   @property
   def is_image_model(self):
     return len(self.event_shape) == 3
+
+  @property
+  def has_custom_base(self):
+    """Whether the base distribution was given (else the standard normal)."""
+    return self._custom_base
+
+  def layer_statistics(self):
+    """The layers' statistics of their last call (e.g. FFJORD's "nfe"), summed by name."""
+    totals = {}
+    for layer in self.flow_layers:
+      for name, value in getattr(layer, "last_statistics", {}).items():
+        totals[name] = totals[name] + value if name in totals else value
+    return totals
 
   def _create_weights(self):
     """Runs one evaluation pass so that every lazily built network has its weights."""
@@ -251,83 +249,65 @@ class FlowModel(keras.Model):
     x = self.flow.postprocess_sample(x)
     return tf.reshape(x, [n, *rows, *self.event_shape])
 
-  def _loss_and_metrics(self, data, training):
-    x, context = _unpack(data)
-    log_prob = self(x, context=context, training=training)
-    nll = -tf.reduce_mean(log_prob)
-    # Weighted by batch size so that `evaluate` reports the per-example mean over the
-    # whole dataset, also when the last batch is smaller.
-    batch_size = tf.cast(tf.shape(log_prob)[0], nll.dtype)
-    self._nll_tracker.update_state(nll, sample_weight=batch_size)
-    if self.is_image_model:
-      self._bpd_tracker.update_state(
-          nll / (math.log(2.0) * math.prod(self.event_shape)), sample_weight=batch_size)
-    self._update_statistics(batch_size)
-    if self.losses:
-      return nll + tf.add_n([tf.cast(l, nll.dtype) for l in self.losses])
-    return nll
+  def train_step(self, data):
+    """One step of the objective, applied only if its loss and gradients are finite.
 
-  def _update_statistics(self, batch_size):
-    totals = {}
-    for layer in self.flow_layers:
-      for name, value in getattr(layer, "last_statistics", {}).items():
-        totals[name] = totals[name] + value if name in totals else value
-    for name, value in totals.items():
-      self._statistic_trackers[name].update_state(value, sample_weight=batch_size)
+    A non-finite step (NaN or inf in the batch, or a diverged loss) changes neither the
+    weights nor the optimizer state, on every replica alike; `fit` then stops with an
+    error naming the step (`step_guard`).
+    """
+    variables = self.objective.trainable_variables(self)
+    with tf.GradientTape() as tape:
+      result = self.objective.compute(self, data, training=True)
+      loss = self._with_layer_losses(result.loss)
+      # Gradients are summed over replicas, so each replica's loss is divided by their count.
+      scaled = self.optimizer.scale_loss(
+          loss / tf.distribute.get_strategy().num_replicas_in_sync)
+    gradients = tape.gradient(scaled, variables)
+    # LossScaleOptimizer skips steps with overflowing (scaled) gradients by itself.
+    check_gradients = not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+    finite = step_guard.all_finite([loss] + (list(gradients) if check_gradients else []))
+    if not self.optimizer.built:  # as Keras does, but before the update becomes conditional
+      self.optimizer.build(self.trainable_variables)
+    step_guard.apply_if(finite, self.optimizer, gradients, variables)
+    self._step_guard.record(finite)
+    # The largest step loss of the epoch shows a spike that the epoch mean hides.
+    self._loss_max_tracker.update_state(step_guard.global_mean(loss, result.num_examples))
+    return self._log(result, loss, {"loss_max": self._loss_max_tracker.result()})
 
-  def _flow_matching_loss(self, data):
-    x, _ = _unpack(data)
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-      x = tf.cast(x, self.compute_dtype)
-    for layer in self.flow_layers[:-1]:
-      x, _ = layer(x, training=True)
-    # The layers before the field only transform the data (ActNorm initialises from it):
-    # the regression must not train them, or shrinking the data would shrink the loss.
-    x = tf.stop_gradient(x)
-    loss = self.flow_layers[-1].flow_matching_loss(
-        x, optimal_transport=self.optimal_transport)
-    self._fm_tracker.update_state(loss, sample_weight=tf.cast(tf.shape(x)[0], loss.dtype))
+  def test_step(self, data):
+    result = self.objective.compute(self, data, training=False)
+    return self._log(result, self._with_layer_losses(result.loss))
+
+  def _with_layer_losses(self, loss):
+    """The objective's loss plus the layers' Keras losses (regularisers) of this call."""
     if self.losses:
       return loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
     return loss
 
-  def train_step(self, data):
-    with tf.GradientTape() as tape:
-      if self.objective == "flow_matching":
-        loss = self._flow_matching_loss(data)
-      else:
-        loss = self._loss_and_metrics(data, training=True)
-      self._track_loss(loss, data)
-      # Gradients are summed over replicas, so each replica's loss is divided by their count.
-      scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
-    # Flow matching trains the field alone (see `_flow_matching_loss`).
-    variables = (self.flow_layers[-1].trainable_variables
-                 if self.objective == "flow_matching" else self.trainable_variables)
-    gradients = tape.gradient(scaled, variables)
-    # LossScaleOptimizer skips steps with overflowing (scaled) gradients by itself.
-    check_gradients = not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-    finite = _all_finite([loss] + (list(gradients) if check_gradients else []))
-    if not self.optimizer.built:  # as Keras does, but before the update becomes conditional
-      self.optimizer.build(self.trainable_variables)
-    _apply_if(finite, self.optimizer, gradients, variables)
-    self._step_guard.record(finite)
-    # The largest step loss of the epoch shows a spike that the epoch mean hides.
-    self._loss_max_tracker.update_state(_global_mean(loss, tf.shape(_unpack(data)[0])[0]))
-    results = {"loss_max": self._loss_max_tracker.result()}
-    if self.objective == "flow_matching":
-      results["flow_matching_loss"] = self._fm_tracker.result()
-      return self._metric_results(results)
-    return self._metric_results(results, likelihood=True)
+  def _log(self, result, loss, extra=None):
+    """Updates Keras' `loss` and the objective's metrics; returns the step's logs.
 
-  def test_step(self, data):
-    self._track_loss(self._loss_and_metrics(data, training=False), data)
-    return self._metric_results(likelihood=True)
+    Weighted by the batch's examples, so an epoch logs per-example means also when the
+    last batch is smaller.
+    """
+    weight = tf.cast(result.num_examples, loss.dtype)
+    self._loss_tracker.update_state(loss, sample_weight=weight)
+    logs = {"loss": self._loss_tracker.result(), **(extra or {})}
+    for name, value in result.metrics.items():
+      self._trackers[name].update_state(value, sample_weight=weight)
+      logs[name] = self._trackers[name].result()
+    if _is_multi_worker(tf.distribute.get_strategy()):
+      # Keras reduces the step logs across workers with strategy.reduce(MEAN, axis=0),
+      # which rejects scalars (tensorflow/tensorflow#72388); epoch logs still come
+      # from the metrics' own scalar results.
+      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
           **kwargs):
     """`keras.Model.fit`, stopping with an error at a non-finite step (see `train_step`)."""
-    guard = _NonFiniteStop(self._step_guard)
+    guard = step_guard.NonFiniteStop(self._step_guard)
     if isinstance(callbacks, keras.callbacks.CallbackList):
       guard.set_model(self)
       callbacks.callbacks.insert(0, guard)
@@ -343,49 +323,28 @@ class FlowModel(keras.Model):
     self._step_guard.raise_if_non_finite()
     return logs
 
-  def _track_loss(self, loss, data):
-    """Keras' own `loss` (and so `val_loss`), weighted by the batch's examples."""
-    x, _ = _unpack(data)
-    self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-
-  def _metric_results(self, results=None, likelihood=False):
-    results = {"loss": self._loss_tracker.result(), **(results or {})}
-    if likelihood:
-      results["nll"] = self._nll_tracker.result()
-      if self.is_image_model:
-        results["bits_per_dim"] = self._bpd_tracker.result()
-      for name, tracker in self._statistic_trackers.items():
-        results[name] = tracker.result()
-    if _is_multi_worker(tf.distribute.get_strategy()):
-      # Keras reduces the step logs across workers with strategy.reduce(MEAN, axis=0),
-      # which rejects scalars (tensorflow/tensorflow#72388); epoch logs still come
-      # from the metrics' own scalar results.
-      results = {name: tf.reshape(value, [1]) for name, value in results.items()}
-    return results
-
   @property
   def metrics(self):
     # Keras' loss tracker exists once the model is compiled.
     loss = [self._loss_tracker] if self.compiled and self._loss_tracker is not None else []
-    return [*loss, self._loss_max_tracker, self._nll_tracker, self._bpd_tracker,
-            self._fm_tracker, *self._statistic_trackers.values()]
+    return [*loss, self._loss_max_tracker, *self._trackers.values()]
 
   def get_config(self):
     return {"name": self.name,
             "flow_layers": [keras.saving.serialize_keras_object(l) for l in self.flow_layers],
             "event_shape": self.event_shape, "context_shape": self.context_shape,
-            "context_dtype": self.context_dtype, "objective": self.objective,
-            "optimal_transport": self.optimal_transport}
+            "context_dtype": self.context_dtype,
+            "objective": keras.saving.serialize_keras_object(self.objective)}
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
     config = dict(config)
     config["flow_layers"] = [keras.saving.deserialize_keras_object(c, custom_objects)
                              for c in config["flow_layers"]]
+    if isinstance(config.get("objective"), dict):  # a string in configs of version 0.1
+      config["objective"] = keras.saving.deserialize_keras_object(
+          config["objective"], custom_objects)
     return cls(**config)
-
-
-_OBJECTIVES = ("maximum_likelihood", "flow_matching")
 
 
 def _statistic_names(layer):
@@ -405,145 +364,9 @@ def _stateless_seed(seed):
   return seed
 
 
-def _global_mean(value, weight):
-  """The weighted mean of `value` over the replicas' batches: the global batch's value."""
-  context = tf.distribute.get_replica_context()
-  if context is None or context.num_replicas_in_sync == 1:
-    return value
-  weight = tf.cast(weight, value.dtype)
-  total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [value * weight, weight])
-  return total / count
-
-
-class _Maximum(keras.metrics.Metric):
-  """The largest value since the last reset (Keras has no maximum metric).
-
-  Under tf.distribute every replica updates it with the same (global) value, so the
-  replicas' copies agree and their "mean" on read is that value.
-  """
-
-  def __init__(self, name, dtype=None):
-    super().__init__(name=name, dtype=dtype)
-    self.maximum = self.add_variable(shape=(), initializer=keras.initializers.Constant(
-        -math.inf), aggregation="mean", name="maximum")
-
-  def update_state(self, value):
-    self.maximum.assign(tf.maximum(self.maximum, tf.cast(value, self.dtype)))
-
-  def reset_state(self):
-    self.maximum.assign(-math.inf)
-
-  def result(self):
-    return tf.convert_to_tensor(self.maximum)
-
-
-def _all_finite(tensors):
-  """Whether every tensor is finite on every replica (one all-reduce under tf.distribute).
-
-  All replicas must agree: they either all apply a step (whose gradients are summed
-  across them) or all skip it.
-  """
-  flags = [tf.reduce_all(tf.math.is_finite(
-      t.values if isinstance(t, tf.IndexedSlices) else t)) for t in tensors if t is not None]
-  finite = tf.reduce_all(tf.stack(flags))
-  context = tf.distribute.get_replica_context()
-  if context is not None and context.num_replicas_in_sync > 1:
-    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~finite, tf.float32))
-    finite = tf.equal(bad, 0.0)
-  return finite
-
-
-def _apply_if(finite, optimizer, gradients, variables):
-  """`optimizer.apply(gradients, variables)` if `finite`, else nothing (no state changes).
-
-  A `tf.cond`, so no host sync and XLA-compatible. Under strategies that use
-  `merge_call` (MirroredStrategy on CPU) the optimizer's update calls `merge_call`,
-  which a branch of a cond in replica context may not: the cond then runs in
-  cross-replica context around the per-replica updates, as Keras' LossScaleOptimizer
-  does.
-  """
-  def apply():
-    optimizer.apply(gradients, variables)
-
-  if tf.__internal__.distribute.strategy_supports_no_merge_call():
-    tf.cond(finite, apply, lambda: None)
-    return
-
-  def cross_replica(strategy, finite, gradients):
-    finite = strategy.experimental_local_results(finite)[0]
-    tf.cond(finite, lambda: strategy.extended.call_for_each_replica(
-        optimizer.apply, args=(gradients, variables)), lambda: None)
-
-  tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, gradients))
-
-
-class _StepGuard:
-  """Counts training steps and records the first whose loss or gradients were not finite.
-
-  Plain `tf.Variable`s in a holder Keras does not track: bookkeeping of one `fit`, not
-  model state (not saved, not in `model.variables`). Written in the step, read by the
-  host between steps.
-  """
-
-  def __init__(self):
-    options = {"trainable": False, "synchronization": tf.VariableSynchronization.ON_WRITE,
-               "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA}
-    self.steps = tf.Variable(0, dtype=tf.int64, name="steps", **options)
-    self.first_bad = tf.Variable(-1, dtype=tf.int64, name="first_non_finite", **options)
-
-  def record(self, finite):
-    self.first_bad.assign(tf.where(
-        tf.logical_and(self.first_bad < 0, tf.logical_not(finite)), self.steps,
-        self.first_bad))
-    self.steps.assign_add(1)
-
-  def reset(self):
-    self.steps.assign(0)
-    self.first_bad.assign(-1)
-
-  def raise_if_non_finite(self, first_step_of_epoch=0, epoch=None):
-    bad = int(self.first_bad.numpy())
-    if bad < 0:
-      return
-    where = "" if epoch is None else (
-        f" (epoch {epoch + 1}, batch {bad - first_step_of_epoch + 1})")
-    raise FloatingPointError(
-        f"non-finite loss or gradient at training step {bad + 1}{where}: check the data "
-        "for NaN/inf. The step was not applied: the weights and optimizer state are "
-        "those before it. If the data are finite the training diverged; lower the "
-        "learning rate or clip the gradients.")
-
-
-class _NonFiniteStop(keras.callbacks.Callback):
-  """Ends `fit` with the `_StepGuard`'s error after a non-finite step (FlowModel.fit adds it)."""
-
-  def __init__(self, guard):
-    super().__init__()
-    self.guard = guard
-    self.epoch, self.first_step_of_epoch = 0, 0
-
-  def on_train_begin(self, logs=None):
-    self.guard.reset()
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.epoch, self.first_step_of_epoch = epoch, int(self.guard.steps.numpy())
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.guard.raise_if_non_finite(self.first_step_of_epoch, self.epoch)
-
-
 def _is_multi_worker(strategy):
   """Whether `strategy` is a MultiWorkerMirroredStrategy over more than one task."""
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return False
   spec = strategy.cluster_resolver.cluster_spec()
   return sum(spec.num_tasks(job) for job in spec.jobs) > 1
-
-
-def _unpack(data):
-  """`x`, or `(x, context)` as Keras passes `fit(x, context)` batches."""
-  if isinstance(data, (tuple, list)):
-    if len(data) == 1:
-      return data[0], None
-    return data[0], data[1]
-  return data, None
