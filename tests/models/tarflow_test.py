@@ -160,6 +160,23 @@ def test_trains_on_digits_under_xla():
   assert samples.shape == (2, 2, 8, 8, 1) and np.all((samples >= 0) & (samples <= 31))
 
 
+def test_float64_model_samples_and_trains():
+  # Under floatx float64 Keras' arange is int64: the KV-cache step compared it with the
+  # int32 token index and failed.
+  keras.config.set_floatx("float64")
+  try:
+    model = _model(num_classes=3)
+    assert {w.dtype for w in model.weights} == {"float64"}
+    samples = model.sample(2, seed=1, context=1, guidance=1.0, denoise=True)
+    assert samples.dtype == tf.float64
+    model.compile(optimizer="adam", jit_compile=True)
+    x = _pixels().astype("float64")
+    loss = model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0).history["loss"][0]
+    assert math.isfinite(loss)
+  finally:
+    keras.config.set_floatx("float32")
+
+
 def test_errors():
   model = _model()
   with pytest.raises(ValueError, match="needs a class-conditional model"):

@@ -175,8 +175,10 @@ class CausalTransformer(keras.layers.Layer):
     start = ops.broadcast_to(self.start_token, [batch_size, self.channels])
     e = ops.where(index == 0, start, self.proj_in(previous_token))
     e = e + ops.take(self.positions, index, axis=0) + self._class_embedding(labels)
-    filled = ops.reshape(ops.arange(self.num_tokens) <= index, [1, 1, -1])
-    position = ops.reshape(ops.cast(index, "int32"), [1, 1])
+    index = ops.cast(index, "int32")
+    # int32 throughout: under floatx float64 Keras' arange defaults to int64.
+    filled = ops.reshape(ops.arange(self.num_tokens, dtype="int32") <= index, [1, 1, -1])
+    position = ops.reshape(index, [1, 1])
     scale = 1.0 / math.sqrt(self.head_dim)
     new_cache = []
     for l, (keys, values) in enumerate(cache):
