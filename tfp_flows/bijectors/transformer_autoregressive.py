@@ -24,8 +24,9 @@ Fields:
   log_det: `log|det d value / d z|` per event.
   converged: bool per event: the row met the stopping rule (always True for "kv_cache"
     and "naive", which are exact after one pass per token).
-  num_iterations: the conditioner evaluations spent, summed over token blocks: T decoding
-    steps for "kv_cache" and "naive", the Jacobi sweeps (+1 for the log-det) for "jacobi".
+  num_iterations: the conditioner evaluations spent: T decoding steps for "kv_cache"; T
+    full passes plus one for the log-det for "naive"; for "jacobi" the sweeps summed over
+    token blocks plus one pass for the log-det.
 """
 
 
@@ -66,9 +67,10 @@ class TransformerAutoregressive(tfb.Bijector):
 
   #### Conditioner contract
 
-  `conditioner(tokens[, conditional_input]) -> params`: tokens `[N, T, d]` in this block's
-  order, params `[N, T, d, transformer.num_params]`, row i a function of tokens `< i`
-  (and of the conditional input). `decoder` (needed for "kv_cache") has
+  `conditioner(tokens[, conditional_input]) -> params`: tokens `[N, L, d]` in this block's
+  order (L = T, or a prefix L < T in Jacobi sampling), params
+  `[N, L, d, transformer.num_params]`, row i a function of tokens `< i` (and of the
+  conditional input). `decoder` (needed for "kv_cache") has
   `initial_cache(batch_size[, conditional_input])` returning a nest of tensors of fixed
   shapes, and `step(cache, index, previous_token[, conditional_input]) -> (params_i,
   cache)` giving `[N, d, num_params]` for token `index` after reading token `index - 1`
@@ -284,7 +286,7 @@ class TransformerAutoregressive(tfb.Bijector):
                          maximum_iterations=num_tokens)
     _, log_det = self._transformer.forward(z, self._params(x, context))
     return (x, tf.reduce_sum(log_det, axis=[1, 2]), tf.ones(tf.shape(z)[:1], tf.bool),
-            tf.constant(num_tokens))
+            tf.constant(num_tokens + 1))
 
   def _solve_jacobi(self, z, context):
     """Gauss-Seidel over token blocks, Jacobi sweeps inside each (Liu & Qin, Alg. 1)."""
