@@ -71,6 +71,11 @@ CASES = {
             [tff.layers.Squeeze(2, **d),
              tff.layers.AffineCoupling(hidden_channels=4, scale="exp", **d)], **d),
         [2, 2, 2], None),
+    "glow_step": (lambda **d: tff.layers.GlowStep(hidden_channels=4, seed=1, **d), IMAGE,
+                  None),
+    "glow_step_exp": (
+        lambda **d: tff.layers.GlowStep(hidden_channels=4, seed=1, scale="exp", **d), IMAGE,
+        None),
     "flow_chain": (
         lambda **d: tff.layers.FlowChain(
             [tff.layers.AffineCoupling(hidden_units=(6,), **d), tff.layers.Permute(**d),

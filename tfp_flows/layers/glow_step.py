@@ -44,14 +44,17 @@ class GlowStep(flow_layer.FlowChain):
     self.scale = scale
     self.clamp = float(clamp)
     if flow_layers is None:
+      # The step's dtype reaches its layers, so GlowStep(dtype="float64") is float64.
+      dtype = kwargs.get("dtype")
       common = dict(mask=mask, reverse=reverse, hidden_channels=hidden_channels,
-                    name="coupling")
+                    name="coupling", dtype=dtype)
       coupling_layer = (
           coupling_layers.AffineCoupling(scale=scale, clamp=clamp, **common)
           if coupling == "affine" else coupling_layers.AdditiveCoupling(**common))
       flow_layers = [
-          act_norm.ActNorm(name="act_norm"),
-          invertible_conv1x1.InvertibleConv1x1(lu=lu, seed=seed, name="conv1x1"),
+          act_norm.ActNorm(name="act_norm", dtype=dtype),
+          invertible_conv1x1.InvertibleConv1x1(lu=lu, seed=seed, name="conv1x1",
+                                               dtype=dtype),
           coupling_layer,
       ]
     super().__init__(flow_layers, **kwargs)
