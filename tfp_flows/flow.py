@@ -329,6 +329,32 @@ class FlowModel(keras.Model):
     loss = [self._loss_tracker] if self.compiled and self._loss_tracker is not None else []
     return [*loss, self._loss_max_tracker, *self._trackers.values()]
 
+  def _seed_states(self):
+    """The layers' `keras.random.SeedGenerator` states: the variables that are not weights."""
+    weights = {id(v) for v in self.weights}
+    return [v for v in self.variables if id(v) not in weights]
+
+  def save_own_variables(self, store):
+    """Keras' saving, plus the layers' random-generator states, which Keras leaves out.
+
+    A model reloaded from `.keras` then trains on with the same random draws
+    (dequantisation noise, Russian-roulette counts, Hutchinson probes) as the original.
+    """
+    super().save_own_variables(store)
+    for i, state in enumerate(self._seed_states()):
+      store[f"{_SEED_STATE}{i}"] = state
+
+  def load_own_variables(self, store):
+    names = [name for name in store.keys() if name.startswith(_SEED_STATE)]
+    super().load_own_variables({name: store[name] for name in store.keys()
+                                if name not in names})
+    states = self._seed_states()
+    if names and len(names) != len(states):
+      raise ValueError(f"The saved model has {len(names)} random-generator states; this "
+                       f"one has {len(states)}: it was saved from another architecture.")
+    for i, state in enumerate(states if names else []):
+      state.assign(store[f"{_SEED_STATE}{i}"])
+
   def get_config(self):
     return {"name": self.name,
             "flow_layers": [keras.saving.serialize_keras_object(l) for l in self.flow_layers],
@@ -345,6 +371,10 @@ class FlowModel(keras.Model):
       config["objective"] = keras.saving.deserialize_keras_object(
           config["objective"], custom_objects)
     return cls(**config)
+
+
+# Key prefix of the random-generator states in the model's `.keras` variable store.
+_SEED_STATE = "seed_generator_state_"
 
 
 def _statistic_names(layer):
