@@ -163,7 +163,9 @@ def test_trains_on_digits_under_xla():
 def test_float64_model_samples_and_trains():
   # Under floatx float64 Keras' arange is int64: the KV-cache step compared it with the
   # int32 token index and failed.
+  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
   keras.config.set_floatx("float64")
+  keras.config.set_dtype_policy("float64")
   try:
     model = _model(num_classes=3)
     assert {w.dtype for w in model.weights} == {"float64"}
@@ -174,7 +176,8 @@ def test_float64_model_samples_and_trains():
     loss = model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0).history["loss"][0]
     assert math.isfinite(loss)
   finally:
-    keras.config.set_floatx("float32")
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
 
 
 def test_errors():
