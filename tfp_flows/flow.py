@@ -177,6 +177,10 @@ class FlowModel(keras.Model):
         raise ValueError(f"log_prob takes one context row per row of x: a context of "
                          f"shape {sample_shape.as_list() + self.context_shape}; got "
                          f"{shape} for x of shape {x.shape}.")
+    if context.dtype.is_floating and not tf.as_dtype(self.context_dtype).is_floating:
+      # A cast would truncate 1.5 to label 1; -1 is a label every layer rejects.
+      whole = tf.math.is_finite(context) & tf.equal(context, tf.floor(context))
+      context = tf.where(whole, context, -tf.ones_like(context))
     return tf.cast(context, self.context_dtype)
 
   def _sample_shape(self, x):

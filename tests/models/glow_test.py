@@ -288,3 +288,20 @@ def test_fit_on_digits_lowers_bits_per_dim_under_xla():
 if __name__ == "__main__":
   # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
+
+
+def test_float_labels_must_be_whole_numbers_eagerly_and_under_xla():
+  """Regression (issue 14): FlowModel cast label 1.5 to 1 before any check saw it."""
+  model = tff.models.Glow([8, 8, 1], num_scales=1, num_bits=4, num_classes=3, **TINY)
+  _perturb(model)
+  x = _pixels([8, 8, 1], 4, n=3)
+  whole = model.log_prob(x, context=np.array([0, 1, 2], "int32")).numpy()
+  np.testing.assert_array_equal(
+      model.log_prob(x, context=np.array([0.0, 1.0, 2.0], "float32")).numpy(), whole)
+  bad = np.array([0.0, 1.5, 2.0], "float32")
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    model.log_prob(x, context=bad)
+  xla = tf.function(lambda v, c: model.log_prob(v, context=c), jit_compile=True)
+  served = xla(tf.constant(x), tf.constant(bad)).numpy()
+  assert np.isnan(served[1])
+  np.testing.assert_allclose(served[[0, 2]], whole[[0, 2]], rtol=1e-5)
