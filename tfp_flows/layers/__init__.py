@@ -1,9 +1,9 @@
 """Keras 3 layers that own weights and build flow bijectors from them (`.bijector`)."""
 
 from tfp_flows.layers.act_norm import ActNorm
-from tfp_flows.layers.autoregressive import (AffineAutoregressive, AutoregressiveLayer,
-                                            SplineAutoregressive)
-from tfp_flows.layers.coupling import AdditiveCoupling, AffineCoupling, CouplingLayer
+from tfp_flows.layers.autoregressive import (AffineAutoregressive, Autoregressive,
+                                            AutoregressiveLayer, SplineAutoregressive)
+from tfp_flows.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, CouplingLayer
 from tfp_flows.layers.dequantize import Dequantize
 from tfp_flows.layers.factor_out import FactorOut
 from tfp_flows.layers.ffjord import FFJORD
@@ -18,9 +18,9 @@ from tfp_flows.layers.squeeze import Squeeze
 from tfp_flows.layers.tarflow import NoiseAugmentation, TarFlowBlock
 
 __all__ = [
-    "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling",
-    "AutoregressiveLayer", "CouplingLayer", "Dequantize", "FFJORD", "FactorOut", "FlowChain",
-    "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute", "ResidualBlock",
+    "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling", "Autoregressive",
+    "AutoregressiveLayer", "Coupling", "CouplingLayer", "Dequantize", "FFJORD", "FactorOut",
+    "FlowChain", "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute", "ResidualBlock",
     "SplineAutoregressive", "SplineCoupling", "Squeeze",
     "NoiseAugmentation", "TarFlowBlock",
 ]

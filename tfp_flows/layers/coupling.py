@@ -1,4 +1,9 @@
-"""Keras coupling layers: a conditioner network plus an elementwise transformer."""
+"""Keras coupling layers: a conditioner network plus an elementwise transformer.
+
+`Coupling(transformer=...)` is the one coupling layer; `AffineCoupling` and
+`AdditiveCoupling` (and `SplineCoupling`) are it with a fixed transformer and that
+transformer's arguments spelled out, kept for their callers and saved configs.
+"""
 
 import math
 
@@ -9,14 +14,26 @@ from tfp_flows import nets
 from tfp_flows.bijectors import coupling
 from tfp_flows.bijectors import transformers
 from tfp_flows.layers import flow_layer
+from tfp_flows.layers import transformer_spec
 
-__all__ = ["CouplingLayer", "AffineCoupling", "AdditiveCoupling"]
+__all__ = ["Coupling", "CouplingLayer", "AffineCoupling", "AdditiveCoupling"]
 
 _MASKS = ("half", "checkerboard")
 
 
-class CouplingLayer(flow_layer.FlowLayer):
-  """Owns the conditioner of a `tfp_flows.bijectors.Coupling`; subclasses pick the transformer.
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class Coupling(flow_layer.FlowLayer):
+  """Owns the conditioner of a `tfp_flows.bijectors.Coupling` with any elementwise transformer.
+
+  The entries the mask moves, x_b, are transformed given the kept ones, x_a:
+
+  ```none
+  forward (base -> data):  y_a = x_a,  y_b = T(x_b; h(x_a)),  log|dy/dx| = sum log T'
+  inverse (data -> base):  x_a = y_a,  x_b = T^{-1}(y_b; h(y_a))
+  ```
+
+  with T the transformer (affine: Real NVP / Glow; additive: NICE; rational-quadratic
+  spline: NSF) and h the conditioner. Both directions cost one conditioner pass.
 
   Vectors `[D]` get an `MLP` conditioner, images `[H, W, C]` a `GlowConvNet`; the last
   layer starts at zero, so the layer starts as the identity. A context (when the layer
@@ -24,6 +41,10 @@ class CouplingLayer(flow_layer.FlowLayer):
   channels.
 
   Args:
+    transformer: the elementwise transformer: a `tfp_flows.bijectors.Transformer`, a
+      name ("affine", "additive", "rational_quadratic", "circular_rational_quadratic")
+      for its defaults, or `{"name": ..., "config": {...}}` (what `get_config` writes);
+      see `tfp_flows.layers.transformer_spec`.
     mask: "half" (split the last axis in two) or "checkerboard" (alternate entries of a
       vector, or pixels of an image).
     reverse: transform the other half / the other checkerboard colour.
@@ -31,18 +52,16 @@ class CouplingLayer(flow_layer.FlowLayer):
     hidden_channels: conv net width (images).
   """
 
-  def __init__(self, mask="half", reverse=False, hidden_units=(128, 128),
+  def __init__(self, transformer, mask="half", reverse=False, hidden_units=(128, 128),
                hidden_channels=512, **kwargs):
     super().__init__(**kwargs)
+    self.transformer = transformer_spec.get(transformer)
     if mask not in _MASKS:
       raise ValueError(f"mask must be one of {_MASKS}; got {mask!r}.")
     self.mask = mask
     self.reverse = bool(reverse)
     self.hidden_units = tuple(int(u) for u in hidden_units)
     self.hidden_channels = int(hidden_channels)
-
-  def make_transformer(self):
-    raise NotImplementedError
 
   def build(self, inputs_shape, context_shape=None):
     """Creates the conditioner's weights for inputs `[N, *event_shape]`.
@@ -63,7 +82,7 @@ class CouplingLayer(flow_layer.FlowLayer):
       raise ValueError("Coupling layers take vectors [N, D] or images [N, H, W, C]; got "
                        f"input shape {inputs_shape}.")
     channels = event_shape[-1]
-    num_params = self.make_transformer().num_params
+    num_params = self.transformer.num_params
     if self.mask == "half":
       if channels < 2:
         raise ValueError(f"mask='half' needs at least 2 channels; got {channels}. Use "
@@ -105,43 +124,49 @@ class CouplingLayer(flow_layer.FlowLayer):
 
   def make_bijector(self):
     return coupling.Coupling(
-        self._conditioner, self.make_transformer(), num_channels=self._event_shape[-1],
+        self._conditioner, self.transformer, num_channels=self._event_shape[-1],
         event_ndims=len(self._event_shape), reverse=self.reverse, mask=self._mask_tensor,
         conditional=self.conditional, dtype=self.compute_dtype, name=self.bijector_name())
 
   def get_config(self):
-    return {**super().get_config(), "mask": self.mask, "reverse": self.reverse,
+    return {**super().get_config(), "transformer": transformer_spec.serialize(self.transformer),
+            "mask": self.mask, "reverse": self.reverse,
             "hidden_units": list(self.hidden_units),
             "hidden_channels": self.hidden_channels}
 
 
+CouplingLayer = Coupling  # The former name of the base class, kept for callers.
+
+
 @keras.saving.register_keras_serializable(package="tfp_flows")
-class AffineCoupling(CouplingLayer):
+class AffineCoupling(transformer_spec.AffineArguments, Coupling):
   """Affine coupling (Real NVP / Glow): `y_b = s(x_a) * x_b + t(x_a)`.
+
+  `Coupling(transformer=AffineTransformer(scale, clamp), ...)`, with the transformer's
+  arguments as the layer's own (and in its config).
 
   Args:
     scale: "sigmoid" (Glow's sigmoid(h + 2), rescaled to 1 at h = 0) or "exp" (soft
       clamped); see `tfp_flows.bijectors.AffineTransformer`.
     clamp: bound on |log s| for scale="exp".
-    **kwargs: `CouplingLayer` arguments (mask, reverse, hidden sizes, conditional).
+    **kwargs: `Coupling` arguments (mask, reverse, hidden sizes, conditional).
   """
 
   def __init__(self, scale="sigmoid", clamp=2.0, **kwargs):
-    super().__init__(**kwargs)
-    self.scale = scale
-    self.clamp = float(clamp)
-    self.make_transformer()  # validates scale and clamp now
-
-  def make_transformer(self):
-    return transformers.AffineTransformer(self.scale, self.clamp)
-
-  def get_config(self):
-    return {**super().get_config(), "scale": self.scale, "clamp": self.clamp}
+    super().__init__(scale, clamp, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
-class AdditiveCoupling(CouplingLayer):
-  """Additive coupling (NICE): `y_b = x_b + t(x_a)`, volume preserving."""
+class AdditiveCoupling(Coupling):
+  """Additive coupling (NICE): `y_b = x_b + t(x_a)`, volume preserving.
 
-  def make_transformer(self):
-    return transformers.AdditiveTransformer()
+  `Coupling(transformer="additive", ...)`; its config has no `transformer` entry.
+  """
+
+  def __init__(self, **kwargs):
+    super().__init__(transformers.AdditiveTransformer(), **kwargs)
+
+  def get_config(self):
+    config = super().get_config()
+    del config["transformer"]
+    return config
