@@ -132,9 +132,8 @@ class SplineAutoregressive(transformer_spec.SplineArguments, Autoregressive):
   the transformer's arguments as the layer's own (and in its config).
 
   Args:
-    num_bins: spline bins K.
-    bound: the spline acts on [-bound, bound]; identity outside.
-    circular: periodic spline on [-bound, bound] (for angles) instead of linear tails.
+    num_bins, bound, circular: the spline's bins K, its interval [-bound, bound] and
+      whether it is periodic there; as for `SplineCoupling`.
     **kwargs: `Autoregressive` arguments.
   """
 
