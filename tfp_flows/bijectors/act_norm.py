@@ -3,6 +3,9 @@
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tensorflow_probability.python.internal import tensor_util
+
+from tfp_flows.bijectors import variable_tracking
 from tfp_flows.numerics import checks as _checks
 
 __all__ = ["ActNorm"]
@@ -40,18 +43,25 @@ class ActNorm(tfb.AutoCompositeTensorBijector):
   def __init__(self, loc, log_scale, validate_args=False, name="act_norm"):
     """Creates the bijector.
 
+    Variables (`tf.Variable`, or Keras variables, whose `tf.Variable` is used) are kept
+    as variables and read on every call, so gradients reach them and the bijector's
+    `trainable_variables` and composite-tensor form carry them.
+
     Args:
-      loc: float tensor `[..., C]`, the shift applied after scaling.
-      log_scale: float tensor `[..., C]`, the log of the per-channel scale.
+      loc: float tensor or variable `[..., C]`, the shift applied after scaling.
+      log_scale: float tensor or variable `[..., C]`, the log of the per-channel scale.
       validate_args: if True, check that `loc` and `log_scale` are finite and that
         inputs have `C` channels.
       name: name scope of the bijector's ops.
     """
+    loc = variable_tracking.unwrap_variable(loc)
+    log_scale = variable_tracking.unwrap_variable(log_scale)
     parameters = dict(locals())
     with tf.name_scope(name) as name:
       dtype = _checks.common_dtype([loc, log_scale])
-      self._loc = tf.convert_to_tensor(loc, dtype=dtype, name="loc")
-      self._log_scale = tf.convert_to_tensor(log_scale, dtype=dtype, name="log_scale")
+      self._loc = tensor_util.convert_nonref_to_tensor(loc, dtype=dtype, name="loc")
+      self._log_scale = tensor_util.convert_nonref_to_tensor(
+          log_scale, dtype=dtype, name="log_scale")
       if self._loc.shape.rank == 0 or self._log_scale.shape.rank == 0:
         raise ValueError(
             "ActNorm's loc and log_scale must have a channel axis, e.g. shape [C]; "

@@ -4,6 +4,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import _log_det_cache
+from tfp_flows.bijectors import batching
 from tfp_flows.bijectors import transformers as transformers_lib
 
 __all__ = ["Autoregressive"]
@@ -87,6 +88,13 @@ class Autoregressive(tfb.Bijector):
   def is_conditional(self):
     return self._conditional
 
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    # The conditioner is a callable, not a batch of parameters: the bijector is a
+    # single (unbatched) transform, `experimental_batch_shape() == []`, as for stock
+    # RealNVP and MAF.
+    return {}
+
   @property
   def transformer(self):
     return self._transformer
@@ -104,8 +112,7 @@ class Autoregressive(tfb.Bijector):
       raise ValueError(
           f"{self.name}: conditional_input must be given exactly when the bijector is "
           f"built with conditional=True (it is {self._conditional}).")
-    h = (self._conditioner(y) if conditional_input is None
-         else self._conditioner(y, conditional_input))
+    h = batching.call_on_flat_batch(self._conditioner, y, 1, conditional_input)
     h = tf.convert_to_tensor(h, dtype=self.dtype)
     expected = [self._event_size, self._transformer.num_params]
     if h.shape.rank is not None and h.shape[-2:].as_list() != expected:

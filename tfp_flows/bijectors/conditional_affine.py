@@ -46,12 +46,21 @@ class ConditionalAffine(tfb.Bijector):
     self._fn = shift_and_log_scale_fn
     self._conditional = bool(conditional)
     with tf.name_scope(name) as name:
+      # Affine in x (shift and scale depend on the context only): the Jacobian does
+      # not depend on x, so TFP caches the log-det and TransformedDistribution.mean()
+      # and entropy() are forward(base mean) and base entropy + log-det.
       super().__init__(forward_min_event_ndims=int(event_ndims), dtype=tf.as_dtype(dtype),
-                       validate_args=validate_args, parameters=parameters, name=name)
+                       is_constant_jacobian=True, validate_args=validate_args,
+                       parameters=parameters, name=name)
 
   @property
   def is_conditional(self):
     return self._conditional
+
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    # `fn` is a callable, not a batch of parameters: `experimental_batch_shape() == []`.
+    return {}
 
   def _shift_and_log_scale(self, conditional_input):
     if (conditional_input is not None) != self._conditional:

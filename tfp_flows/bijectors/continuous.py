@@ -164,6 +164,12 @@ class ContinuousFlow(tfb.Bijector):
     super().__init__(forward_min_event_ndims=int(event_ndims), dtype=tf.as_dtype(dtype),
                      validate_args=validate_args, parameters=parameters, name=name)
 
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    # The vector field is a callable, not a batch of
+    # parameters: `experimental_batch_shape() == []`.
+    return {}
+
   @property
   def trace_method(self):
     return self._estimator.method

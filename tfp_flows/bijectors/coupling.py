@@ -4,6 +4,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import _log_det_cache
+from tfp_flows.bijectors import batching
 from tfp_flows.bijectors import transformers as transformers_lib
 
 __all__ = ["Coupling", "checkerboard_mask"]
@@ -120,6 +121,13 @@ class Coupling(tfb.Bijector):
   def is_conditional(self):
     return self._conditional
 
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    # The conditioner is a callable, not a batch of parameters: the bijector is a
+    # single (unbatched) transform, `experimental_batch_shape() == []`, as for stock
+    # RealNVP and MAF.
+    return {}
+
   @property
   def transformer(self):
     return self._transformer
@@ -134,8 +142,8 @@ class Coupling(tfb.Bijector):
                        "conditional=False; build it with conditional=True.")
     if conditional_input is None and self._conditional:
       raise ValueError(f"{self.name} is conditional: pass conditional_input=.")
-    h = (self._conditioner(x_a) if conditional_input is None
-         else self._conditioner(x_a, conditional_input))
+    h = batching.call_on_flat_batch(self._conditioner, x_a, self.forward_min_event_ndims,
+                                    conditional_input)
     h = tf.convert_to_tensor(h, dtype=self.dtype)
     num_params = self._transformer.num_params
     expected = num_transformed * num_params

@@ -62,13 +62,22 @@ class FactorOut(tfb.Bijector):
           "inner must preserve the number of entries; it maps "
           f"{list(self._kept_shape)} to {list(self._latent_shape)}.")
     with tf.name_scope(name) as name:
+      # Affine exactly when `inner` is (the factored-out half passes unchanged).
       super().__init__(forward_min_event_ndims=len(event_shape),
-                       dtype=inner.dtype, validate_args=validate_args,
+                       dtype=inner.dtype, is_constant_jacobian=inner.is_constant_jacobian,
+                       validate_args=validate_args,
                        parameters=parameters, name=name)
 
   @property
   def inner(self):
     return self._inner
+
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    # The batch shape is the inner bijector's on events of the same rank (`[]` for
+    # every bijector in this package).
+    return {"inner": tfp.util.BatchedComponentProperties(
+        event_ndims=lambda self, x_event_ndims: x_event_ndims)}
 
   @property
   def is_conditional(self):

@@ -2,7 +2,9 @@
 
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import tensor_util
 
+from tfp_flows.bijectors import variable_tracking
 from tfp_flows.numerics import checks as _checks
 
 __all__ = ["InvertibleConv1x1", "log_abs_det"]
@@ -66,6 +68,10 @@ class InvertibleConv1x1(tfb.AutoCompositeTensorBijector):
                name="invertible_conv1x1"):
     """Creates the bijector from a plain matrix or from its LU factors.
 
+    Float parameters may be variables (`tf.Variable`s, or Keras variables, whose
+    `tf.Variable` is used): they stay variables, read on every call, so gradients reach
+    them and `trainable_variables` and the composite-tensor form carry them.
+
     Args:
       weight: float tensor `[..., C, C]`; give this alone for the plain variant.
       permutation: int tensor `[C]`, a permutation of `range(C)` (LU variant).
@@ -80,6 +86,9 @@ class InvertibleConv1x1(tfb.AutoCompositeTensorBijector):
     Raises:
       ValueError: if neither or both parameterisations are given, or shapes disagree.
     """
+    weight, lower, upper, log_abs_diag, sign = (
+        variable_tracking.unwrap_variable(v)
+        for v in (weight, lower, upper, log_abs_diag, sign))
     parameters = dict(locals())
     lu_parts = (permutation, lower, upper, log_abs_diag, sign)
     if (weight is None) == all(p is None for p in lu_parts):
@@ -92,7 +101,9 @@ class InvertibleConv1x1(tfb.AutoCompositeTensorBijector):
           "`upper`, `log_abs_diag` and `sign`.")
     with tf.name_scope(name) as name:
       dtype = _checks.common_dtype([weight, lower, upper, log_abs_diag, sign])
-      convert = lambda v, n: None if v is None else tf.convert_to_tensor(
+      # Variables stay variables (read on every call, watched by tapes, carried by the
+      # composite-tensor form); anything else becomes a tensor.
+      convert = lambda v, n: None if v is None else tensor_util.convert_nonref_to_tensor(
           v, dtype=dtype, name=n)
       self._weight = convert(weight, "weight")
       self._lower = convert(lower, "lower")

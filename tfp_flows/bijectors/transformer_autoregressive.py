@@ -156,6 +156,12 @@ class TransformerAutoregressive(tfb.Bijector):
     super().__init__(forward_min_event_ndims=3, dtype=tf.as_dtype(dtype),
                      validate_args=validate_args, parameters=parameters, name=name)
 
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    # The conditioner is a callable, not a batch of
+    # parameters: `experimental_batch_shape() == []`.
+    return {}
+
   @property
   def is_conditional(self):
     return self._conditional

@@ -5,6 +5,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import conditioning
+from tfp_flows.bijectors import variable_tracking
 
 __all__ = ["FlowLayer", "FlowChain"]
 
@@ -14,7 +15,9 @@ class FlowLayer(keras.layers.Layer):
 
   `.bijector` is a fresh `tfp.bijectors.Bijector` built from the current weights on every
   access (so it always sees trained values and is never stale). Its forward maps
-  base -> data, as TFP expects.
+  base -> data, as TFP expects. It reads the weights when called, not when built, and
+  holds them: `layer.bijector.trainable_variables` are the layer's (as `tf.Variable`s),
+  so TFP's optimisation loops train the layer through its bijector.
 
   Calling the layer runs the data -> base direction and returns `(z, ildj)`:
   `z = bijector.inverse(x)` and `ildj = bijector.inverse_log_det_jacobian(x)` summed over
@@ -62,7 +65,9 @@ class FlowLayer(keras.layers.Layer):
     if not self.built:
       raise ValueError(f"Layer {self.name!r} has no weights yet: call it on data or put "
                        "it in a FlowModel (which builds it) before asking for .bijector.")
-    return self.make_bijector()
+    # The bijector holds the layer's variables (the tf.Variables inside the Keras ones),
+    # so its `trainable_variables` are the layer's: tfp.vi and user loops train them.
+    return variable_tracking.hold_variables(self.make_bijector(), self.weights)
 
   def make_bijector(self):
     raise NotImplementedError

@@ -1,0 +1,49 @@
+"""Variables a bijector holds so that TFP's tools (tfp.vi, tf.Module tracking) find them.
+
+A TFP bijector is a `tf.Module`: its `trainable_variables` are the `tf.Variable`s found
+by walking its attributes, and TFP's optimisation loops (`tfp.vi.fit_surrogate_posterior`,
+`tfp.math.minimize`) watch exactly those. Two things hide a flow's weights from that walk:
+
+* Keras 3 variables are not `tf.Variable`s: a `keras.Variable` under the TensorFlow
+  backend wraps one (its `.value`), and `tf.GradientTape.watch` and TFP's
+  `tensor_util.convert_nonref_to_tensor` do not recognise the wrapper, so a bijector
+  given one converts it to a constant snapshot.
+* A conditioner network is a callable, and `tf.Module` does not look inside callables.
+
+`unwrap_variable` fixes the first (bijectors call it on their parameters); a layer fixes
+the second by `hold_variables(bijector, layer.weights)`. No Keras import: a Keras variable
+is recognised by the `tf.Variable` it wraps.
+"""
+
+import tensorflow as tf
+
+__all__ = ["hold_variables", "unwrap_variable"]
+
+# The attribute under which a bijector holds its layer's variables (a tuple, which
+# `tf.Module`'s attribute walk flattens).
+_ATTRIBUTE = "_held_variables"
+
+
+def unwrap_variable(value):
+  """The `tf.Variable` inside a Keras 3 variable; any other value unchanged.
+
+  Bijectors call this on parameters before `convert_nonref_to_tensor`, so a bijector
+  built from a Keras layer's weights keeps the variable (read when the bijector is
+  called, watched by gradient tapes, carried by its composite-tensor form) instead of a
+  snapshot of its value.
+  """
+  if isinstance(value, tf.Variable):
+    return value
+  inner = getattr(value, "value", None)
+  return inner if isinstance(inner, tf.Variable) else value
+
+
+def hold_variables(bijector, variables):
+  """Makes `bijector` hold `variables` (Keras or tf) and returns it.
+
+  Afterwards `bijector.trainable_variables` (and those of any `tfb.Chain`, `tfb.Invert`
+  or `tfd.TransformedDistribution` around it) include the trainable ones, as the
+  `tf.Variable`s a `tf.GradientTape` watches and optimizers update in place.
+  """
+  setattr(bijector, _ATTRIBUTE, tuple(unwrap_variable(v) for v in variables))
+  return bijector
