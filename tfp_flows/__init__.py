@@ -7,11 +7,12 @@ from tfp_flows import callbacks
 from tfp_flows import data
 from tfp_flows import estimators
 from tfp_flows import export
+from tfp_flows import inference
 from tfp_flows import layers
 from tfp_flows import models
 from tfp_flows import nets
 from tfp_flows import objectives
 from tfp_flows.flow import FlowModel
 
-__all__ = ["FlowModel", "bijectors", "callbacks", "data", "estimators", "export", "layers", "models",
+__all__ = ["FlowModel", "bijectors", "callbacks", "data", "estimators", "export", "inference", "layers", "models",
            "nets", "objectives", "__version__"]
