@@ -2,18 +2,20 @@
 
 from tfp_flows import flow
 from tfp_flows import layers
+from tfp_flows import objectives
+from tfp_flows.models import _aliases
 
 __all__ = ["FFJORDFlow"]
 
-_TRAINING = ("maximum_likelihood", "flow_matching")
+_OBJECTIVES = ("maximum_likelihood", "flow_matching")
 
 
 def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutchinson",  # pylint: disable=invalid-name
                solver="dopri5", rtol=1e-5, atol=1e-5, actnorm=True, num_bits=None,
-               training="maximum_likelihood", optimal_transport=False,
+               training=None, optimal_transport=False,
                gradient="adjoint", max_num_steps=1000, num_steps=None,
                kinetic_weight=0.0, jacobian_weight=0.0, learn_end_time=False,
-               end_time=1.0, activation="softplus", name="ffjord_flow"):
+               end_time=1.0, activation="softplus", name="ffjord_flow", *, objective=None):
   """A continuous normalizing flow (FFJORD, Grathwohl et al. 2019) as a `FlowModel`.
 
   Data side first: optionally `Dequantize(num_bits)` for integer data, then
@@ -23,7 +25,8 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
   The base is a standard normal, so the flow composes with stock TFP like any other
   (`model.distribution` is a `tfd.TransformedDistribution`).
 
-  Training:
+  Training (`objective`, as `FlowModel` spells it; `training` is its older alias, pass
+  one of the two):
 
   * "maximum_likelihood": `fit` solves the ODE data -> base with the log-det
     (Hutchinson trace by default, exact with `trace="exact"`) and backpropagates by
@@ -48,7 +51,7 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
     rtol, atol: tolerances of "dopri5".
     actnorm: an ActNorm before each block.
     num_bits: for integer data in [0, 2**num_bits), a `Dequantize` layer first.
-    training: "maximum_likelihood" or "flow_matching".
+    training: older alias of `objective`.
     optimal_transport: minibatch OT pairing for flow matching.
     gradient: "adjoint" or "backprop".
     max_num_steps: step cap of "dopri5".
@@ -58,19 +61,27 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
     end_time: T (initial value when learned).
     activation: smooth activation of the vector fields.
     name: model name.
+    objective: "maximum_likelihood" (default) or "flow_matching", or a
+      `tfp_flows.objectives.Objective` (see `FlowModel`).
 
   Raises:
-    ValueError: for bad shapes, counts, or flow matching with several blocks.
+    ValueError: for bad shapes, counts, flow matching with several blocks, or both
+      `objective` and `training`.
   """
   event_shape = [int(d) for d in event_shape]
   if len(event_shape) not in (1, 3) or min(event_shape) < 1:
     raise ValueError(f"event_shape must be [D] or [H, W, C]; got {event_shape}.")
   if int(num_blocks) < 1:
     raise ValueError(f"num_blocks must be positive; got {num_blocks!r}.")
-  if training not in _TRAINING:
-    raise ValueError(f"training must be one of {_TRAINING}; got {training!r}.")
-  if training == "flow_matching" and int(num_blocks) != 1:
-    raise ValueError("training='flow_matching' learns one vector field: use num_blocks=1 "
+  spelled = "objective" if training is None else "training"
+  objective = _aliases.resolve("objective", objective, "training", training,
+                               "maximum_likelihood")
+  if not isinstance(objective, objectives.Objective) and objective not in _OBJECTIVES:
+    raise ValueError(f"{spelled} must be one of {_OBJECTIVES} or a "
+                     f"tff.objectives.Objective; got {objective!r}.")
+  if (objective == "flow_matching" or isinstance(objective, objectives.FlowMatching)) and (
+      int(num_blocks) != 1):
+    raise ValueError(f"{spelled}='flow_matching' learns one vector field: use num_blocks=1 "
                      f"(got {num_blocks}).")
   flow_layers = []
   if num_bits is not None:
@@ -84,4 +95,4 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
         gradient=gradient, end_time=end_time, learn_end_time=learn_end_time,
         kinetic_weight=kinetic_weight, jacobian_weight=jacobian_weight))
   return flow.FlowModel(flow_layers, event_shape=event_shape, name=name,
-                        objective=training, optimal_transport=optimal_transport)
+                        objective=objective, optimal_transport=optimal_transport)

@@ -2,68 +2,87 @@
 
 from tfp_flows import flow
 from tfp_flows import layers
+from tfp_flows.models import _aliases
 
 __all__ = ["NeuralSplineFlow"]
 
 _LINEAR = ("lu", "permute")
 
 
-def NeuralSplineFlow(event_dims, num_layers=5, num_bins=8, bound=3.0,  # pylint: disable=invalid-name
+def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  # pylint: disable=invalid-name
                      hidden_units=(128, 128), autoregressive=False, context_dims=None,
                      linear="lu", actnorm=True, num_bits=None, seed=0,
-                     name="neural_spline_flow"):
-  """A neural spline flow over vectors of length `event_dims`, as a `FlowModel`.
+                     name="neural_spline_flow", *, event_shape=None, num_blocks=None,
+                     context_shape=None):
+  """A neural spline flow over vectors `[D]`, as a `FlowModel`.
 
   Data side first: optionally `Dequantize(num_bits)` for integer data, optionally an
   `ActNorm` (data-initialised, so the data lands inside the spline bound), then
-  `num_layers` x [linear mixing (`InvertibleConv1x1`, an LU-parameterised learned
+  `num_blocks` x [linear mixing (`InvertibleConv1x1`, an LU-parameterised learned
   matrix, or a fixed reversal `Permute`), spline transform], where the transform is a
   `SplineCoupling` (alternating halves) or, with `autoregressive=True`, a
   `SplineAutoregressive` (MAF direction: `log_prob` and `fit` cost one MADE pass per
-  layer; sampling costs `event_dims` passes). With `context_dims` every transform is
+  layer; sampling costs D passes). With a context shape `[C]` every transform is
   conditional: `log_prob(x, context)`, `sample(n, context=...)`, `fit(x, context)`.
 
   Reference: Durkan, Bekasov, Murray, Papamakarios. Neural Spline Flows.
   https://arxiv.org/abs/1906.04032
 
+  `event_shape`, `num_blocks` and `context_shape` are the library's spellings (those of
+  `FlowModel` and the other presets); `event_dims=D`, `num_layers` and
+  `context_dims=C` are older aliases for `event_shape=[D]`, `num_blocks` and
+  `context_shape=[C]`. Pass one spelling of each.
+
   Args:
-    event_dims: length of the data vectors.
-    num_layers: number of spline transforms.
+    event_dims: older alias: D, for `event_shape=[D]`.
+    num_layers: older alias of `num_blocks`.
     num_bins: spline bins K.
     bound: splines act on [-bound, bound], identity outside (3 suits standardised
       data; 5 for heavier-tailed tabular data).
     hidden_units: conditioner (MLP or MADE) hidden sizes.
     autoregressive: autoregressive spline layers instead of couplings.
-    context_dims: length of the context vector of a conditional flow, or None.
+    context_dims: older alias: C, for `context_shape=[C]`.
     linear: "lu" (learned LU linear layers) or "permute" (fixed reversals).
     actnorm: whether to start with a data-initialised ActNorm.
     num_bits: for integer data in [0, 2**num_bits): a `Dequantize` layer first (with
       a logit margin of 1e-3), so `log_prob` is in the discrete data space.
     seed: seed of the random LU initialisations.
     name: model name.
+    event_shape: `[D]`, the shape of one data vector (required, in this spelling or as
+      `event_dims`).
+    num_blocks: number of [linear mixing, spline transform] blocks (default 5).
+    context_shape: `[C]`, the shape of one context vector of a conditional flow, or
+      None.
 
   Raises:
-    ValueError: for bad sizes, `linear`, or a coupling flow over 1 dimension.
+    ValueError: for bad sizes, `linear`, a coupling flow over 1 dimension, or an
+      argument passed in both spellings.
   """
+  event_dims = _vector_size("event_shape", event_shape, "event_dims", event_dims)
+  if event_dims is None:
+    raise ValueError("NeuralSplineFlow needs the data shape: pass event_shape=[D].")
   event_dims = int(event_dims)
-  if event_dims < 1 or int(num_layers) < 1:
-    raise ValueError(f"event_dims and num_layers must be positive; got {event_dims} "
-                     f"and {num_layers}.")
+  context_dims = _vector_size("context_shape", context_shape, "context_dims", context_dims)
+  num_blocks = _aliases.resolve("num_blocks", num_blocks, "num_layers", num_layers, 5)
+  if event_dims < 1 or int(num_blocks) < 1:
+    raise ValueError(f"event_dims and num_blocks must be positive; got {event_dims} "
+                     f"and {num_blocks}.")
   if not autoregressive and event_dims < 2:
-    raise ValueError("A coupling flow needs event_dims >= 2; use autoregressive=True "
-                     "for one-dimensional data.")
+    raise ValueError("A coupling flow needs event_dims >= 2 (event_shape [D] with "
+                     "D >= 2); use autoregressive=True for one-dimensional data.")
   if linear not in _LINEAR:
     raise ValueError(f"linear must be one of {_LINEAR}; got {linear!r}.")
   conditional = context_dims is not None
   if conditional and (isinstance(context_dims, bool) or int(context_dims) != context_dims
                       or context_dims < 1):
-    raise ValueError(f"context_dims must be a positive int (or None); got {context_dims!r}.")
+    raise ValueError("context_dims must be a positive int (the C of context_shape=[C]), or "
+                     f"None; got {context_dims!r}.")
   flow_layers = []
   if num_bits is not None:
     flow_layers.append(layers.Dequantize(num_bits=num_bits, alpha=1e-3))
   if actnorm:
     flow_layers.append(layers.ActNorm())
-  for i in range(int(num_layers)):
+  for i in range(int(num_blocks)):
     if event_dims > 1:
       flow_layers.append(layers.InvertibleConv1x1(lu=True, seed=seed + i)
                          if linear == "lu" else layers.Permute("reversed"))
@@ -78,3 +97,18 @@ def NeuralSplineFlow(event_dims, num_layers=5, num_bins=8, bound=3.0,  # pylint:
   return flow.FlowModel(flow_layers, event_shape=[event_dims],
                         context_shape=None if context_dims is None else [int(context_dims)],
                         name=name)
+
+
+def _vector_size(name, shape, alias, size):
+  """D from `name=[D]` or its older alias `alias=D` (None if neither is given).
+
+  Raises:
+    ValueError: if both are given, or `shape` is not a one-element list.
+  """
+  if shape is not None:
+    shape = list(shape)
+    if len(shape) != 1:
+      raise ValueError(f"NeuralSplineFlow models vectors: {name} must be [D]; got "
+                       f"{shape!r}.")
+    shape = shape[0]
+  return _aliases.resolve(name, shape, alias, size, None)
