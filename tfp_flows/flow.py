@@ -60,7 +60,9 @@ class FlowModel(keras.Model):
     objective: what `fit` minimises: a `tfp_flows.objectives.Objective`, or the name
       "maximum_likelihood" or "flow_matching" (`objectives.FlowMatching`: regresses
       the vector field of a base-side continuous flow such as FFJORD on straight paths,
-      without solving the ODE; `evaluate`/`log_prob` are still exact likelihoods).
+      without solving the ODE; `evaluate`/`log_prob` are still exact likelihoods), or
+      `objectives.ReverseKL(target_log_prob)` for variational inference (`fit`
+      without data, `steps_per_epoch=` steps an epoch).
     optimal_transport: with "flow_matching", pair each batch by entropic OT.
 
   Layers may report per-call statistics (`statistic_names()`, `last_statistics`, e.g.
@@ -310,7 +312,18 @@ class FlowModel(keras.Model):
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
           **kwargs):
-    """`keras.Model.fit`, stopping with an error at a non-finite step (see `train_step`)."""
+    """`keras.Model.fit`, stopping with an error at a non-finite step (see `train_step`).
+
+    An objective that draws its own samples (`objectives.ReverseKL`) takes no data:
+    `fit(epochs=..., steps_per_epoch=...)`.
+    """
+    if x is None and not self.objective.requires_data:
+      if kwargs.get("steps_per_epoch") is None:
+        raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
+                         "steps_per_epoch= (the steps of one epoch) to fit.")
+      # A placeholder stream: each step's batch is ignored by the objective.
+      x = tf.data.Dataset.from_tensors(tf.zeros([1], self.compute_dtype)).repeat()
+      kwargs.setdefault("shuffle", False)
     guard = step_guard.NonFiniteStop(self._step_guard)
     if isinstance(callbacks, keras.callbacks.CallbackList):
       guard.set_model(self)
