@@ -64,7 +64,6 @@ import functools
 import json
 import os
 import queue
-import resource
 import subprocess
 import sys
 import tempfile
@@ -73,6 +72,8 @@ import time
 
 from absl import app
 from absl import flags
+
+import _harness
 
 _QUICK = flags.DEFINE_boolean("quick", False, "Fewer repeats and steps.")
 _CASES = flags.DEFINE_list("cases", ["ours", "stock", "fm", "fm_ot", "fit"],
@@ -134,7 +135,7 @@ def _settings():
 
 
 def _emit(**fields):
-  print(_MARKER + json.dumps(fields), flush=True)
+  _harness.emit(_MARKER, fields)
 
 
 def _load_batches(batch_size, num_batches=16):
@@ -142,19 +143,6 @@ def _load_batches(batch_size, num_batches=16):
   from tfp_flows import data  # pylint: disable=import-outside-toplevel
   x = data.make_toy_2d("two_moons", batch_size * num_batches, seed=0).astype(np.float32)
   return [x[i * batch_size:(i + 1) * batch_size] for i in range(num_batches)]
-
-
-def _median(values):
-  values = sorted(values)
-  n = len(values)
-  return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
-
-
-def _sync(out):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  for t in tf.nest.flatten(out):
-    if hasattr(t, "numpy"):
-      t.numpy()
 
 
 def _build_ours():
@@ -236,19 +224,9 @@ def _build_stock(net, counter, fwd_nfe, trace):
 
 def _timed_rates(fn, args_list, repeats, seconds, items_per_call, counter):
   """items/s of `fn` per repeat (calls sized to ~`seconds`) and counter bumps per call."""
-  start = time.perf_counter()
-  _sync(fn(*args_list[0]))
-  per_call = time.perf_counter() - start
-  calls = max(1, int(round(seconds / max(per_call, 1e-6))))
-  rates = []
+  calls = _harness.calls_for_duration(fn, args_list, seconds)
   before = int(counter.numpy())
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = None
-    for i in range(calls):
-      out = fn(*args_list[i % len(args_list)])
-    _sync(out)
-    rates.append(items_per_call * calls / (time.perf_counter() - start))
+  rates = _harness.timed_calls(fn, args_list, repeats, calls, items_per_call)
   return rates, calls, (int(counter.numpy()) - before) / (repeats * calls)
 
 
@@ -337,8 +315,8 @@ def _run_duel(xla_name):
                               jit_compile=jit)
     calls[impl] = tf.function(log_prob, jit_compile=jit)
     for _ in range(1 + cfg["warmup"]):
-      _sync(steps[impl](batches[0]))
-      _sync(calls[impl](batches[0]))
+      _harness.sync(steps[impl](batches[0]))
+      _harness.sync(calls[impl](batches[0]))
   rounds = {("train", impl): [] for impl in steps}
   rounds.update({("log_prob", impl): [] for impl in steps})
   evals = {key: [] for key in rounds}
@@ -351,7 +329,7 @@ def _run_duel(xla_name):
         begin = time.perf_counter()
         for i in range(count):
           out = fn(batches[(r + i) % len(batches)])
-        _sync(out)
+        _harness.sync(out)
         rounds[(part, impl)].append(items * count / (time.perf_counter() - begin))
         evals[(part, impl)].append((int(counter.numpy()) - before) / count)
   _emit(duel={f"{part}:{impl}": {"rates": rates, "evals": evals[(part, impl)]}
@@ -402,7 +380,7 @@ def _run_worker(spec):
     rates, calls, evals = _timed_rates(sample_fn, seeds, cfg["eval_repeats"],
                                        cfg["eval_seconds"], cfg["batch"], counter)
     _emit(sample_rates=rates, sample_calls=calls, sample_evals=evals,
-          peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+          peak_rss_mb=_harness.peak_rss_mb())
     return
 
   steps = cfg["fm_steps"] if impl in ("fm", "fm_ot") else cfg["steps"]
@@ -420,14 +398,14 @@ def _run_worker(spec):
   _emit(phase="train_compile", event="start")
   start = time.perf_counter()
   loss, _ = train_step(batches[0])
-  _sync(loss)
+  _harness.sync(loss)
   _emit(phase="train_compile", event="end", first_call_s=time.perf_counter() - start,
         first_step_loss=float(loss))
   done = 1
   for _ in range(cfg["warmup"]):
     out = train_step(batches[done % len(batches)])
     done += 1
-  _sync(out)
+  _harness.sync(out)
   rates, losses, nfes, evals = [], [], [], []
   for _ in range(cfg["repeats"]):
     before = int(counter.numpy())
@@ -436,14 +414,14 @@ def _run_worker(spec):
     for _ in range(steps):
       outs.append(train_step(batches[done % len(batches)]))
       done += 1
-    _sync(outs[-1])
+    _harness.sync(outs[-1])
     rates.append(steps / (time.perf_counter() - begin))
     evals.append((int(counter.numpy()) - before) / steps)
     losses.append(float(np.mean([o[0].numpy() for o in outs])))
     nfes.append(float(np.mean([float(o[1]) for o in outs])))
   _emit(train_rates=rates, repeat_losses=losses, fwd_nfe=nfes, evals_per_step=evals,
         train_steps_total=done,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+        peak_rss_mb=_harness.peak_rss_mb())
 
 
 def _run_fit(model, optimizer, batches, cfg, xla, counter):
@@ -479,37 +457,10 @@ def _run_fit(model, optimizer, batches, cfg, xla, counter):
         first_step_loss=None, train_rates=rates, evals_per_step=evals,
         fwd_nfe=[float(np.mean(nfes[first:]))], repeat_losses=[
             None, float(history.history["nll"][-1])], train_steps_total=total,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+        peak_rss_mb=_harness.peak_rss_mb())
 
 
 # ----------------------------------------------------------------------------- parent
-
-
-def _cpu_jiffies():
-  """(busy, total) jiffies of the whole machine from /proc/stat."""
-  with open("/proc/stat", encoding="utf-8") as f:
-    fields = [int(v) for v in f.readline().split()[1:]]
-  idle = fields[3] + fields[4]  # idle + iowait
-  return sum(fields) - idle, sum(fields)
-
-
-def _busy_cores(seconds):
-  """CPU cores in use by all processes over the next `seconds` (parent idle meanwhile)."""
-  busy0, total0 = _cpu_jiffies()
-  time.sleep(seconds)
-  busy1, total1 = _cpu_jiffies()
-  return (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
-
-
-def _wait_for_quiet():
-  """Waits (up to --quiet_wait s) until other processes use < --quiet_cores cores."""
-  if _QUIET_WAIT.value <= 0:
-    return 0.0
-  start = time.perf_counter()
-  while time.perf_counter() - start < _QUIET_WAIT.value:
-    if _busy_cores(3.0) < _QUIET_CORES.value:
-      break
-  return time.perf_counter() - start
 
 
 def _spawn(spec, argv_flags):
@@ -518,13 +469,10 @@ def _spawn(spec, argv_flags):
   Returns the merged JSON fields it printed, plus wall time, CPU shares and, if it was
   killed, `timeout` = (phase, seconds).
   """
-  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  busy0, total0 = _cpu_jiffies()
-  child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-  start = time.perf_counter()
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env)
+  meter = _harness.CpuMeter()
+  proc = subprocess.Popen(_harness.worker_command(__file__, spec, argv_flags),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=_harness.worker_env())
   lines = queue.Queue()
   stderr = []
   threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
@@ -538,7 +486,7 @@ def _spawn(spec, argv_flags):
       now = time.perf_counter()
       if phase and now - phase_start > _COMPILE_TIMEOUT.value:
         out["timeout"] = (phase, _COMPILE_TIMEOUT.value)
-      elif now - start > _CASE_TIMEOUT.value:
+      elif meter.elapsed() > _CASE_TIMEOUT.value:
         out["timeout"] = ("case", _CASE_TIMEOUT.value)
       else:
         continue
@@ -551,7 +499,7 @@ def _spawn(spec, argv_flags):
     if not line.startswith(_MARKER):
       continue
     if _VERBOSE.value:
-      print(f"    [{time.perf_counter() - start:.0f}s] {line.strip()}", flush=True)
+      print(f"    [{meter.elapsed():.0f}s] {line.strip()}", flush=True)
     fields = json.loads(line[len(_MARKER):])
     if fields.get("event") == "start":
       phase, phase_start = fields["phase"], time.perf_counter()
@@ -560,22 +508,11 @@ def _spawn(spec, argv_flags):
     fields.pop("event", None)
     fields.pop("phase", None)
     out.update(fields)
-  wall = time.perf_counter() - start
-  busy1, total1 = _cpu_jiffies()
-  child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-  machine = (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
-  worker = ((child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)) / wall
-  out["wall_s"] = wall
-  out["worker_cores"] = worker
-  out["other_cores"] = max(machine - worker, 0.0)
+  out.update(meter.stop())
   if "timeout" not in out and proc.returncode != 0:
     sys.stderr.write("".join(stderr)[-8000:])
     raise RuntimeError(f"worker {spec} failed with exit code {proc.returncode}")
   return out
-
-
-def _fmt_ratio(ours, stock):
-  return "-" if not ours or not stock else f"{ours / stock:.2f}x"
 
 
 def _fmt(value, spec):
@@ -591,44 +528,44 @@ def _not_finished(r, phase):
 def _train_row(impl, xla, r, reference):
   """A training-table row; ratios against `reference` (stock, or ours' ML step for fm)."""
   flow_matching = impl in ("fm", "fm_ot")
-  rate = _median(r["train_rates"]) if "train_rates" in r else None
-  evals = (_median(r["evals_per_step"])
+  rate = _harness.median(r["train_rates"]) if "train_rates" in r else None
+  evals = (_harness.median(r["evals_per_step"])
            if "evals_per_step" in r and not flow_matching else None)
   eps = rate * evals if rate and evals else None
-  ref_rate = (_median(reference["train_rates"])
+  ref_rate = (_harness.median(reference["train_rates"])
               if reference and "train_rates" in reference else None)
-  ref_evals = (_median(reference["evals_per_step"])
+  ref_evals = (_harness.median(reference["evals_per_step"])
                if reference and "evals_per_step" in reference else None)
   ref_eps = ref_rate * ref_evals if ref_rate and ref_evals else None
   same = impl == "stock"
   compile_text = _not_finished(r, "train_compile") or _fmt(r.get("first_call_s"), ".1f")
   loss = r.get("repeat_losses") or [None, None]
-  nfe = _median(r["fwd_nfe"]) if r.get("fwd_nfe") and not flow_matching else None
-  rate_ratio = "1.00x" if same else _fmt_ratio(rate, ref_rate)
+  nfe = _harness.median(r["fwd_nfe"]) if r.get("fwd_nfe") and not flow_matching else None
+  rate_ratio = "1.00x" if same else _harness.ratio(rate, ref_rate)
   if flow_matching and rate_ratio != "-":
     rate_ratio += " of ours ML"
   return (f"| {impl} | {xla} | {_fmt(rate, '.2f')} | {rate_ratio} | {_fmt(nfe, '.1f')} | "
           f"{_fmt(evals, '.1f')} | {_fmt(eps, ',.0f')} | "
-          f"{'1.00x' if same else _fmt_ratio(eps, ref_eps)} | {compile_text} | "
+          f"{'1.00x' if same else _harness.ratio(eps, ref_eps)} | {compile_text} | "
           f"{_fmt(r.get('first_step_loss'), '.3f')} -> {_fmt(loss[0], '.3f')} / "
           f"{_fmt(loss[-1], '.3f')} | {_fmt(r.get('peak_rss_mb'), '.0f')} | "
           f"{r['other_cores']:.2f} |")
 
 
 def _eval_row(impl, xla, r, stock):
-  lp = _median(r["log_prob_rates"]) if "log_prob_rates" in r else None
-  sp = _median(r["sample_rates"]) if "sample_rates" in r else None
-  s_lp = _median(stock["log_prob_rates"]) if stock and "log_prob_rates" in stock else None
-  s_sp = _median(stock["sample_rates"]) if stock and "sample_rates" in stock else None
+  lp = _harness.median(r["log_prob_rates"]) if "log_prob_rates" in r else None
+  sp = _harness.median(r["sample_rates"]) if "sample_rates" in r else None
+  s_lp = _harness.median(stock["log_prob_rates"]) if stock and "log_prob_rates" in stock else None
+  s_sp = _harness.median(stock["sample_rates"]) if stock and "sample_rates" in stock else None
   lp_compile = _not_finished(r, "log_prob_compile") or _fmt(
       r.get("log_prob_first_call_s"), ".1f")
   sp_compile = _not_finished(r, "sample_compile") or _fmt(
       r.get("sample_first_call_s"), ".1f")
   same = impl == "stock"
   return (f"| {impl} | {xla} | {_fmt(lp, ',.0f')} | "
-          f"{'1.00x' if same else _fmt_ratio(lp, s_lp)} | "
+          f"{'1.00x' if same else _harness.ratio(lp, s_lp)} | "
           f"{_fmt(r.get('log_prob_evals'), '.1f')} | {lp_compile} | "
-          f"{_fmt(sp, ',.0f')} | {'1.00x' if same else _fmt_ratio(sp, s_sp)} | "
+          f"{_fmt(sp, ',.0f')} | {'1.00x' if same else _harness.ratio(sp, s_sp)} | "
           f"{_fmt(r.get('sample_evals'), '.1f')} | {sp_compile} | "
           f"{_fmt(r.get('init_nll'), '.4f')} | "
           f"{ {True: 'yes', False: 'NO', None: '-'}[r.get('samples_finite')]} | "
@@ -638,7 +575,7 @@ def _eval_row(impl, xla, r, stock):
 def _summary(out, part):
   """One progress line's figures for a finished worker."""
   def median(key, spec):
-    return _fmt(_median(out[key]), spec) if key in out else "-"
+    return _fmt(_harness.median(out[key]), spec) if key in out else "-"
 
   if part == "both":
     return "interleaved rounds done" if "duel" in out else "no result"
@@ -666,14 +603,14 @@ def _duel_table(results):
     for part, unit in (("train", "steps"), ("log_prob", "points")):
       ours, stock = duel[f"{part}:ours"], duel[f"{part}:stock"]
       ratios = [a / b for a, b in zip(ours["rates"], stock["rates"])]
-      e_ours, e_stock = _median(ours["evals"]), _median(stock["evals"])
+      e_ours, e_stock = _harness.median(ours["evals"]), _harness.median(stock["evals"])
       eval_ratios = [a * e_ours / (b * e_stock) for a, b in zip(ours["rates"],
                                                                 stock["rates"])]
       lines.append(
-          f"| {xla} | {part} ({unit}) | {_median(ours['rates']):,.1f} | "
-          f"{_median(stock['rates']):,.1f} | {_median(ratios):.2f}x [{min(ratios):.2f}, "
-          f"{max(ratios):.2f}] | {e_ours:.1f} | {e_stock:.1f} | "
-          f"{_median(eval_ratios):.2f}x | {r['other_cores']:.2f} |")
+          f"| {xla} | {part} ({unit}) | {_harness.median(ours['rates']):,.1f} | "
+          f"{_harness.median(stock['rates']):,.1f} | {_harness.median(ratios):.2f}x "
+          f"[{min(ratios):.2f}, {max(ratios):.2f}] | {e_ours:.1f} | {e_stock:.1f} | "
+          f"{_harness.median(eval_ratios):.2f}x | {r['other_cores']:.2f} |")
   return "\n".join(lines)
 
 
@@ -699,27 +636,6 @@ def _tables(results):
   return "\n".join(lines)
 
 
-def _fingerprint():
-  """md5 (12 hex) over the tfp_flows sources the workers import, to pin the version."""
-  import hashlib  # pylint: disable=import-outside-toplevel
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(importlib.util.find_spec("tfp_flows").origin)  # no TF import
-  digest = hashlib.md5()
-  for folder, _, files in sorted(os.walk(root)):
-    for name in sorted(files):
-      if name.endswith(".py"):
-        path = os.path.join(folder, name)
-        digest.update(os.path.relpath(path, root).encode())
-        with open(path, "rb") as f:
-          digest.update(f.read())
-  return f"{root} md5 {digest.hexdigest()[:12]}"
-
-
-def _load():
-  with open("/proc/loadavg", encoding="utf-8") as f:
-    return " ".join(f.read().split()[:3])
-
-
 def main(argv):
   del argv
   if _WORKER.value == "pretrain":
@@ -731,12 +647,8 @@ def main(argv):
   if _WORKER.value:
     _run_worker(_WORKER.value)
     return
-  for c in _CASES.value:
-    if c not in _IMPLS:
-      raise app.UsageError(f"unknown case {c!r}; choose among {_IMPLS}")
-  for x in _XLA.value:
-    if x not in ("on", "off"):
-      raise app.UsageError(f"--xla takes on/off; got {x!r}")
+  _harness.check_choices("cases", _CASES.value, _IMPLS)
+  _harness.check_choices("xla", _XLA.value, ("on", "off"))
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--cases", "--xla", "--json_out", "--quiet",
                                       "--interleaved",
@@ -747,9 +659,10 @@ def main(argv):
         f"atol {_ATOL.value}, max_num_steps {_MAX_NUM_STEPS}, batch {_BATCH.value}, Adam lr "
         f"{_LR.value}, float32; {settings['repeats']} repeats x {settings['steps']} steps "
         f"({settings['fm_steps']} for flow matching) after {settings['warmup']} warm-up "
-        f"steps; compile timeout {_COMPILE_TIMEOUT.value} s; load average {_load()}.",
+        f"steps; compile timeout {_COMPILE_TIMEOUT.value} s; load average "
+        f"{_harness.load_average()}.",
         flush=True)
-  fingerprint = _fingerprint()
+  fingerprint = _harness.fingerprint()
   print(f"tfp_flows: {fingerprint}", flush=True)
   start = time.perf_counter()
   results, total_waited = {}, 0.0
@@ -768,9 +681,9 @@ def main(argv):
     if _INTERLEAVED.value:
       specs = [("duel", xla, "both") for xla in _XLA.value]
     for impl, xla, part in specs:
-      waited = _wait_for_quiet()
+      waited = _harness.wait_for_quiet(_QUIET_WAIT.value, _QUIET_CORES.value)
       total_waited += waited
-      load_before = _load()
+      load_before = _harness.load_average()
       spec = f"duel:{xla}" if impl == "duel" else f"{impl}:{xla}:{part}"
       out = _spawn(spec, passthrough + [f"--weights={weights}"])
       results[(impl, xla, part)] = out
@@ -779,14 +692,12 @@ def main(argv):
         summary += f"; {out['timeout'][0]} did not finish in {out['timeout'][1]} s"
       print(f"  {impl}:{xla}:{part:5s} {summary} ({out['wall_s']:.0f}s after waiting "
             f"{waited:.0f}s; other processes used {out['other_cores']:.2f} cores; load "
-            f"before {load_before}, after {_load()})", flush=True)
+            f"before {load_before}, after {_harness.load_average()})", flush=True)
   print()
   print(_tables(results))
   print(f"\ntotal wall time {time.perf_counter() - start:.0f}s (of which waiting for a "
-        f"quiet machine {total_waited:.0f}s); load average {_load()}")
-  if _fingerprint() != fingerprint:
-    print("WARNING: the tfp_flows sources changed during the run; the cases may have "
-          "measured different versions.")
+        f"quiet machine {total_waited:.0f}s); load average {_harness.load_average()}")
+  _harness.warn_if_changed(fingerprint)
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
       json.dump([{"case": k[0], "xla": k[1], "part": k[2], **v}

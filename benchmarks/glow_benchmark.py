@@ -36,13 +36,14 @@ Usage:
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
 
 from absl import app
 from absl import flags
+
+import _harness
 
 _QUICK = flags.DEFINE_boolean("quick", False,
                               "Fewer repeats and steps (about 1/3 of the full run).")
@@ -102,32 +103,6 @@ def _load_data(batch_size):
   return x_train, [x_train[i] for i in idx]
 
 
-def _median(values):
-  values = sorted(values)
-  n = len(values)
-  return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
-
-
-def _timed_calls(fn, args_list, repeats, calls, items_per_call):
-  """items/s of `fn` per repeat (each repeat = `calls` calls, synchronised at the end)."""
-  rates = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = None
-    for i in range(calls):
-      out = fn(*args_list[i % len(args_list)])
-    _sync(out)
-    rates.append(items_per_call * calls / (time.perf_counter() - start))
-  return rates
-
-
-def _sync(out):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  for t in tf.nest.flatten(out):
-    if hasattr(t, "numpy"):
-      t.numpy()
-
-
 def _build_ours(cfg):
   import tfp_flows as tff  # pylint: disable=import-outside-toplevel
   return tff.models.Glow(list(_IMAGE_SHAPE), num_scales=1, steps_per_scale=cfg["glow_steps"],
@@ -181,22 +156,8 @@ def _run_worker(spec):
     variables = model.trainable_variables
     optimizer = keras.optimizers.Adam(cfg["lr"])
     if impl == "ours":
-      optimizer.build(variables)
-
-      @tf.function(jit_compile=xla)
-      def train_step(x):
-        with tf.GradientTape() as tape:
-          loss = -tf.reduce_mean(model(x, training=True))
-        optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss
-
-    @tf.function(jit_compile=xla)
-    def sample_fn(seed):
-      return model.sample(cfg["batch"], seed=seed)
-
-    @tf.function(jit_compile=xla)
-    def log_prob_fn(x):
-      return model.log_prob(x)
+      train_step = _harness.keras_train_step(model, optimizer, variables, xla)
+    sample_fn, log_prob_fn = _harness.eval_functions(model, cfg["batch"], xla)
 
     logit_bijector = _ours_logit_space_bijector(model)
     base = model.base_distribution
@@ -240,38 +201,20 @@ def _run_worker(spec):
   # ---- training
   if impl == "ours_fit":
     model.compile(optimizer=optimizer, jit_compile=xla)
-    stamps = []
-
-    class Timer(keras.callbacks.Callback):
-
-      def on_train_batch_end(self, batch, logs=None):
-        stamps.append(time.perf_counter())
-
-    ds = (tf.data.Dataset.from_tensor_slices(x_train).repeat().shuffle(2048, seed=0)
-          .batch(cfg["batch"], drop_remainder=True).prefetch(4))
-    start = time.perf_counter()
-    history = model.fit(ds, epochs=1, steps_per_epoch=total_train, verbose=0,
-                        callbacks=[Timer()])
-    result["first_call_s"] = stamps[0] - start
-    first = 1 + cfg["warmup"]
-    rates = []
-    for r in range(cfg["repeats"]):
-      a = first + r * cfg["steps"] - 1
-      b = a + cfg["steps"]
-      rates.append(cfg["steps"] / (stamps[b] - stamps[a]))
-    result["train_rates"] = rates
+    result["first_call_s"], result["train_rates"], _ = _harness.fit_rates(
+        model, x_train, cfg["batch"], total_train, cfg["warmup"], cfg["repeats"],
+        cfg["steps"])
     # fit logs the running mean over the epoch; report the last step's loss instead.
     last_nll = float(-tf.reduce_mean(model(batches[0], training=True)))
-    del history
   else:
     start = time.perf_counter()
     loss = train_step(batches[0])
-    _sync(loss)
+    _harness.sync(loss)
     result["first_call_s"] = time.perf_counter() - start
     steps_done = 1
     for i in range(cfg["warmup"]):
       loss = train_step(batches[(steps_done + i) % len(batches)])
-    _sync(loss)
+    _harness.sync(loss)
     steps_done += cfg["warmup"]
     rates = []
     for _ in range(cfg["repeats"]):
@@ -279,7 +222,7 @@ def _run_worker(spec):
       for _ in range(cfg["steps"]):
         loss = train_step(batches[steps_done % len(batches)])
         steps_done += 1
-      _sync(loss)
+      _harness.sync(loss)
       rates.append(cfg["steps"] / (time.perf_counter() - begin))
     result["train_rates"] = rates
     while steps_done < total_train:
@@ -303,72 +246,60 @@ def _run_worker(spec):
       np.isfinite(pixels.reshape(len(flat), -1)).all(axis=1).mean())
 
   # ---- sampling and log_prob throughput
-  _sync(sample_fn(*seeds[1]))
-  result["sample_rates"] = _timed_calls(sample_fn, seeds, cfg["eval_repeats"],
+  _harness.sync(sample_fn(*seeds[1]))
+  result["sample_rates"] = _harness.timed_calls(sample_fn, seeds, cfg["eval_repeats"],
                                         cfg["eval_calls"], cfg["batch"])
   start = time.perf_counter()
-  _sync(log_prob_fn(batches[0]))
+  _harness.sync(log_prob_fn(batches[0]))
   result["log_prob_first_call_s"] = time.perf_counter() - start
-  _sync(log_prob_fn(batches[1]))
-  result["log_prob_rates"] = _timed_calls(log_prob_fn, [(b,) for b in batches],
+  _harness.sync(log_prob_fn(batches[1]))
+  result["log_prob_rates"] = _harness.timed_calls(log_prob_fn, [(b,) for b in batches],
                                           cfg["eval_repeats"], cfg["eval_calls"],
                                           cfg["batch"])
-  result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-  print(_MARKER + json.dumps(result), flush=True)
+  result["peak_rss_mb"] = _harness.peak_rss_mb()
+  _harness.emit(_MARKER, result)
 
 
 # ----------------------------------------------------------------------------- parent
 
 
 def _spawn(spec, argv_flags):
-  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  if _ONEDNN.value != "default":
-    env["TF_ENABLE_ONEDNN_OPTS"] = "1" if _ONEDNN.value == "on" else "0"
-  start = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-  wall = time.perf_counter() - start
-  for line in proc.stdout.splitlines():
-    if line.startswith(_MARKER):
-      out = json.loads(line[len(_MARKER):])
-      out["wall_s"] = wall
-      return out
+  meter = _harness.CpuMeter()
+  proc = subprocess.run(_harness.worker_command(__file__, spec, argv_flags),
+                        capture_output=True, text=True,
+                        env=_harness.worker_env(_ONEDNN.value), check=False)
+  out = _harness.parse_result(proc.stdout, _MARKER)
+  if out is not None:
+    return {**out, "wall_s": meter.elapsed()}
   sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
   raise RuntimeError(f"worker {spec} failed with exit code {proc.returncode}")
 
 
 def _merge(runs):
   """Pools the repeats of several rounds of one case."""
-  merged = dict(runs[0])
-  for key in ("train_rates", "sample_rates", "log_prob_rates"):
-    merged[key] = [r for run in runs for r in run[key]]
-  merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+  merged = _harness.merge_rounds(runs)
   merged["finite_fraction"] = min(run["finite_fraction"] for run in runs)
   merged["pixel_finite_fraction"] = min(run["pixel_finite_fraction"] for run in runs)
   merged["max_abs_logit"] = max(run["max_abs_logit"] or float("inf") for run in runs)
-  merged["first_call_s"] = _median([run["first_call_s"] for run in runs])
-  merged["final_bits_per_dim"] = _median([run["final_bits_per_dim"] for run in runs])
+  merged["first_call_s"] = _harness.median([run["first_call_s"] for run in runs])
+  merged["final_bits_per_dim"] = _harness.median([run["final_bits_per_dim"] for run in runs])
   return merged
-
-
-def _fmt_ratio(ours, stock):
-  return "-" if not stock else f"{ours / stock:.2f}x"
 
 
 def _table(results):
   header = ("| case | XLA | train steps/s | vs stock | sample/s | vs stock | "
             "log_prob pts/s | vs stock | peak RSS MB | first step s | params | "
             "NLL bits/dim | samples finite after N steps | max abs logit |")
-  lines = [header, "|" + "---|" * 14]
+  lines = _harness.table_header(header)
   stock = {r["xla"]: r for r in results if r["case"] == "stock"}
   for r in results:
     s = stock.get(r["xla"])
-    train = _median(r["train_rates"])
-    samp = _median(r["sample_rates"])
-    lp = _median(r["log_prob_rates"])
+    train = _harness.median(r["train_rates"])
+    samp = _harness.median(r["sample_rates"])
+    lp = _harness.median(r["log_prob_rates"])
     is_stock = r["case"] == "stock"
     ratio = (lambda key, value: "1.00x" if is_stock else
-             _fmt_ratio(value, _median(s[key]) if s else None))
+             _harness.ratio(value, _harness.median(s[key]) if s else None))
     bad = 1.0 - min(r["finite_fraction"], r["pixel_finite_fraction"])
     finite = ("yes" if bad == 0.0 else f"NO ({100 * bad:.1f}% of samples)")
     lines.append(
@@ -386,7 +317,7 @@ def _spread(results):
   for r in results:
     t = r["train_rates"]
     lines.append(f"  {r['case']:9s} xla={'on ' if r['xla'] else 'off'} "
-                 f"{min(t):7.1f} / {_median(t):7.1f} / {max(t):7.1f}   "
+                 f"{_harness.spread(t)}   "
                  f"(n={len(t)}, worker wall {r['wall_s']:.0f}s)")
   return "\n".join(lines)
 
@@ -396,12 +327,8 @@ def main(argv):
   if _WORKER.value:
     _run_worker(_WORKER.value)
     return
-  for c in _CASES.value:
-    if c not in ("ours", "stock", "ours_fit"):
-      raise app.UsageError(f"unknown case {c!r}")
-  for x in _XLA.value:
-    if x not in ("on", "off"):
-      raise app.UsageError(f"--xla takes on/off; got {x!r}")
+  _harness.check_choices("cases", _CASES.value, ("ours", "stock", "ours_fit"))
+  _harness.check_choices("xla", _XLA.value, ("on", "off"))
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--cases", "--xla", "--rounds", "--json_out", "--onednn"))]
   settings = _settings()
@@ -418,9 +345,9 @@ def main(argv):
     for spec in specs:
       out = _spawn(spec, passthrough)
       runs[spec].append(out)
-      print(f"  round {round_ + 1} {spec:12s} train {_median(out['train_rates']):6.1f} "
-            f"steps/s, sample {_median(out['sample_rates']):8.0f}/s, log_prob "
-            f"{_median(out['log_prob_rates']):8.0f}/s ({out['wall_s']:.0f}s)", flush=True)
+      print(f"  round {round_ + 1} {spec:12s} train {_harness.median(out['train_rates']):6.1f} "
+            f"steps/s, sample {_harness.median(out['sample_rates']):8.0f}/s, log_prob "
+            f"{_harness.median(out['log_prob_rates']):8.0f}/s ({out['wall_s']:.0f}s)", flush=True)
   results = [_merge(runs[s]) for s in specs]
   for r, s in zip(results, specs):
     r["wall_s"] = sum(run["wall_s"] for run in runs[s])

@@ -20,11 +20,12 @@ Usage: python benchmarks/glow_profile.py [--xla] [--rounds=7] [--calls=10]
 
 import contextlib
 import math
-import statistics
 import time
 
 from absl import app
 from absl import flags
+
+import _harness
 
 _XLA = flags.DEFINE_boolean("xla", False, "jit_compile every timed function.")
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Round-robin rounds.")
@@ -76,7 +77,7 @@ def main(argv):
     flow_layers.append(L.GaussianPrior())
     return tff.FlowModel(flow_layers, event_shape=[8, 8, 1])
 
-  original_call = coupling_layers.CouplingLayer.call
+  original_call = coupling_layers.Coupling.call
 
   def single_pass_call(self, inputs, context=None, training=None):
     bijector = self.bijector
@@ -87,11 +88,11 @@ def main(argv):
   @contextlib.contextmanager
   def patched(enabled):
     if enabled:
-      coupling_layers.CouplingLayer.call = single_pass_call
+      coupling_layers.Coupling.call = single_pass_call
     try:
       yield
     finally:
-      coupling_layers.CouplingLayer.call = original_call
+      coupling_layers.Coupling.call = original_call
 
   variants = {}  # name -> (fn, args, patch)
 
@@ -99,14 +100,7 @@ def main(argv):
     model = ours_model(kind)
     variables = model.trainable_variables
     opt = keras.optimizers.Adam(1e-3)
-    opt.build(variables)
-
-    @tf.function(jit_compile=xla)
-    def step(x):
-      with tf.GradientTape() as tape:
-        loss = -tf.reduce_mean(model(x, training=True))
-      opt.apply(tape.gradient(loss, variables), variables)
-      return loss
+    step = _harness.keras_train_step(model, opt, variables, xla)
 
     variants[name] = (step, True, kind == "once", len(variables))
     return model, variables, opt
@@ -291,20 +285,18 @@ def main(argv):
       start = time.perf_counter()
       for i in range(3):
         out = fn(batches[i % 4]) if takes_x else fn()
-      tf.nest.map_structure(lambda t: t.numpy(), out)
+      _harness.sync(out)
       print(f"  warm-up {name:26s} {time.perf_counter() - start:6.1f}s", flush=True)
   times = {n: [] for n in names}
   for _ in range(_ROUNDS.value):
     for name in names:
       fn, takes_x, _, _ = variants[name]
-      start = time.perf_counter()
-      for i in range(_CALLS.value):
-        out = fn(batches[i % 4]) if takes_x else fn()
-      tf.nest.map_structure(lambda t: t.numpy(), out)
-      times[name].append((time.perf_counter() - start) / _CALLS.value * 1e3)
+      args_list = [(b,) for b in batches] if takes_x else [()]
+      [calls_per_s] = _harness.timed_calls(fn, args_list, 1, _CALLS.value, 1)
+      times[name].append(1e3 / calls_per_s)
   print(f"\n{'variant':28s} {'ms/call':>8s} {'(min)':>7s} {'calls/s':>8s} {'trainable vars':>15s}")
   for name in names:
-    med = statistics.median(times[name])
+    med = _harness.median(times[name])
     nvars = variants[name][3]
     print(f"{name:28s} {med:8.1f} {min(times[name]):7.1f} {1e3 / med:8.1f} "
           f"{'' if nvars is None else nvars:>15}")

@@ -60,13 +60,14 @@ Usage:
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
 
 from absl import app
 from absl import flags
+
+import _harness
 
 _QUICK = flags.DEFINE_boolean("quick", False,
                               "Fewer repeats and steps (about 1/3 of the full run).")
@@ -128,54 +129,6 @@ def _settings():
       "eval_repeats": 4 if quick else 7,
       "eval_seconds": 0.25 if quick else 0.5,  # target duration of one eval repeat
   }
-
-
-def _load_data(dims, batch_size):
-  """A fixed pool of float32 batches [batch_size, dims] (dequantised + standardised)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(0)
-  if dims == 64:
-    from sklearn import datasets  # pylint: disable=import-outside-toplevel
-    x = datasets.load_digits().data.astype(np.float64)  # [1797, 64], ints 0..16
-    x = x + rng.uniform(size=x.shape)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-  else:
-    from tfp_flows import data  # pylint: disable=import-outside-toplevel
-    x = data.make_toy_2d("two_moons", 2048, seed=0).astype(np.float64)
-  x = x.astype(np.float32)
-  order = rng.permutation(len(x))
-  num_batches = len(x) // batch_size
-  return x, [x[order[i * batch_size:(i + 1) * batch_size]] for i in range(num_batches)]
-
-
-def _median(values):
-  values = sorted(values)
-  n = len(values)
-  return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
-
-
-def _sync(out):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  for t in tf.nest.flatten(out):
-    if hasattr(t, "numpy"):
-      t.numpy()
-
-
-def _timed_rates(fn, args_list, repeats, seconds, items_per_call):
-  """items/s of `fn` per repeat; calls per repeat sized so a repeat lasts ~`seconds`."""
-  start = time.perf_counter()
-  _sync(fn(*args_list[0]))
-  per_call = time.perf_counter() - start
-  calls = max(1, int(round(seconds / max(per_call, 1e-6))))
-  rates = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = None
-    for i in range(calls):
-      out = fn(*args_list[i % len(args_list)])
-    _sync(out)
-    rates.append(items_per_call * calls / (time.perf_counter() - start))
-  return rates, calls
 
 
 def _rqs_from_params(h, num_bins, bound):
@@ -276,7 +229,7 @@ def _run_worker(spec):
 
   keras.utils.set_random_seed(0)
   tf.random.set_seed(0)
-  x_all, batches_np = _load_data(dims, cfg["batch"])
+  x_all, batches_np = _harness.vector_data(dims, cfg["batch"])
   batches = [tf.constant(b) for b in batches_np]
   total_train = cfg["warmup"] + 1 + cfg["repeats"] * cfg["steps"]
   result = {"model": model_name, "case": impl, "xla": xla}
@@ -287,22 +240,8 @@ def _run_worker(spec):
     optimizer = keras.optimizers.Adam(cfg["lr"])
     result["init_loss"] = float(-tf.reduce_mean(model.log_prob(batches[0])))
     if impl != "ours_fit":
-      optimizer.build(variables)
-
-      @tf.function(jit_compile=xla)
-      def train_step(x):
-        with tf.GradientTape() as tape:
-          loss = -tf.reduce_mean(model(x, training=True))
-        optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss
-
-    @tf.function(jit_compile=xla)
-    def sample_fn(seed):
-      return model.sample(cfg["batch"], seed=seed)
-
-    @tf.function(jit_compile=xla)
-    def log_prob_fn(x):
-      return model.log_prob(x)
+      train_step = _harness.keras_train_step(model, optimizer, variables, xla)
+    sample_fn, log_prob_fn = _harness.eval_functions(model, cfg["batch"], xla)
   else:
     import tf_keras  # pylint: disable=import-outside-toplevel
     tf_keras.utils.set_random_seed(0)
@@ -318,14 +257,7 @@ def _run_worker(spec):
         loss = -tf.reduce_mean(dist.log_prob(x))
       optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
       return loss
-
-    @tf.function(jit_compile=xla)
-    def sample_fn(seed):
-      return dist.sample(cfg["batch"], seed=seed)
-
-    @tf.function(jit_compile=xla)
-    def log_prob_fn(x):
-      return dist.log_prob(x)
+    sample_fn, log_prob_fn = _harness.eval_functions(dist, cfg["batch"], xla)
 
   result["num_params"] = int(sum(np.prod(v.shape) for v in variables))
   seeds = [(tf.constant([7, i], tf.int32),) for i in range(4)]
@@ -334,25 +266,8 @@ def _run_worker(spec):
   losses = []
   if impl == "ours_fit":
     model.compile(optimizer=optimizer, jit_compile=xla)
-    stamps = []
-
-    class Timer(keras.callbacks.Callback):
-
-      def on_train_batch_end(self, batch, logs=None):
-        stamps.append(time.perf_counter())
-
-    ds = (tf.data.Dataset.from_tensor_slices(x_all).repeat().shuffle(2048, seed=0)
-          .batch(cfg["batch"], drop_remainder=True).prefetch(4))
-    start = time.perf_counter()
-    model.fit(ds, epochs=1, steps_per_epoch=total_train, verbose=0, callbacks=[Timer()])
-    result["first_call_s"] = stamps[0] - start
-    first = 1 + cfg["warmup"]
-    rates = []
-    for r in range(cfg["repeats"]):
-      a = first + r * cfg["steps"] - 1
-      b = a + cfg["steps"]
-      rates.append(cfg["steps"] / (stamps[b] - stamps[a]))
-    result["train_rates"] = rates
+    result["first_call_s"], result["train_rates"], _ = _harness.fit_rates(
+        model, x_all, cfg["batch"], total_train, cfg["warmup"], cfg["repeats"], cfg["steps"])
     # fit logs a running mean; evaluate the first and last repeats' batches instead.
     result["first_repeat_loss"] = None
     result["last_repeat_loss"] = float(np.mean(
@@ -360,13 +275,13 @@ def _run_worker(spec):
   else:
     start = time.perf_counter()
     loss = train_step(batches[0])
-    _sync(loss)
+    _harness.sync(loss)
     result["first_call_s"] = time.perf_counter() - start
     result["first_step_loss"] = float(loss)
     steps_done = 1
     for i in range(cfg["warmup"]):
       loss = train_step(batches[(steps_done + i) % len(batches)])
-    _sync(loss)
+    _harness.sync(loss)
     steps_done += cfg["warmup"]
     rates = []
     for _ in range(cfg["repeats"]):
@@ -376,7 +291,7 @@ def _run_worker(spec):
         loss = train_step(batches[steps_done % len(batches)])
         repeat_losses.append(loss)  # no sync: keeps the tensor only
         steps_done += 1
-      _sync(loss)
+      _harness.sync(loss)
       rates.append(cfg["steps"] / (time.perf_counter() - begin))
       losses.append(float(np.mean([l.numpy() for l in repeat_losses])))
     result["train_rates"] = rates
@@ -391,94 +306,46 @@ def _run_worker(spec):
   samples = sample_fn(*seeds[0]).numpy()
   result["sample_first_call_s"] = time.perf_counter() - start
   result["samples_finite"] = bool(np.isfinite(samples).all())
-  result["sample_rates"], result["sample_calls"] = _timed_rates(
+  result["sample_rates"], result["sample_calls"] = _harness.timed_rates(
       sample_fn, seeds, cfg["eval_repeats"], cfg["eval_seconds"], cfg["batch"])
   start = time.perf_counter()
-  _sync(log_prob_fn(batches[0]))
+  _harness.sync(log_prob_fn(batches[0]))
   result["log_prob_first_call_s"] = time.perf_counter() - start
-  result["log_prob_rates"], result["log_prob_calls"] = _timed_rates(
+  result["log_prob_rates"], result["log_prob_calls"] = _harness.timed_rates(
       log_prob_fn, [(b,) for b in batches], cfg["eval_repeats"], cfg["eval_seconds"],
       cfg["batch"])
-  result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-  print(_MARKER + json.dumps(result), flush=True)
+  result["peak_rss_mb"] = _harness.peak_rss_mb()
+  _harness.emit(_MARKER, result)
 
 
 # ----------------------------------------------------------------------------- parent
 
 
-def _cpu_jiffies():
-  """(busy, total) jiffies of the whole machine from /proc/stat."""
-  with open("/proc/stat", encoding="utf-8") as f:
-    fields = [int(v) for v in f.readline().split()[1:]]
-  idle = fields[3] + fields[4]  # idle + iowait
-  return sum(fields) - idle, sum(fields)
-
-
-def _busy_cores(seconds):
-  """CPU cores in use by all processes over the next `seconds` (parent idle meanwhile)."""
-  busy0, total0 = _cpu_jiffies()
-  time.sleep(seconds)
-  busy1, total1 = _cpu_jiffies()
-  return (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
-
-
-def _wait_for_quiet():
-  """Waits (up to --quiet_wait s) until other processes use < --quiet_cores cores."""
-  if _QUIET_WAIT.value <= 0:
-    return 0.0
-  start = time.perf_counter()
-  while time.perf_counter() - start < _QUIET_WAIT.value:
-    if _busy_cores(3.0) < _QUIET_CORES.value:
-      break
-  return time.perf_counter() - start
-
-
 def _spawn(spec, argv_flags):
-  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env = _harness.worker_env(_ONEDNN.value)
   if spec.split(":")[1] == "base":
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.abspath(_BASELINE.value)] + env.get("PYTHONPATH", "").split(os.pathsep))
-  if _ONEDNN.value != "default":
-    env["TF_ENABLE_ONEDNN_OPTS"] = "1" if _ONEDNN.value == "on" else "0"
-  busy0, total0 = _cpu_jiffies()
-  child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-  start = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-  wall = time.perf_counter() - start
-  busy1, total1 = _cpu_jiffies()
-  child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-  # Cores busy on the machine during the case, minus the worker's own CPU time: what
-  # other processes used meanwhile (the worker itself uses up to 2 cores).
-  machine = (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
-  worker = ((child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)) / wall
-  for line in proc.stdout.splitlines():
-    if line.startswith(_MARKER):
-      out = json.loads(line[len(_MARKER):])
-      out["wall_s"] = wall
-      out["worker_cores"] = worker
-      out["other_cores"] = max(machine - worker, 0.0)
-      return out
+  meter = _harness.CpuMeter()
+  proc = subprocess.run(_harness.worker_command(__file__, spec, argv_flags),
+                        capture_output=True, text=True, env=env, check=False)
+  usage = meter.stop()
+  out = _harness.parse_result(proc.stdout, _MARKER)
+  if out is not None:
+    return {**out, **usage}
   sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
   raise RuntimeError(f"worker {spec} failed with exit code {proc.returncode}")
 
 
 def _merge(runs):
   """Pools the repeats of several rounds of one case."""
-  merged = dict(runs[0])
-  for key in ("train_rates", "sample_rates", "log_prob_rates"):
-    merged[key] = [r for run in runs for r in run[key]]
-  merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+  merged = _harness.merge_rounds(runs)
   merged["samples_finite"] = all(run["samples_finite"] for run in runs)
   for key in ("first_call_s", "sample_first_call_s", "log_prob_first_call_s"):
-    merged[key] = _median([run[key] for run in runs])
+    merged[key] = _harness.median([run[key] for run in runs])
   merged["wall_s"] = sum(run["wall_s"] for run in runs)
   merged["other_cores"] = max(run["other_cores"] for run in runs)
   return merged
-
-
-def _fmt_ratio(ours, stock):
-  return "-" if not stock else f"{ours / stock:.2f}x"
 
 
 def _fmt_loss(value):
@@ -489,16 +356,16 @@ def _table(results):
   header = ("| model | case | XLA | train steps/s | vs stock | first step s | "
             "log_prob pts/s | vs stock | sample/s | vs stock | peak RSS MB | params | "
             "loss init -> first / last repeat | samples finite | other procs' cores |")
-  lines = [header, "|" + "---|" * 15]
+  lines = _harness.table_header(header)
   stock = {(r["model"], r["xla"]): r for r in results if r["case"] == "stock"}
   for r in results:
     s = stock.get((r["model"], r["xla"]))
-    train = _median(r["train_rates"])
-    samp = _median(r["sample_rates"])
-    lp = _median(r["log_prob_rates"])
+    train = _harness.median(r["train_rates"])
+    samp = _harness.median(r["sample_rates"])
+    lp = _harness.median(r["log_prob_rates"])
     is_stock = r["case"] == "stock"
     ratio = (lambda key, value: "1.00x" if is_stock else
-             _fmt_ratio(value, _median(s[key]) if s else None))
+             _harness.ratio(value, _harness.median(s[key]) if s else None))
     lines.append(
         f"| {r['model']} | {r['case']} | {'on' if r['xla'] else 'off'} | {train:.1f} | "
         f"{ratio('train_rates', train)} | {r['first_call_s']:.1f} | {lp:,.0f} | "
@@ -520,7 +387,7 @@ def _spread(results):
       extra = f", stock MADE max |masked kernel entry| {r['made_mask_violation']:.1e}"
     lines.append(
         f"  {r['model']:5s} {r['case']:8s} xla={'on ' if r['xla'] else 'off'} "
-        f"{min(t):7.1f} / {_median(t):7.1f} / {max(t):7.1f} (n={len(t)}); "
+        f"{_harness.spread(t)} (n={len(t)}); "
         f"first sample {r['sample_first_call_s']:.1f}s, first log_prob "
         f"{r['log_prob_first_call_s']:.1f}s; calls {r['sample_calls']}/"
         f"{r['log_prob_calls']}; worker wall {r['wall_s']:.0f}s{extra}")
@@ -535,33 +402,11 @@ def _versus_base(results):
     b = base.get((r["model"], r["xla"]))
     if r["case"] != "ours" or b is None:
       continue
-    ratios = [f"{name} {_fmt_ratio(_median(r[key]), _median(b[key]))}"
+    ratios = [f"{name} {_harness.ratio(_harness.median(r[key]), _harness.median(b[key]))}"
               for name, key in (("train", "train_rates"), ("log_prob", "log_prob_rates"),
                                 ("sample", "sample_rates"))]
     lines.append(f"  {r['model']:5s} xla={'on ' if r['xla'] else 'off'} " + ", ".join(ratios))
   return "\n".join(lines)
-
-
-def _fingerprint(root=None):
-  """md5 (12 hex) over the tfp_flows sources the workers import, to pin the version."""
-  import hashlib  # pylint: disable=import-outside-toplevel
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  if root is None:
-    root = os.path.dirname(importlib.util.find_spec("tfp_flows").origin)  # no TF import
-  digest = hashlib.md5()
-  for folder, _, files in sorted(os.walk(root)):
-    for name in sorted(files):
-      if name.endswith(".py"):
-        path = os.path.join(folder, name)
-        digest.update(os.path.relpath(path, root).encode())
-        with open(path, "rb") as f:
-          digest.update(f.read())
-  return f"{root} md5 {digest.hexdigest()[:12]}"
-
-
-def _load():
-  with open("/proc/loadavg", encoding="utf-8") as f:
-    return " ".join(f.read().split()[:3])
 
 
 def main(argv):
@@ -569,21 +414,15 @@ def main(argv):
   if _WORKER.value:
     _run_worker(_WORKER.value)
     return
-  for m in _MODELS.value:
-    if m not in _MODEL_SPECS:
-      raise app.UsageError(f"unknown model {m!r}")
+  _harness.check_choices("models", _MODELS.value, tuple(_MODEL_SPECS))
   cases = list(_CASES.value)
-  for c in cases:
-    if c not in ("ours", "stock"):
-      raise app.UsageError(f"unknown case {c!r}")
+  _harness.check_choices("cases", cases, ("ours", "stock"))
   if _BASELINE.value:
     base_root = os.path.join(os.path.abspath(_BASELINE.value), "tfp_flows")
     if not os.path.isfile(os.path.join(base_root, "__init__.py")):
       raise app.UsageError(f"--baseline_src={_BASELINE.value!r} has no tfp_flows package.")
     cases.append("base")
-  for x in _XLA.value:
-    if x not in ("on", "off"):
-      raise app.UsageError(f"--xla takes on/off; got {x!r}")
+  _harness.check_choices("xla", _XLA.value, ("on", "off"))
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--models", "--cases", "--xla", "--rounds",
                                       "--json_out", "--onednn", "--fit", "--quiet",
@@ -594,12 +433,12 @@ def main(argv):
   print(f"NSF benchmark: {_NUM_BINS} bins, bound {_BOUND}, hidden {_HIDDEN}, batch "
         f"{_BATCH.value}, Adam lr {_LR.value}, float32; {settings['repeats']} repeats x "
         f"{settings['steps']} steps after {settings['warmup']} warm-up steps; rounds "
-        f"{_ROUNDS.value}; TF_ENABLE_ONEDNN_OPTS={onednn}; load average {_load()}.",
+        f"{_ROUNDS.value}; TF_ENABLE_ONEDNN_OPTS={onednn}; load average {_harness.load_average()}.",
         flush=True)
-  fingerprint = _fingerprint()
+  fingerprint = _harness.fingerprint()
   print(f"tfp_flows: {fingerprint}", flush=True)
   if _BASELINE.value:
-    print(f"baseline (case base): {_fingerprint(base_root)}", flush=True)
+    print(f"baseline (case base): {_harness.fingerprint(base_root)}", flush=True)
   specs = []
   for m in _MODELS.value:
     for x in _XLA.value:
@@ -612,17 +451,17 @@ def main(argv):
   total_waited = 0.0
   for round_ in range(_ROUNDS.value):
     for spec in specs:
-      waited = _wait_for_quiet()
-      load_before = _load()
+      waited = _harness.wait_for_quiet(_QUIET_WAIT.value, _QUIET_CORES.value)
+      load_before = _harness.load_average()
       out = _spawn(spec, passthrough)
       out["waited_s"] = waited
       total_waited += waited
       runs[spec].append(out)
-      print(f"  round {round_ + 1} {spec:20s} train {_median(out['train_rates']):6.1f} "
-            f"steps/s, log_prob {_median(out['log_prob_rates']):8.0f}/s, sample "
-            f"{_median(out['sample_rates']):8.0f}/s ({out['wall_s']:.0f}s after waiting "
+      print(f"  round {round_ + 1} {spec:20s} train {_harness.median(out['train_rates']):6.1f} "
+            f"steps/s, log_prob {_harness.median(out['log_prob_rates']):8.0f}/s, sample "
+            f"{_harness.median(out['sample_rates']):8.0f}/s ({out['wall_s']:.0f}s after waiting "
             f"{out['waited_s']:.0f}s; other processes used {out['other_cores']:.2f} "
-            f"cores; load before {load_before}, after {_load()})", flush=True)
+            f"cores; load before {load_before}, after {_harness.load_average()})", flush=True)
   results = [_merge(runs[s]) for s in specs]
   print()
   for m in _MODELS.value:
@@ -634,10 +473,8 @@ def main(argv):
   if _BASELINE.value:
     print(_versus_base(results))
   print(f"\ntotal wall time {time.perf_counter() - start:.0f}s (of which waiting for a "
-        f"quiet machine {total_waited:.0f}s); load average {_load()}")
-  if _fingerprint() != fingerprint:
-    print("WARNING: the tfp_flows sources changed during the run; the cases may have "
-          "measured different versions.")
+        f"quiet machine {total_waited:.0f}s); load average {_harness.load_average()}")
+  _harness.warn_if_changed(fingerprint)
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1)

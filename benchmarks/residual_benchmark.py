@@ -53,13 +53,14 @@ Usage:
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 from absl import app
 from absl import flags
+
+import _harness
 
 _QUICK = flags.DEFINE_boolean("quick", False,
                               "n_exact_terms 2 and 16 only, fewer and shorter repeats.")
@@ -128,56 +129,6 @@ def _n_exact_values():
   return [int(v) for v in values]
 
 
-def _load_data(dims, batch_size):
-  """All points and a fixed pool of float32 batches [batch_size, dims]."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(0)
-  if dims == 64:
-    from sklearn import datasets  # pylint: disable=import-outside-toplevel
-    x = datasets.load_digits().data.astype(np.float64)  # [1797, 64], ints 0..16
-    x = x + rng.uniform(size=x.shape)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-  else:
-    from tfp_flows import data  # pylint: disable=import-outside-toplevel
-    x = data.make_toy_2d("two_moons", 2048, seed=0).astype(np.float64)
-  x = x.astype(np.float32)
-  order = rng.permutation(len(x))
-  num_batches = len(x) // batch_size
-  return x, [x[order[i * batch_size:(i + 1) * batch_size]] for i in range(num_batches)]
-
-
-def _median(values):
-  values = sorted(values)
-  n = len(values)
-  if not n:
-    return float("nan")
-  return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
-
-
-def _sync(out):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  for t in tf.nest.flatten(out):
-    if hasattr(t, "numpy"):
-      t.numpy()
-
-
-def _timed_rates(fn, args_list, repeats, seconds, items_per_call):
-  """items/s of `fn` per repeat; calls per repeat sized so a repeat lasts ~`seconds`."""
-  start = time.perf_counter()
-  _sync(fn(*args_list[0]))
-  per_call = time.perf_counter() - start
-  calls = max(1, int(round(seconds / max(per_call, 1e-6))))
-  rates = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = None
-    for i in range(calls):
-      out = fn(*args_list[i % len(args_list)])
-    _sync(out)
-    rates.append(items_per_call * calls / (time.perf_counter() - start))
-  return rates, calls
-
-
 def _allocator_mb(key):
   """TF's CPU allocator statistic `key` ("peak"/"current") in MB, or None."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -210,7 +161,7 @@ def _run_worker(spec):
 
   keras.utils.set_random_seed(0)
   tf.random.set_seed(0)
-  x_all, batches_np = _load_data(dims, cfg["batch"])
+  x_all, batches_np = _harness.vector_data(dims, cfg["batch"])
   batches = [tf.constant(b) for b in batches_np]
   result = {"model": model_name, "estimator": estimator,
             "n_exact": None if estimator == "exact" else n_exact, "xla": xla,
@@ -271,14 +222,7 @@ def _run_worker(spec):
     result["last_loss"] = float(history.history["nll"][-1])
     result["alloc_peak_mb"] = None
   else:
-    optimizer.build(variables)
-
-    @tf.function(jit_compile=xla)
-    def train_step(x):
-      with tf.GradientTape() as tape:
-        loss = -tf.reduce_mean(model(x, training=True))
-      optimizer.apply(tape.gradient(loss, variables), variables)
-      return loss
+    train_step = _harness.keras_train_step(model, optimizer, variables, xla)
 
     start = time.perf_counter()
     loss = train_step(batches[0])
@@ -289,7 +233,7 @@ def _run_worker(spec):
     for _ in range(cfg["warmup"]):
       loss = train_step(batches[steps_done % len(batches)])
       steps_done += 1
-    _sync(loss)
+    _harness.sync(loss)
     per_step = (time.perf_counter() - begin) / max(cfg["warmup"], 1)
     steps = int(min(40, max(1, round(cfg["repeat_seconds"] / max(per_step, 1e-6)))))
     repeats = cfg["repeats"] if per_step < 1.0 else 3  # slow baselines: fewer repeats
@@ -304,7 +248,7 @@ def _run_worker(spec):
         loss = train_step(batches[steps_done % len(batches)])
         repeat_losses.append(loss)
         steps_done += 1
-      _sync(loss)
+      _harness.sync(loss)
       rates.append(steps / (time.perf_counter() - begin))
       losses.append(float(np.mean([l.numpy() for l in repeat_losses])))
     result["alloc_peak_mb"] = _allocator_mb("peak")
@@ -319,30 +263,23 @@ def _run_worker(spec):
 
   # ---- evaluation-mode log_prob and sampling (the same for every training estimator).
   if estimator == "neumann" and n_exact == min(_n_exact_values()) and not use_fit:
-
-    @tf.function(jit_compile=xla)
-    def sample_fn(seed):
-      return model.sample(cfg["batch"], seed=seed)
-
-    @tf.function(jit_compile=xla)
-    def log_prob_fn(x):
-      return model.log_prob(x)
+    sample_fn, log_prob_fn = _harness.eval_functions(model, cfg["batch"], xla)
 
     seeds = [(tf.constant([7, i], tf.int32),) for i in range(4)]
     start = time.perf_counter()
     samples = sample_fn(*seeds[0]).numpy()
     result["sample_first_call_s"] = time.perf_counter() - start
     result["samples_finite"] = bool(np.isfinite(samples).all())
-    result["sample_rates"], _ = _timed_rates(sample_fn, seeds, cfg["eval_repeats"],
+    result["sample_rates"], _ = _harness.timed_rates(sample_fn, seeds, cfg["eval_repeats"],
                                              cfg["eval_seconds"], cfg["batch"])
     start = time.perf_counter()
-    _sync(log_prob_fn(batches[0]))
+    _harness.sync(log_prob_fn(batches[0]))
     result["log_prob_first_call_s"] = time.perf_counter() - start
-    result["log_prob_rates"], _ = _timed_rates(
+    result["log_prob_rates"], _ = _harness.timed_rates(
         log_prob_fn, [(b,) for b in batches], cfg["eval_repeats"], cfg["eval_seconds"],
         cfg["batch"])
-  result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-  print(_MARKER + json.dumps(result), flush=True)
+  result["peak_rss_mb"] = _harness.peak_rss_mb()
+  _harness.emit(_MARKER, result)
 
 
 def _num_traces(fn):
@@ -356,76 +293,30 @@ def _num_traces(fn):
 # ----------------------------------------------------------------------------- parent
 
 
-def _load():
-  with open("/proc/loadavg", encoding="utf-8") as f:
-    return " ".join(f.read().split()[:3])
-
-
-def _cpu_jiffies():
-  """(busy, total) jiffies of the whole machine from /proc/stat."""
-  with open("/proc/stat", encoding="utf-8") as f:
-    fields = [int(v) for v in f.readline().split()[1:]]
-  idle = fields[3] + fields[4]  # idle + iowait
-  return sum(fields) - idle, sum(fields)
-
-
-def _busy_cores(seconds):
-  """CPU cores in use by all processes over the next `seconds` (parent idle meanwhile)."""
-  busy0, total0 = _cpu_jiffies()
-  time.sleep(seconds)
-  busy1, total1 = _cpu_jiffies()
-  return (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
-
-
-def _wait_for_quiet():
-  """Waits (up to --quiet_wait s) until other processes use < --quiet_cores cores."""
-  if _QUIET_WAIT.value <= 0:
-    return 0.0
-  start = time.perf_counter()
-  while time.perf_counter() - start < _QUIET_WAIT.value:
-    if _busy_cores(3.0) < _QUIET_CORES.value:
-      break
-  return time.perf_counter() - start
-
-
 def _spawn(spec, argv_flags):
-  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={spec}"] + argv_flags
   # TF's XLA device compiler logs every compilation at this verbosity; the count before
   # the worker's phase marker is the number of XLA compiles of the train step.
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="device_compiler=1")
+  env = _harness.worker_env(TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="device_compiler=1")
   if _BFC.value:
     env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
-  busy0, total0 = _cpu_jiffies()
-  child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-  start = time.perf_counter()
+  meter = _harness.CpuMeter()
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+    proc = subprocess.run(_harness.worker_command(__file__, spec, argv_flags),
+                          capture_output=True, text=True, env=env, check=False,
                           timeout=_TIMEOUT.value)
   except subprocess.TimeoutExpired:
-    return {"spec": spec, "timeout": True, "wall_s": time.perf_counter() - start}
-  wall = time.perf_counter() - start
-  busy1, total1 = _cpu_jiffies()
-  child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-  # Cores busy on the machine during the case minus the worker's own CPU time: what other
-  # processes used meanwhile (the worker itself uses up to 2 cores).
-  machine = (busy1 - busy0) / max(total1 - total0, 1) * os.cpu_count()
-  worker = ((child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)) / wall
-  for line in proc.stdout.splitlines():
-    if line.startswith(_MARKER):
-      out = json.loads(line[len(_MARKER):])
-      out["wall_s"] = wall
-      out["spec"] = spec
-      out["worker_cores"] = worker
-      out["other_cores"] = max(machine - worker, 0.0)
-      compiles = 0
-      for err_line in proc.stderr.splitlines():
-        if _PHASE_MARKER in err_line:
-          break
-        compiles += _COMPILE_LOG in err_line
-      out["xla_compiles"] = compiles
-      return out
-  sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-  return {"spec": spec, "failed": proc.returncode, "wall_s": wall}
+    return {"spec": spec, "timeout": True, "wall_s": meter.elapsed()}
+  usage = meter.stop()
+  out = _harness.parse_result(proc.stdout, _MARKER)
+  if out is None:
+    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+    return {"spec": spec, "failed": proc.returncode, "wall_s": usage["wall_s"]}
+  compiles = 0
+  for err_line in proc.stderr.splitlines():
+    if _PHASE_MARKER in err_line:
+      break
+    compiles += _COMPILE_LOG in err_line
+  return {**out, **usage, "spec": spec, "xla_compiles": compiles}
 
 
 def _fmt(value, spec="{:.1f}"):
@@ -436,7 +327,7 @@ def _training_table(results):
   header = ("| model | estimator | n_exact | XLA | train steps/s | vs exact | vs normflows "
             "(quoted) | first step s | XLA compiles | allocator peak MB | peak RSS MB | "
             "loss first -> last | other procs' cores |")
-  lines = [header, "|" + "---|" * 13]
+  lines = _harness.table_header(header)
   exact = {(r["model"], r["xla"]): r for r in results
            if r.get("estimator") == "exact" and "train_rates" in r}
   for r in results:
@@ -448,10 +339,10 @@ def _training_table(results):
       lines.append(f"| {model} | {estimator} | {n_name} | {xla_name} | {why} after "
                    f"{r['wall_s']:.0f} s | | | | | | | | |")
       continue
-    rate = _median(r["train_rates"])
+    rate = _harness.median(r["train_rates"])
     base = exact.get((model, r["xla"]))
     vs_exact = "1.00x" if estimator == "exact" else (
-        f"{rate / _median(base['train_rates']):.2f}x" if base else "-")
+        f"{rate / _harness.median(base['train_rates']):.2f}x" if base else "-")
     quoted = _MODEL_SPECS[model][3]
     lines.append(
         f"| {model} | {estimator} | {n_name} | {xla_name} | {rate:.1f} | {vs_exact} | "
@@ -471,13 +362,13 @@ def _memory_table(results, n_values):
     rows.setdefault((r["model"], r["xla"], r["estimator"]), {})[r["n_exact"]] = r
   header = ("| model | XLA | gradient | " + " | ".join(
       f"n={n}: MB / steps/s" for n in n_values) + " | MB per extra term |")
-  lines = [header, "|" + "---|" * (4 + len(n_values))]
+  lines = _harness.table_header(header)
   for (model, xla, estimator), by_n in rows.items():
     cells = []
     for n in n_values:
       r = by_n.get(n)
       cells.append("-" if r is None else
-                   f"{_fmt(r['alloc_peak_mb'])} / {_median(r['train_rates']):.1f}")
+                   f"{_fmt(r['alloc_peak_mb'])} / {_harness.median(r['train_rates']):.1f}")
     ns = [n for n in n_values if n in by_n and by_n[n]["alloc_peak_mb"] is not None]
     slope = "-"
     if len(ns) >= 2:
@@ -492,10 +383,11 @@ def _ratio_table(results, n_values):
   """Neumann / backprop steps/s at equal model, XLA and n; XLA on / off per estimator."""
   by_key = {(r["model"], r["xla"], r.get("estimator"), r.get("n_exact")): r
             for r in results if "train_rates" in r and not r.get("fit")}
-  lines = ["| model | n_exact | Neumann/backprop XLA off | Neumann/backprop XLA on | "
-           "XLA on/off Neumann | XLA on/off backprop |", "|---|---|---|---|---|---|"]
-  rate = lambda key: _median(by_key[key]["train_rates"]) if key in by_key else None
-  ratio = lambda a, b: "-" if a is None or b is None else f"{a / b:.2f}x"
+  lines = _harness.table_header(
+      "| model | n_exact | Neumann/backprop XLA off | Neumann/backprop XLA on | "
+      "XLA on/off Neumann | XLA on/off backprop |")
+  rate = lambda key: _harness.median(by_key[key]["train_rates"]) if key in by_key else None
+  ratio = _harness.ratio
   for model in _MODEL_SPECS:
     for n in n_values:
       cells = [ratio(rate((model, x, "neumann", n)), rate((model, x, "backprop", n)))
@@ -508,15 +400,16 @@ def _ratio_table(results, n_values):
 
 
 def _eval_table(results):
-  lines = ["| model | XLA | log_prob pts/s | first log_prob s | sample/s | first sample s | "
-           "samples finite |", "|---|---|---|---|---|---|---|"]
+  lines = _harness.table_header(
+      "| model | XLA | log_prob pts/s | first log_prob s | sample/s | first sample s | "
+      "samples finite |")
   for r in results:
     if "log_prob_rates" not in r:
       continue
     lines.append(
         f"| {r['model']} | {'on' if r['xla'] else 'off'} | "
-        f"{_median(r['log_prob_rates']):,.0f} | {r['log_prob_first_call_s']:.1f} | "
-        f"{_median(r['sample_rates']):,.0f} | {r['sample_first_call_s']:.1f} | "
+        f"{_harness.median(r['log_prob_rates']):,.0f} | {r['log_prob_first_call_s']:.1f} | "
+        f"{_harness.median(r['sample_rates']):,.0f} | {r['sample_first_call_s']:.1f} | "
         f"{'yes' if r['samples_finite'] else 'NO'} |")
   return "\n".join(lines)
 
@@ -542,27 +435,11 @@ def _spread(results):
     if "train_rates" not in r or r.get("fit"):
       continue
     t = r["train_rates"]
-    lines.append(f"  {r['spec']:22s} {min(t):7.1f} / {_median(t):7.1f} / {max(t):7.1f} "
+    lines.append(f"  {r['spec']:22s} {_harness.spread(t)} "
                  f"(n={len(t)} x {r['steps_per_repeat']} steps; traces {r['traces']}; "
                  f"build {r['build_s']:.1f} s; worker wall {r['wall_s']:.0f} s; load "
                  f"before {r['load_before']})")
   return "\n".join(lines)
-
-
-def _fingerprint():
-  """md5 (12 hex) over the tfp_flows sources the workers import, to pin the version."""
-  import hashlib  # pylint: disable=import-outside-toplevel
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(importlib.util.find_spec("tfp_flows").origin)  # no TF import
-  digest = hashlib.md5()
-  for folder, _, files in sorted(os.walk(root)):
-    for name in sorted(files):
-      if name.endswith(".py"):
-        path = os.path.join(folder, name)
-        digest.update(os.path.relpath(path, root).encode())
-        with open(path, "rb") as f:
-          digest.update(f.read())
-  return f"{root} md5 {digest.hexdigest()[:12]}"
 
 
 def main(argv):
@@ -570,15 +447,9 @@ def main(argv):
   if _WORKER.value:
     _run_worker(_WORKER.value)
     return
-  for m in _MODELS.value:
-    if m not in _MODEL_SPECS:
-      raise app.UsageError(f"unknown model {m!r}")
-  for g in _GRADIENTS.value:
-    if g not in ("neumann", "backprop"):
-      raise app.UsageError(f"unknown gradient {g!r}")
-  for x in _XLA.value:
-    if x not in ("on", "off"):
-      raise app.UsageError(f"--xla takes on/off; got {x!r}")
+  _harness.check_choices("models", _MODELS.value, tuple(_MODEL_SPECS))
+  _harness.check_choices("gradients", _GRADIENTS.value, ("neumann", "backprop"))
+  _harness.check_choices("xla", _XLA.value, ("on", "off"))
   n_values = _n_exact_values()
   passthrough = [a for a in sys.argv[1:]
                  if not a.startswith(("--models", "--gradients", "--xla", "--exact",
@@ -590,8 +461,8 @@ def main(argv):
         f"~{settings['repeat_seconds']} s after the first call and {settings['warmup']} "
         f"warm-up steps; BFC allocator {'on' if _BFC.value else 'off'}; "
         f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}; "
-        f"load average {_load()}.", flush=True)
-  fingerprint = _fingerprint()
+        f"load average {_harness.load_average()}.", flush=True)
+  fingerprint = _harness.fingerprint()
   print(f"tfp_flows: {fingerprint}", flush=True)
   specs = []
   for m in _MODELS.value:
@@ -606,19 +477,19 @@ def main(argv):
   start = time.perf_counter()
   total_waited = 0.0
   for spec in specs:
-    waited = _wait_for_quiet()
+    waited = _harness.wait_for_quiet(_QUIET_WAIT.value, _QUIET_CORES.value)
     total_waited += waited
-    load_before = _load()
+    load_before = _harness.load_average()
     out = _spawn(spec, passthrough)
     out["load_before"] = load_before
     out["waited_s"] = waited
     results.append(out)
     if "train_rates" in out:
-      print(f"  {spec:24s} train {_median(out['train_rates']):6.1f} steps/s, first "
+      print(f"  {spec:24s} train {_harness.median(out['train_rates']):6.1f} steps/s, first "
             f"{out['first_call_s']:5.1f} s, alloc peak {_fmt(out['alloc_peak_mb'])} MB, "
             f"RSS {out['peak_rss_mb']:.0f} MB ({out['wall_s']:.0f} s after waiting "
             f"{waited:.0f} s; other processes used {out['other_cores']:.2f} cores; load "
-            f"before {load_before}, after {_load()})", flush=True)
+            f"before {load_before}, after {_harness.load_average()})", flush=True)
     else:
       print(f"  {spec:24s} {'TIMED OUT' if out.get('timeout') else 'FAILED'} after "
             f"{out['wall_s']:.0f} s", flush=True)
@@ -643,10 +514,8 @@ def main(argv):
     print()
   print(_spread(results))
   print(f"\ntotal wall time {time.perf_counter() - start:.0f}s (of which waiting for a "
-        f"quiet machine {total_waited:.0f}s); load average {_load()}")
-  if _fingerprint() != fingerprint:
-    print("WARNING: the tfp_flows sources changed during the run; the cases may have "
-          "measured different versions.")
+        f"quiet machine {total_waited:.0f}s); load average {_harness.load_average()}")
+  _harness.warn_if_changed(fingerprint)
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1)
