@@ -7,7 +7,7 @@ steps, float32 under XLA, a fixed batch order and dequantisation noise (seed 0).
 bits/dim average 8 seeded dequantisation draws over the 10,000 test images.
 
 Run: python examples/glow_fashion_mnist.py [--output_dir runs/glow_fashion_mnist]
-     [--steps 3000] [--scale sigmoid] [--logit_alpha 0.05 | --logit_alpha none]
+     [--steps 3000] [--scale exp | sigmoid] [--logit_alpha 0.05 | none]
 """
 
 import argparse
@@ -58,7 +58,7 @@ def main():
   parser.add_argument("--warmup_steps", type=int, default=0)
   parser.add_argument("--clipnorm", type=float, default=None,
                       help="global gradient-norm clipping (Keras' global_clipnorm)")
-  parser.add_argument("--scale", default="sigmoid", choices=["sigmoid", "exp"])
+  parser.add_argument("--scale", default="exp", choices=["sigmoid", "exp"])
   parser.add_argument("--clamp", type=float, default=2.0)
   parser.add_argument("--logit_alpha", type=_logit_alpha, default=0.05,
                       help="logit margin, or 'none' for Glow's linear scaling")

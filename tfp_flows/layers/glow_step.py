@@ -31,7 +31,7 @@ class GlowStep(flow_layer.FlowChain):
   """
 
   def __init__(self, hidden_channels=512, coupling="affine", lu=True, mask="half",
-               reverse=False, seed=0, scale="sigmoid", clamp=2.0, flow_layers=None,
+               reverse=False, seed=0, scale="exp", clamp=2.0, flow_layers=None,
                **kwargs):
     if coupling not in ("affine", "additive"):
       raise ValueError(f"coupling must be 'affine' or 'additive'; got {coupling!r}.")

@@ -8,7 +8,7 @@ __all__ = ["Glow"]
 
 def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # pylint: disable=invalid-name
          coupling="affine", lu=True, num_bits=8, num_classes=None, mask="half",
-         logit_alpha=0.05, scale="sigmoid", clamp=2.0, name="glow"):
+         logit_alpha=0.05, scale="exp", clamp=2.0, name="glow"):
   """A multi-scale Glow over integer images in [0, 2**num_bits), as a `FlowModel`.
 
   Data side first: `Dequantize(num_bits)` (uniform noise in training, logit transform);
@@ -33,10 +33,13 @@ def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # p
     mask: "half" (channel split) or "checkerboard" (alternating colours per step).
     logit_alpha: margin of the logit preprocessing, or None for Glow's linear scaling
       of pixels to [-1/2, 1/2).
-    scale: the affine couplings' scale map: "sigmoid" (Glow's: training multiplies by
-      a sigmoid, so no batch can blow latents up) or "exp" (soft-clamped exp).
-    clamp: the scale's bound: with "sigmoid", sampling expands by at most e^clamp per
-      coupling (finite samples); with "exp", |log s| <= clamp.
+    scale: the affine couplings' scale map, "exp" (soft-clamped exp, |log s| < clamp in
+      both directions) or "sigmoid" (Glow's: training multiplies by a sigmoid and can
+      expand by at most 1.14 per coupling). Measured on Fashion-MNIST (README), "exp"
+      learns faster and had no loss spikes, so it is the default.
+    clamp: the scale's bound: with "exp", |log s| < clamp, so one coupling expands or
+      contracts by at most e^clamp either way (finite samples, bounded training
+      latents); with "sigmoid", sampling expands by at most e^clamp per coupling.
     name: model name.
   """
   height, width, channels = [int(d) for d in image_shape]
