@@ -9,13 +9,13 @@ autodiff Jacobian (`tests/testing/bijector_checks.py`: round trip to 1e-10, log-
 
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tfp_flows as tff
 from tests.testing import bijector_checks
+from tests.testing import flow_helpers
 from tfp_flows.bijectors import conditioning
 
 F64 = "float64"
@@ -95,20 +95,12 @@ def _inputs(event_shape, context_kind, discrete):
   return x, None
 
 
-def _randomise(layer, seed=1):
-  """Random trainable weights, so that every sublayer takes part in the numbers."""
-  rng = np.random.default_rng(seed)
-  for weight in layer.trainable_weights:
-    value = keras.ops.convert_to_numpy(weight)
-    weight.assign(value + rng.normal(scale=0.3, size=value.shape).astype(value.dtype))
-
-
 def _check_float64(layer, event_shape, context_kind):
   discrete = isinstance(layer, tff.layers.Dequantize)
   x, c = _inputs(event_shape, context_kind, discrete)
   context = None if c is None else tf.constant(c)
   z, ildj = layer(tf.constant(x), context=context, training=False)
-  _randomise(layer)
+  flow_helpers.perturb_weights(layer, scale=0.3)  # every sublayer takes part
   assert layer.weights or not layer.trainable_weights
   for weight in layer.weights:
     assert weight.dtype in (F64, "int32"), weight.path
@@ -136,20 +128,6 @@ def _check_float64(layer, event_shape, context_kind):
 def test_float64_layer(name):
   make, event_shape, context_kind = CASES[name]
   _check_float64(make(dtype=F64), event_shape, context_kind)
-
-
-@pytest.fixture
-def float64_policy():
-  # Keras fixes its global dtype policy from floatx the first time a layer asks for it,
-  # so floatx alone does not reach layers built after any other test: set both.
-  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-  keras.config.set_floatx(F64)
-  keras.config.set_dtype_policy(F64)
-  try:
-    yield
-  finally:
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
 
 
 @pytest.mark.parametrize("name", ["dequantize", "affine_coupling_conditional_image",

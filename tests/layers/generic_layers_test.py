@@ -6,7 +6,8 @@ equal under XLA; that the older classes (`AffineCoupling`, `AdditiveCoupling`,
 `SplineCoupling`, `AffineAutoregressive`, `SplineAutoregressive`) compute exactly what the
 generic layer with their transformer computes, keep their config keys, and that a
 `.keras` file written by tfp_flows before the generic layers existed (commit f654cc4,
-`testdata/legacy_layers.keras`, made by `_legacy_model` and `_perturb` below) still loads
+`testdata/legacy_layers.keras`, made by `_legacy_model` below after
+`keras.utils.set_random_seed(0)` and `flow_helpers.perturb_weights(model, scale=0.3)`) still loads
 with its weights and log-densities.
 """
 
@@ -22,6 +23,7 @@ import tensorflow as tf
 import tfp_flows as tff
 from tfp_flows.layers import transformer_spec
 from tests.testing import bijector_checks
+from tests.testing import flow_helpers
 
 bijectors = tff.bijectors
 LEGACY_FILE = os.path.join(os.path.dirname(__file__), "testdata", "legacy_layers.keras")
@@ -42,14 +44,6 @@ def _legacy_model():
       tff.layers.SplineAutoregressive(num_bins=3, bound=3.0, circular=True,
                                       inverse_autoregressive=True, hidden_units=(4,)),
   ], event_shape=[4])
-
-
-def _perturb(layer_or_model, seed=1, scale=0.3):
-  """Moves every weight off its initial value (zero last layers would hide a wrong net)."""
-  rng = np.random.default_rng(seed)
-  for weight in layer_or_model.weights:
-    value = keras.ops.convert_to_numpy(weight)
-    weight.assign(value + scale * rng.standard_normal(value.shape).astype(value.dtype))
 
 
 SPECS = {
@@ -111,7 +105,7 @@ def test_generic_layer_is_bijective_with_autodiff_log_det(make, volume_preservin
   keras.utils.set_random_seed(0)
   layer = make()
   layer.build((None, 3))
-  _perturb(layer, seed=2)
+  flow_helpers.perturb_weights(layer, seed=2, scale=0.3)
   bijector = layer.bijector
   x = tf.constant(np.random.default_rng(3).uniform(-1.8, 1.8, (5, 3)), tf.float64)
   result = bijector_checks.assert_bijective_and_log_det(bijector, x, event_ndims=1)
@@ -152,7 +146,7 @@ def test_older_layer_is_the_generic_layer_with_its_transformer(legacy_cls, kwarg
   generic = generic_cls(transformer, hidden_units=(5,), **generic_kwargs)
   legacy.build((None, 4))
   generic.build((None, 4))
-  _perturb(legacy)
+  flow_helpers.perturb_weights(legacy, scale=0.3)
   generic.set_weights(legacy.get_weights())
   x = tf.constant(np.random.default_rng(4).uniform(-2.0, 2.0, (6, 4)), tf.float32)
   z_legacy, ildj_legacy = legacy(x)
@@ -183,7 +177,7 @@ def test_generic_layers_round_trip_through_keras_file(tmp_path):
       tff.layers.Coupling(bijectors.CircularRationalQuadraticTransformer(num_bins=3),
                           reverse=True, hidden_units=(4,)),
   ], event_shape=[4])
-  _perturb(model)
+  flow_helpers.perturb_weights(model, scale=0.3)
   path = str(tmp_path / "generic.keras")
   model.save(path)
   loaded = keras.models.load_model(path)

@@ -14,22 +14,18 @@ import pytest
 import tensorflow as tf
 
 import tfp_flows as tff
+from tests.testing import flow_helpers
 from tests.testing import model_checks
 
 D = 3
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-  keras.utils.set_random_seed(0)
+pytestmark = pytest.mark.usefixtures("keras_seed")
 
 
-def _perturb(model, seed=1, scale=0.3):
+def _perturb(model):
   """Moves the weights off their initial values (the spectral norm keeps Lip(g) <= c)."""
-  rng = np.random.default_rng(seed)
-  for weight in model.trainable_weights:
-    value = keras.ops.convert_to_numpy(weight)
-    weight.assign(value + scale * rng.normal(size=value.shape).astype(value.dtype))
+  flow_helpers.perturb_weights(model, scale=0.3)
 
 
 def _model(event_shape=(D,), **kwargs):
@@ -41,7 +37,7 @@ def _model(event_shape=(D,), **kwargs):
 
 
 def _data(shape=(8, D), seed=2):
-  return np.random.default_rng(seed).normal(size=shape).astype("float32")
+  return flow_helpers.normal_data(shape, seed=seed)
 
 
 def _reference_log_det(layer, x):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfp_flows as tff
-from tfp_flows.bijectors import conditioning
+from tests.testing import flow_helpers
 
 VARIANTS = {
     "coupling": {},
@@ -18,24 +18,7 @@ VARIANTS = {
 SMALL = {"num_layers": 2, "num_bins": 4, "hidden_units": (16,)}
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-  keras.utils.set_random_seed(0)
-
-
-def _perturb(model, seed=1, scale=0.2):
-  rng = np.random.default_rng(seed)
-  for weight in model.trainable_weights:
-    value = keras.ops.convert_to_numpy(weight)
-    weight.assign(value + scale * rng.normal(size=value.shape).astype(value.dtype))
-
-
-def _distribution_log_prob(model, x, context=None):
-  kwargs = {}
-  if context is not None:
-    kwargs["bijector_kwargs"] = conditioning.conditional_kwargs(
-        model.bijector, tf.constant(context))
-  return model.distribution.log_prob(tf.constant(x), **kwargs).numpy()
+pytestmark = pytest.mark.usefixtures("keras_seed")
 
 
 def test_layer_structure():
@@ -54,11 +37,11 @@ def test_layer_structure():
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_log_prob_is_the_stock_tfp_distribution_and_sampling_inverts(variant):
   model = tff.models.NeuralSplineFlow(5, **SMALL, **VARIANTS[variant])
-  _perturb(model)
+  flow_helpers.perturb_weights(model, scale=0.2)
   x = np.random.default_rng(2).normal(size=[16, 5]).astype("float32")
   log_prob = model.log_prob(x).numpy()
   assert np.all(np.isfinite(log_prob))
-  np.testing.assert_allclose(log_prob, _distribution_log_prob(model, x), rtol=1e-5,
+  np.testing.assert_allclose(log_prob, flow_helpers.distribution_log_prob(model, x), rtol=1e-5,
                              atol=1e-4)
   z = model.bijector.inverse(x)
   np.testing.assert_allclose(model.bijector.forward(z).numpy(), x, atol=1e-4)
@@ -70,7 +53,7 @@ def test_log_prob_is_the_stock_tfp_distribution_and_sampling_inverts(variant):
 @pytest.mark.parametrize("variant", ["coupling", "autoregressive"])
 def test_xla_log_prob_and_sampling_equal_eager(variant):
   model = tff.models.NeuralSplineFlow(4, **SMALL, **VARIANTS[variant])
-  _perturb(model)
+  flow_helpers.perturb_weights(model, scale=0.2)
   x = tf.constant(np.random.default_rng(4).normal(size=[8, 4]), tf.float32)
   eager = model.log_prob(x).numpy()
   xla = tf.function(model.log_prob, jit_compile=True)(x).numpy()
@@ -84,7 +67,7 @@ def test_xla_log_prob_and_sampling_equal_eager(variant):
 @pytest.mark.parametrize("variant", ["coupling", "autoregressive"])
 def test_keras_round_trip(variant, tmp_path):
   model = tff.models.NeuralSplineFlow(3, context_dims=2, **SMALL, **VARIANTS[variant])
-  _perturb(model)
+  flow_helpers.perturb_weights(model, scale=0.2)
   x = np.random.default_rng(6).normal(size=[5, 3]).astype("float32")
   c = np.random.default_rng(7).normal(size=[5, 2]).astype("float32")
   path = str(tmp_path / "nsf.keras")

@@ -20,7 +20,7 @@ from tfp_flows.layers.tarflow import NoiseAugmentation, TarFlowBlock
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling", "Autoregressive",
     "AutoregressiveLayer", "Coupling", "CouplingLayer", "Dequantize", "FFJORD", "FactorOut",
-    "FlowChain", "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute", "ResidualBlock",
-    "SplineAutoregressive", "SplineCoupling", "Squeeze",
+    "FlowChain", "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute",
+    "ResidualBlock", "SplineAutoregressive", "SplineCoupling", "Squeeze",
     "NoiseAugmentation", "TarFlowBlock",
 ]

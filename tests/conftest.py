@@ -1,0 +1,27 @@
+"""Fixtures shared by the test suite (helpers that are plain functions live in tests/testing/)."""
+
+import keras
+import pytest
+
+
+@pytest.fixture
+def keras_seed():
+  """Seeds Python, NumPy, TF and Keras (`keras.utils.set_random_seed(0)`) for one test."""
+  keras.utils.set_random_seed(0)
+
+
+@pytest.fixture
+def float64_policy():
+  """Runs one test under floatx and the global dtype policy "float64", then restores both.
+
+  Keras fixes its global dtype policy from floatx the first time a layer asks for it, so
+  floatx alone does not reach layers built after any other test: set both.
+  """
+  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+  keras.config.set_floatx("float64")
+  keras.config.set_dtype_policy("float64")
+  try:
+    yield
+  finally:
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
