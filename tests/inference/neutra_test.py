@@ -78,6 +78,22 @@ def test_hmc_samples_are_in_the_original_space(jit_compile):
   assert run.acceptance_rate.numpy() > 0.5
 
 
+@pytest.mark.parametrize("bijector", [tfb.Identity(), tfb.Softplus()],
+                         ids=["identity", "softplus"])
+def test_elementwise_bijectors_give_one_log_prob_per_chain(bijector):
+  # Plain NUTS is NeuTra with the identity; TTK reduced an elementwise bijector's
+  # log-det per coordinate ([chains, 3] against the target's [chains]).
+  flow = tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), [3]), bijector)
+  target = tfd.Sample(tfd.Gamma(2.0, 1.0), [3])
+  run = tff.inference.neutra_sample(target.log_prob, flow, num_results=5, num_chains=2,
+                                    num_burnin_steps=5, kernel="hmc",
+                                    num_leapfrog_steps=2, seed=1, jit_compile=False)
+  assert run.samples.shape == (5, 2, 3) and run.target_log_prob.shape == (5, 2)
+  expected = target.log_prob(run.samples) - bijector.inverse_log_det_jacobian(
+      run.samples, event_ndims=1)
+  np.testing.assert_allclose(run.target_log_prob, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_arguments_are_clear_errors():
   with pytest.raises(ValueError, match="kernel"):
     tff.inference.neutra_sample(TARGET.log_prob, tfd.TransformedDistribution(

@@ -33,6 +33,7 @@ import tensorflow_probability as tfp
 
 __all__ = ["NeuTraResult", "neutra_sample"]
 
+tfb = tfp.bijectors
 tfd = tfp.distributions
 
 
@@ -112,6 +113,12 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
       raise ValueError(f"{name} must be a positive int; got {value!r}.")
   num_burnin_steps = int(num_results if num_burnin_steps is None else num_burnin_steps)
   base, bijector = _flow_parts(flow)
+  latent_shape = base.event_shape
+  if bijector.forward_min_event_ndims < latent_shape.rank:
+    # TransformedTransitionKernel reduces the log-det over the bijector's minimal event
+    # rank: an elementwise bijector (tfb.Identity, tfb.Exp) would give one log-det per
+    # coordinate. An identity Reshape of the whole latent event fixes the rank.
+    bijector = tfb.Chain([bijector, tfb.Reshape(latent_shape, latent_shape)])
   seed = tfp.random.sanitize_seed(seed)
   init_seed, chain_seed = tfp.random.split_seed(seed)
   dtype = base.dtype
