@@ -283,6 +283,20 @@ class ReverseKL(Objective):
     return Result(-elbo, metrics, tf.constant(self.num_samples))
 
   def get_config(self):
+    """The config `.keras` saving stores: the target by Keras' function serialization.
+
+    Register `target_log_prob` with `keras.saving.register_keras_serializable` so a
+    saved model loads it by name (a lambda needs `safe_mode=False` to load). TFP
+    bijectors have no Keras config, so a model with a `constraining_bijector` cannot be
+    saved as `.keras` (a `ValueError` says what to do instead).
+    """
+    if self.constraining_bijector is not None and not hasattr(
+        self.constraining_bijector, "get_config"):
+      raise ValueError(
+          "A FlowModel trained by ReverseKL with constraining_bijector="
+          f"{self.constraining_bijector.name!r} cannot be saved as .keras (TFP bijectors "
+          "have no Keras config): save the weights (model.save_weights), or apply the "
+          "constraint inside a registered target_log_prob (adding its log-det).")
     return {"target_log_prob": keras.saving.serialize_keras_object(self.target_log_prob),
             "num_samples": self.num_samples, "seed": self.seed,
             "constraining_bijector": None if self.constraining_bijector is None else
