@@ -298,6 +298,8 @@ def test_malformed_model_directory_is_a_clear_error(capsys, tmp_path, model_byte
     ("ffjord", presets.Options(num_layers=1, hidden_units=(4,), solver="rk4",
                                    num_steps=2), [2], None, [2],
      ["ActNorm", "FFJORD"]),
+    ("tarflow", presets.Options(num_layers=2, hidden_channels=8), [4, 4, 1], 3, [4, 4, 1],
+     ["Dequantize", "NoiseAugmentation", "TarFlowBlock", "TarFlowBlock"]),
 ])
 def test_preset_table_maps_flags_to_presets(name, options, row_shape, num_bits,
                                             event_shape, layers):
@@ -306,6 +308,8 @@ def test_preset_table_maps_flags_to_presets(name, options, row_shape, num_bits,
   assert [type(layer).__name__ for layer in model.flow_layers] == layers
   if num_bits:
     assert model.flow_layers[0].num_bits == num_bits
+  if name == "tarflow":  # --hidden_channels is the Transformer's width
+    assert [layer.channels for layer in model.flow_layers[2:]] == [8, 8]
 
 
 def test_a_preset_missing_from_models_is_a_clear_error(monkeypatch):

@@ -45,8 +45,8 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", None,
                                   "Where export writes (default <model_dir>/saved_model).")
 
 _NUM_LAYERS = flags.DEFINE_integer(
-    "num_layers", None, "nsf: spline layers; residual, ffjord: blocks (default: the "
-    "preset's).", lower_bound=1)
+    "num_layers", None, "nsf: spline layers; residual, ffjord, tarflow: blocks (default: "
+    "the preset's).", lower_bound=1)
 _HIDDEN_UNITS = flags.DEFINE_list("hidden_units", None,
                                   "nsf, residual, ffjord: hidden sizes, e.g. 128,128.")
 _NUM_BINS = flags.DEFINE_integer("num_bins", None, "nsf: spline bins.", lower_bound=1)
@@ -64,7 +64,8 @@ _NUM_SCALES = flags.DEFINE_integer("num_scales", 2, "glow: scales.", lower_bound
 _STEPS_PER_SCALE = flags.DEFINE_integer("steps_per_scale", 4, "glow: steps per scale.",
                                         lower_bound=1)
 _HIDDEN_CHANNELS = flags.DEFINE_integer("hidden_channels", 64,
-                                        "glow: width of the coupling networks.",
+                                        "glow: width of the coupling networks; tarflow: "
+                                        "width of the Transformer.",
                                         lower_bound=1)
 _COUPLING = flags.DEFINE_enum("coupling", "affine", ["affine", "additive"],
                               "glow: coupling transformer.")

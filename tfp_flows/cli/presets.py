@@ -74,6 +74,10 @@ PRESETS = {
                          event_shape=shape, num_blocks=o.num_layers,
                          hidden_units=o.hidden_units, solver=o.solver,
                          num_steps=o.num_steps, trace=o.trace)),
+    "tarflow": Preset("TarFlow", events="images", data="discrete",
+                      arguments=lambda o, shape: dict(
+                          image_shape=shape, num_blocks=o.num_layers,
+                          channels=o.hidden_channels)),
 }
 
 
