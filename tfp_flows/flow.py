@@ -321,8 +321,11 @@ class FlowModel(keras.Model):
       if kwargs.get("steps_per_epoch") is None:
         raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
                          "steps_per_epoch= (the steps of one epoch) to fit.")
-      # A placeholder stream: each step's batch is ignored by the objective.
-      x = tf.data.Dataset.from_tensors(tf.zeros([1], self.compute_dtype)).repeat()
+      # A placeholder stream: each step's batch is ignored by the objective. One row
+      # per replica, as a distribution strategy splits each batch over replicas.
+      replicas = self.distribute_strategy.num_replicas_in_sync
+      x = tf.data.Dataset.from_tensors(
+          tf.zeros([replicas, 1], self.compute_dtype)).repeat()
       kwargs.setdefault("shuffle", False)
     guard = step_guard.NonFiniteStop(self._step_guard)
     if isinstance(callbacks, keras.callbacks.CallbackList):

@@ -22,6 +22,7 @@ import typing
 import keras
 import tensorflow as tf
 
+from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import dequantize as dequantize_lib
 from tfp_flows.layers import residual_block as residual_block_lib
 
@@ -200,8 +201,9 @@ class ReverseKL(Objective):
   differentiation is not implemented) and dequantization is for discrete data: both
   are a `ValueError`. Conditional flows are not supported.
 
-  `fit(epochs=..., steps_per_epoch=...)` takes no data. Samples use stateless seeds
-  `(seed + replica, optimizer step)`, so runs are reproducible and XLA-compatible;
+  `fit(epochs=..., steps_per_epoch=...)` takes no data. Training samples use stateless
+  seeds drawn from a `keras.random.SeedGenerator(seed)` with the replica folded in (so
+  replicas draw independent samples and a run is reproducible, also under XLA);
   evaluation uses `EVALUATION_SEED`.
 
   Args:
@@ -210,7 +212,7 @@ class ReverseKL(Objective):
     num_samples: samples per step (per replica).
     constraining_bijector: optional TFP bijector `c` from the flow's space to the
       target's, acting on one event of the flow.
-    seed: int, the first half of the stateless sampling seeds.
+    seed: int, the seed of the sampling seeds' generator.
 
   References: Rezende & Mohamed, Variational Inference with Normalizing Flows,
   arXiv:1505.05770; Kingma et al., IAF, arXiv:1606.04934.
@@ -242,18 +244,18 @@ class ReverseKL(Objective):
       if isinstance(layer, dequantize_lib.Dequantize):
         raise ValueError("ReverseKL fits a continuous target: remove the Dequantize layer "
                          "(it is for discrete data).")
+    # The sampling seeds' state, created here because FlowModel calls `check` in its
+    # constructor: inside the user's distribution-strategy scope, before any tracing.
+    self._seed_generator = keras.random.SeedGenerator(self.seed)
 
   def metric_names(self, model, training):
     del model, training
     return ("elbo", "ess_fraction", "log_normalizer")
 
-  def _seed(self, model, training):
+  def _seed(self, training):
     if not training:
       return tf.constant(EVALUATION_SEED, tf.int32)
-    replica = tf.distribute.get_replica_context()
-    replica_id = 0 if replica is None else replica.replica_id_in_sync_group
-    step = tf.cast(model.optimizer.iterations, tf.int32)
-    return tf.stack([tf.cast(self.seed + 1000003 * replica_id, tf.int32), step])
+    return _replica_seed.draw_replica_seed(self._seed_generator)
 
   def log_weights(self, model, seed):
     """`(theta, log w)` of `num_samples` reparameterised draws with stateless `seed`."""
@@ -272,7 +274,7 @@ class ReverseKL(Objective):
 
   def compute(self, model, data, training):
     del data  # the objective draws its own samples
-    _, log_w = self.log_weights(model, self._seed(model, training))
+    _, log_w = self.log_weights(model, self._seed(training))
     elbo = tf.reduce_mean(log_w)
     n = tf.cast(self.num_samples, log_w.dtype)
     stopped = tf.stop_gradient(log_w)
