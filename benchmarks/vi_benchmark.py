@@ -1,4 +1,4 @@
-"""VI training speed: tfp_flows' ReverseKL `fit` and `tfp.vi` on a live FlowModel vs stock TFP.
+"""VI training speed: ReverseKL `fit` and `tfp.vi` on a live FlowModel vs stock TFP.
 
 Target: Neal's funnel in 10-D (v ~ N(0, 3^2), x_i | v ~ N(0, e^v)). Flow: 4 affine
 couplings (MLP 64x2, exp scale) alternating with reversals, standard-normal base,

@@ -179,8 +179,9 @@ class ReverseKL(Objective):
   by minimising over reparameterised samples `x = f(z)`, `z ~ base`, `theta = c(x)`:
 
   ```none
-  log w(x) = log p~(c(x)) + log|det dc/dx| - log q(x),  log q(x) = log base(z) - log|det df/dz|
-  loss     = -mean_i log w(x_i) = KL(q || p) - log Z   (the negative ELBO)
+  log q(x) = log base(z) - log|det df/dz|
+  log w(x) = log p~(c(x)) + log|det dc/dx| - log q(x)
+  loss     = -mean_i log w(x_i)  ~=  KL(q || p) - log Z   (the negative ELBO)
   ```
 
   `c` is an optional stock constraining bijector (e.g. `tfb.Exp()` for scales, or a
@@ -279,8 +280,8 @@ class ReverseKL(Objective):
     n = tf.cast(self.num_samples, log_w.dtype)
     stopped = tf.stop_gradient(log_w)
     log_sum = tf.reduce_logsumexp(stopped)
-    metrics = {"elbo": tf.stop_gradient(elbo),
-               "ess_fraction": tf.exp(2.0 * log_sum - tf.reduce_logsumexp(2.0 * stopped)) / n,
+    ess = tf.exp(2.0 * log_sum - tf.reduce_logsumexp(2.0 * stopped))
+    metrics = {"elbo": tf.stop_gradient(elbo), "ess_fraction": ess / n,
                "log_normalizer": log_sum - tf.math.log(n)}
     return Result(-elbo, metrics, tf.constant(self.num_samples))
 

@@ -39,7 +39,9 @@ _WORKER = textwrap.dedent("""
           [tff.layers.AffineCoupling(hidden_units=(8,)), tff.layers.GaussianPrior()], [2],
           objective=tff.objectives.ReverseKL(target.log_prob, num_samples=32))
       model.compile(optimizer=keras.optimizers.Adam(2e-2))
-    seeds = strategy.run(lambda: model.objective._seed(True))  # pylint: disable=protected-access
+    # The seeds each replica draws for a training step.
+    draw = lambda: model.objective._seed(True)  # pylint: disable=protected-access
+    seeds = strategy.run(draw)
     seeds = [s.numpy().tolist() for s in strategy.experimental_local_results(seeds)]
     history = model.fit(epochs=3, steps_per_epoch=100, verbose=0).history
     x = model.sample(20000, seed=1).numpy()

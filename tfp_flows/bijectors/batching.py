@@ -1,4 +1,4 @@
-"""Calling a conditioner network on any sample shape: one flat batch axis in, restored out."""
+"""Conditioner networks on any sample shape: one flat batch axis in, restored out."""
 
 import tensorflow as tf
 
