@@ -50,8 +50,13 @@ def _refs(variables):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_batch_shape_and_variables(name):
-  case, model, _, _ = _setup(name)
+def test_layer_bijector_properties(name):
+  case, model, x, context = _setup(name)
+  _check_batch_shape_and_variables(case, model)
+  _check_single_event_and_two_sample_axes(case, model, x, context)
+
+
+def _check_batch_shape_and_variables(case, model):
   layer = model.flow_layers[0]
   for bijector in (layer.bijector, model.bijector):
     assert bijector.experimental_batch_shape() == tf.TensorShape([])
@@ -65,9 +70,7 @@ def test_batch_shape_and_variables(name):
     assert _refs(variables) == _refs(expected)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_single_event_and_two_sample_axes(name):
-  case, model, x, context = _setup(name)
+def _check_single_event_and_two_sample_axes(case, model, x, context):
   distribution = model.distribution
   # Dequantize: the model takes the integer pixels, the distribution the bin centres.
   pixels = x - 0.5 if case.discrete else x
