@@ -402,3 +402,23 @@ def test_constant_jacobian_mean_and_entropy(name):
   gaussian_entropy = 0.5 * size * math.log(2 * math.pi * math.e)
   np.testing.assert_allclose(distribution.entropy(), gaussian_entropy + expected_log_det,
                              rtol=1e-10)
+
+
+def test_additive_coupling_is_volume_preserving_but_not_affine():
+  """Why additive couplings do not declare is_constant_jacobian (issue 15 asked for it).
+
+  Their log-det is exactly 0, but the Jacobian [[I, 0], [dt/dx_a, I]] depends on x, so
+  the map is not affine: TFP's `mean()` for constant-Jacobian bijectors,
+  forward(base mean), would be wrong. Monte Carlo shows the difference.
+  """
+  params = Params(tf.float64, seed=0)
+  case = CASES["coupling_additive"](params)
+  bijector = case.bijector
+  # A base centred at 1: the test conditioner is odd, so a centred one would hide it.
+  z = tf.constant(1.0 + np.random.default_rng(0).normal(size=[20000, 5]))
+  np.testing.assert_array_equal(bijector.forward_log_det_jacobian(z, event_ndims=1), 0.0)
+  mean = tf.reduce_mean(bijector.forward(z), 0).numpy()
+  standard_error = tf.math.reduce_std(bijector.forward(z), 0).numpy() / math.sqrt(20000)
+  at_mean = bijector.forward(tf.ones([1, 5], tf.float64))[0].numpy()
+  assert np.max(np.abs(mean - at_mean) / standard_error) > 10
+  assert not bijector.is_constant_jacobian
