@@ -9,6 +9,7 @@ from tfp_flows import objectives
 from tfp_flows import step_guard
 from tfp_flows.bijectors import conditioning
 from tfp_flows.layers import flow_layer
+from tfp_flows.numerics import probes
 
 __all__ = ["FlowModel"]
 
@@ -249,7 +250,7 @@ class FlowModel(keras.Model):
       total = n
     if not tf.is_tensor(total) and total == 0:  # no draws: nothing to map (and some layers cannot map none)
       return tf.zeros([n, *rows, *self.event_shape], self.base_distribution.dtype)
-    z = self.base_distribution.sample(total, seed=_stateless_seed(seed)) * temperature
+    z = self.base_distribution.sample(total, seed=probes.stateless_seed(seed)) * temperature
     bijector = self.bijector
     x = bijector.forward(z, **conditioning.conditional_kwargs(bijector, context))
     x = self.flow.postprocess_sample(x)
@@ -400,18 +401,6 @@ _SEED_STATE = "seed_generator_state_"
 def _statistic_names(layer):
   names = getattr(layer, "statistic_names", None)
   return tuple(names()) if names else ()
-
-
-def _stateless_seed(seed):
-  """A `[2]` stateless seed: TFP treats a Python int seed as stateful (not repeatable)."""
-  if seed is None:
-    return None
-  if isinstance(seed, (int, np.integer)):
-    seed = int(seed)
-    if not 0 <= seed < 2**31:
-      raise ValueError(f"seed must be an int in [0, 2**31) or a [2] tensor; got {seed}.")
-    return tf.constant([0, seed], tf.int32)
-  return seed
 
 
 def _is_multi_worker(strategy):

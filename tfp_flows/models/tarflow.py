@@ -8,6 +8,7 @@ import tensorflow_probability as tfp
 from tfp_flows import flow
 from tfp_flows import layers
 from tfp_flows.bijectors import conditioning
+from tfp_flows.numerics import probes
 
 __all__ = ["TarFlow", "TarFlowModel", "tweedie_denoise"]
 
@@ -76,7 +77,7 @@ class TarFlowModel(flow.FlowModel):
     split = self._noise_layer_index() if denoise else 0
     context, rows, total = self._tile_context(n, context)
     z = self.base_distribution.sample(
-        total, seed=flow._stateless_seed(seed)) * temperature  # pylint: disable=protected-access
+        total, seed=probes.stateless_seed(seed)) * temperature
     tail = self.sampling_bijector(guidance, sampling, start=split)
     x = tail.forward(z, **conditioning.conditional_kwargs(tail, context))
     if denoise:

@@ -9,12 +9,13 @@ to floats differently). So the same seed gives the same probes in every mode.
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from tfp_flows.numerics import checks
 
 __all__ = ["PROBE_DISTRIBUTIONS", "RNG_ALGORITHM", "check_batched", "content_keyed_probes",
-           "hutchinson_probes", "split_seed", "uniform_float64"]
+           "hutchinson_probes", "split_seed", "stateless_seed", "uniform_float64"]
 
 PROBE_DISTRIBUTIONS = ("rademacher", "normal")
 RNG_ALGORITHM = "philox"
@@ -23,6 +24,22 @@ RNG_ALGORITHM = "philox"
 _HASH_PRIME = 2**31 - 1
 # Sign, exponent and the top 8 mantissa bits of a float32 (the low 15 bits cleared).
 _KEY_MASK = -(2**15)
+
+
+def stateless_seed(seed):
+  """A user's seed as a `[2]` stateless seed (None stays None: fresh draws).
+
+  TFP treats a Python int seed as stateful (not repeatable), so an int `s` in
+  [0, 2**31) becomes `[0, s]`; a `[2]` tensor passes through.
+  """
+  if seed is None:
+    return None
+  if isinstance(seed, (int, np.integer)):
+    seed = int(seed)
+    if not 0 <= seed < 2**31:
+      raise ValueError(f"seed must be an int in [0, 2**31) or a [2] tensor; got {seed}.")
+    return tf.constant([0, seed], tf.int32)
+  return seed
 
 
 def split_seed(seed, num=2):
