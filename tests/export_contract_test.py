@@ -32,6 +32,7 @@ import tensorflow as tf
 
 import tfp_flows as tff
 from tfp_flows import export
+from tests.testing import serving
 from tfp_flows.bijectors import conditioning
 
 LOADERS = ("load", "session")
@@ -41,35 +42,13 @@ SEED = np.array([3, 4], "int32")
 LOC = np.array([1.0, -2.0])
 STD = np.array([0.5, 2.0])
 
-_SERVER = textwrap.dedent("""
-    import importlib.abc
-    import json
-    import sys
-
-    class _Forbidden(importlib.abc.MetaPathFinder):
-      def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tfp_flows", "tensorflow_probability"):
-          raise ImportError(f"serving must not need {name}")
-        return None
-
-    sys.meta_path.insert(0, _Forbidden())
-
-    import numpy as np
-    import tensorflow as tf
+_SERVER = serving.SERVER_PREAMBLE + textwrap.dedent("""
     from tensorflow.core.protobuf import config_pb2
 
-    sessions = {}
-
     def session_run(directory, signature, inputs):
-      # The TF1 session loader, as TensorFlow Serving uses it, and the C++ session API:
-      # no Python-side checks of the fed shapes or dtypes.
-      if directory not in sessions:
-        graph = tf.Graph()
-        session = tf.compat.v1.Session(graph=graph)
-        with graph.as_default():
-          meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], directory)
-        sessions[directory] = session, meta_graph
-      session, meta_graph = sessions[directory]
+      # The TF1 session loader and the C++ session API: no Python-side checks of the
+      # fed shapes or dtypes.
+      session, meta_graph = load_session(directory)
       signature_def = meta_graph.signature_def[signature]
       names, outputs = sorted(inputs), sorted(signature_def.outputs)
       options = config_pb2.CallableOptions(

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 import tfp_flows as tff
 from tfp_flows import export
+from tests.testing import serving
 from tfp_flows.bijectors import conditioning
 
 NUM_BITS = 3
@@ -36,33 +37,10 @@ FRESH_N = 20000  # draws of the Gaussian case's large sample_fresh call
 GAUSSIAN_LOC = np.array([1.0, -2.0])
 GAUSSIAN_STD = np.array([0.5, 2.0])
 
-_SERVER = textwrap.dedent("""
-    import importlib.abc
-    import json
-    import sys
-
-    class _Forbidden(importlib.abc.MetaPathFinder):
-      def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tfp_flows", "tensorflow_probability"):
-          raise ImportError(f"serving must not need {name}")
-        return None
-
-    sys.meta_path.insert(0, _Forbidden())
-
-    import numpy as np
-    import tensorflow as tf
-
-    sessions = {}
-
+_SERVER = serving.SERVER_PREAMBLE + textwrap.dedent("""
     def session_run(directory, signature, inputs):
       # The TF1 session loader, as TensorFlow Serving and `saved_model_cli run` use.
-      if directory not in sessions:
-        graph = tf.Graph()
-        session = tf.compat.v1.Session(graph=graph)
-        with graph.as_default():
-          meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], directory)
-        sessions[directory] = session, meta_graph
-      session, meta_graph = sessions[directory]
+      session, meta_graph = load_session(directory)
       signature_def = meta_graph.signature_def[signature]
       feeds = {signature_def.inputs[k].name: v for k, v in inputs.items()}
       fetches = {k: v.name for k, v in signature_def.outputs.items()}
