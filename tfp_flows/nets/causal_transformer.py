@@ -28,7 +28,9 @@ class CausalTransformer(keras.layers.Layer):
   `s` (start token), `p` (positions) and the class table `c` (`num_classes + 1` rows, the
   last the "no label" row that labels < 0 select, for classifier-free guidance) are
   learned. `W_out` and `b_out` start at zero, so the output is 0 and the flow built on it
-  starts as the identity. Every sublayer gets this layer's dtype policy (float64 works).
+  starts as the identity. Every sublayer gets this layer's dtype policy (float64 works;
+  under a mixed policy the weights are float32 and `call` and `step` both compute in the
+  16-bit type).
 
   Incremental decoding (`initial_cache`, `step`) runs the same weights one position at a
   time, keeping each layer's keys and values of the positions already read in a cache
@@ -170,11 +172,15 @@ class CausalTransformer(keras.layers.Layer):
     Returns:
       `(params, cache)` with the keys and values of position `index` written.
     """
-    previous_token = ops.cast(previous_token, self.compute_dtype)
+    dtype = self.compute_dtype
+    previous_token = ops.cast(previous_token, dtype)
     batch_size = ops.shape(previous_token)[0]
-    start = ops.broadcast_to(self.start_token, [batch_size, self.channels])
+    # Outside `__call__` Keras does not cast this layer's own weights to the compute
+    # dtype; under a mixed policy (float32 weights, 16-bit activations) cast them here.
+    start = ops.broadcast_to(ops.cast(self.start_token, dtype), [batch_size, self.channels])
     e = ops.where(index == 0, start, self.proj_in(previous_token))
-    e = e + ops.take(self.positions, index, axis=0) + self._class_embedding(labels)
+    e = (e + ops.cast(ops.take(self.positions, index, axis=0), dtype)
+         + ops.cast(self._class_embedding(labels), dtype))
     index = ops.cast(index, "int32")
     # int32 throughout: under floatx float64 Keras' arange defaults to int64.
     filled = ops.reshape(ops.arange(self.num_tokens, dtype="int32") <= index, [1, 1, -1])
