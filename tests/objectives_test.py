@@ -127,6 +127,8 @@ def test_a_new_objective_plugs_in():
 def test_bad_objectives_are_clear_errors():
   layers = lambda: [tff.layers.ActNorm()]  # pylint: disable=unnecessary-lambda-assignment
   with pytest.raises(ValueError, match="objective must be one of .*'maximum_likelihood'"):
+    tff.FlowModel(layers(), [2], objective="elbo")
+  with pytest.raises(ValueError, match="objective='reverse_kl' .*pass target_log_prob=fn"):
     tff.FlowModel(layers(), [2], objective="reverse_kl")
   with pytest.raises(ValueError, match="optimal_transport=True pairs flow-matching"):
     tff.FlowModel(layers(), [2], optimal_transport=True)

@@ -59,12 +59,18 @@ class FlowModel(keras.Model):
     context_dtype: dtype of the context: None for the model's float dtype (float32, or
       float64 under a float64 dtype policy), or "int32" for class labels.
     objective: what `fit` minimises: a `tfp_flows.objectives.Objective`, or the name
-      "maximum_likelihood" or "flow_matching" (`objectives.FlowMatching`: regresses
+      "maximum_likelihood", "flow_matching" (`objectives.FlowMatching`: regresses
       the vector field of a base-side continuous flow such as FFJORD on straight paths,
-      without solving the ODE; `evaluate`/`log_prob` are still exact likelihoods), or
-      `objectives.ReverseKL(target_log_prob)` for variational inference (`fit`
-      without data, `steps_per_epoch=` steps an epoch).
+      without solving the ODE; `evaluate`/`log_prob` are still exact likelihoods) or
+      "reverse_kl" with `target_log_prob` (variational inference, the same as
+      `objectives.ReverseKL(target_log_prob)` with its defaults: `fit` without data,
+      `steps_per_epoch=` steps an epoch). A name takes the objective's defaults; for
+      other options (ReverseKL's `num_samples`, `constraining_bijector`, `seed`) pass
+      the object.
     optimal_transport: with "flow_matching", pair each batch by entropic OT.
+    target_log_prob: with "reverse_kl", the unnormalised log target
+      `theta [N, *event_shape] -> [N]`. It is saved as part of the objective (see
+      `objectives.ReverseKL.get_config`), not as an argument of its own.
 
   Layers may report per-call statistics (`statistic_names()`, `last_statistics`, e.g.
   FFJORD's "nfe", the vector-field evaluations of its solves); `fit` and `evaluate` log
@@ -73,7 +79,7 @@ class FlowModel(keras.Model):
 
   def __init__(self, flow_layers, event_shape, base_distribution=None, context_shape=None,
                context_dtype=None, objective="maximum_likelihood",
-               optimal_transport=False, **kwargs):
+               optimal_transport=False, target_log_prob=None, **kwargs):
     super().__init__(**kwargs)
     flow_layers = list(flow_layers)
     if not flow_layers:
@@ -97,7 +103,8 @@ class FlowModel(keras.Model):
         tfd.Normal(base_dtype.type(0), base_dtype.type(1)), self.latent_shape)
     self.statistic_names = tuple(sorted(
         {name for layer in flow_layers for name in _statistic_names(layer)}))
-    self.objective = objectives.get(objective, optimal_transport=optimal_transport)
+    self.objective = objectives.get(objective, optimal_transport=optimal_transport,
+                                    target_log_prob=target_log_prob)
     self.objective.check(self)
     names = (self.objective.metric_names(self, training=True) +
              self.objective.metric_names(self, training=False))

@@ -202,6 +202,9 @@ class ReverseKL(Objective):
   differentiation is not implemented) and dequantization is for discrete data: both
   are a `ValueError`. Conditional flows are not supported.
 
+  `FlowModel(..., objective="reverse_kl", target_log_prob=fn)` is this objective with its
+  default options; pass the object for others.
+
   `fit(epochs=..., steps_per_epoch=...)` takes no data. Training samples use stateless
   seeds drawn from a `keras.random.SeedGenerator(seed)` with the replica folded in (so
   replicas draw independent samples and a run is reproducible, also under XLA);
@@ -321,35 +324,60 @@ def _all_layers(flow_layers):
     yield from _all_layers(getattr(layer, "flow_layers", []))
 
 
-_BY_NAME = {"maximum_likelihood": MaximumLikelihood, "flow_matching": FlowMatching}
+_BY_NAME = {"maximum_likelihood": MaximumLikelihood, "flow_matching": FlowMatching,
+            "reverse_kl": ReverseKL}
 
 
-def get(objective, optimal_transport=False):
+def get(objective, optimal_transport=False, target_log_prob=None):
   """An `Objective` from an objective object or a built-in name.
 
+  As with Keras' string optimizers, a name builds the objective with its default
+  options: "reverse_kl" is `ReverseKL(target_log_prob)` (64 samples a step, no
+  constraining bijector, seed 0). For other options (`num_samples`,
+  `constraining_bijector`, `seed`) pass the object.
+
   Args:
-    objective: an `Objective`, or "maximum_likelihood" / "flow_matching".
+    objective: an `Objective`, or "maximum_likelihood" / "flow_matching" /
+      "reverse_kl".
     optimal_transport: with "flow_matching", pair batches by entropic OT (an objective
       object carries its own options instead).
+    target_log_prob: with "reverse_kl", the callable `theta -> log p~(theta)` the flow
+      is fitted to (see `ReverseKL`).
 
   Raises:
-    ValueError: for an unknown name, or `optimal_transport` without flow matching.
+    ValueError: for an unknown name, `optimal_transport` without flow matching,
+      "reverse_kl" without `target_log_prob`, or `target_log_prob` with another
+      objective.
   """
   if isinstance(objective, Objective):
     if optimal_transport:
       raise ValueError("optimal_transport=True goes with objective='flow_matching'; an "
                        "objective object carries its own options: pass "
                        "tff.objectives.FlowMatching(optimal_transport=True).")
+    if target_log_prob is not None:
+      raise ValueError("target_log_prob= goes with objective='reverse_kl'; an objective "
+                       f"object carries its own options: got {type(objective).__name__} "
+                       "and a target_log_prob. Pass tff.objectives.ReverseKL("
+                       "target_log_prob, ...) alone.")
     return objective
   if objective not in _BY_NAME:
     raise ValueError(f"objective must be one of {tuple(_BY_NAME)} or a "
-                     f"tff.objectives.Objective; got {objective!r}. For variational "
-                     "inference pass tff.objectives.ReverseKL(target_log_prob).")
-  if objective == "flow_matching":
-    return FlowMatching(optimal_transport=optimal_transport)
-  if optimal_transport:
+                     f"tff.objectives.Objective; got {objective!r}.")
+  if optimal_transport and objective != "flow_matching":
     raise ValueError("optimal_transport=True pairs flow-matching batches: use it with "
                      "objective='flow_matching'.")
+  if objective == "reverse_kl":
+    if target_log_prob is None:
+      raise ValueError("objective='reverse_kl' fits the flow to an unnormalised target: "
+                       "pass target_log_prob=fn (theta -> log p~(theta)) as well, or "
+                       "pass tff.objectives.ReverseKL(target_log_prob, num_samples=..., "
+                       "constraining_bijector=...) as the objective.")
+    return ReverseKL(target_log_prob)
+  if target_log_prob is not None:
+    raise ValueError("target_log_prob= is the target of variational inference: use it "
+                     f"with objective='reverse_kl'; got objective={objective!r}.")
+  if objective == "flow_matching":
+    return FlowMatching(optimal_transport=optimal_transport)
   return MaximumLikelihood()
 
 
