@@ -5,8 +5,11 @@ Jacobian of the residual map y + g(y), built from the layer's own `residual_fn()
 `tf.GradientTape.batch_jacobian`, and numpy's slogdet in float64.
 """
 
+import json
+import os
 import re
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -18,6 +21,16 @@ from tests.testing import flow_helpers
 from tests.testing import model_checks
 
 D = 3
+# `.keras` file written by tfp_flows before `num_exact_terms` (commit 92995b0, config key
+# "n_exact_terms"), made after `keras.utils.set_random_seed(0)` by
+# `tff.FlowModel([tff.layers.ResidualBlock(hidden_units=(4,), lipschitz=0.9,
+# log_det="series", n_exact_terms=3)], event_shape=[2])` and
+# `flow_helpers.perturb_weights(model, scale=0.3)`; LEGACY_LOG_PROB is its
+# `log_prob(LEGACY_X)` computed by that code (evaluation mode: the exact log-det).
+LEGACY_FILE = os.path.join(os.path.dirname(__file__), "testdata",
+                           "legacy_residual_block.keras")
+LEGACY_X = np.array([[0.3, -1.2], [-0.5, 0.4], [1.7, 0.05]], np.float32)
+LEGACY_LOG_PROB = np.array([-2.811812, -2.3038516, -3.3047314], np.float32)
 
 
 pytestmark = pytest.mark.usefixtures("keras_seed")
@@ -254,6 +267,83 @@ def test_validate_args_raises_when_sampling_does_not_converge():
     model.sample(4, seed=(1, 2))
   unchecked, _ = _model(max_iterations=1)
   assert np.isnan(keras.ops.convert_to_numpy(unchecked.sample(4, seed=(1, 2)))).any()
+
+
+def _series_training_log_det(x, **kwargs):
+  """(training log-det, [J, J^2, J^3] per row) of a perturbed 1-D block with a fixed seed.
+
+  With a 1-D event the Rademacher probe is +-1 and v J^k v = J^k exactly, so the
+  "series" estimate with n terms is sum_{k<=n} (-1)^(k+1) J^k / k, whatever the seed.
+  """
+  keras.utils.set_random_seed(3)
+  model = tff.FlowModel([tff.layers.ResidualBlock(hidden_units=(4,), lipschitz=0.9,
+                                                  log_det="series", **kwargs)], [1])
+  _perturb(model)
+  layer = model.flow_layers[0]
+  ildj = layer(tf.constant(x), training=True)[1].numpy()
+  # Both kernels are rank one ([1, 4] and [4, 1]): one power step finds their norm
+  # exactly, so the training call's g is the g of the reference below.
+  y = tf.constant(x, tf.float64)
+  g = layer.residual_fn(training=False)
+  with tf.GradientTape() as tape:
+    tape.watch(y)
+    gy = tf.cast(g(tf.cast(y, tf.float32)), tf.float64)
+  jacobian = tape.gradient(gy, y).numpy()[:, 0]
+  return ildj, jacobian
+
+
+@pytest.mark.parametrize("spelling", ["num_exact_terms", "n_exact_terms"])
+def test_num_exact_terms_and_its_older_alias_set_the_series_length(spelling):
+  x = _data(shape=(5, 1))
+  ildj, jacobian = _series_training_log_det(x, **{spelling: 3})
+  assert np.abs(jacobian).max() > 0.2  # far enough from 0 that J^3 / 3 shows
+  series = lambda n: sum((-1) ** (k + 1) * jacobian ** k / k for k in range(1, n + 1))
+  np.testing.assert_allclose(ildj, series(3), rtol=0, atol=2e-5)
+  assert np.abs(series(3) - series(2)).max() > 1e-3  # the default (2) would differ
+
+
+def test_num_exact_terms_spellings_config_and_errors():
+  new = tff.layers.ResidualBlock(log_det="series", num_exact_terms=3, name="block")
+  old = tff.layers.ResidualBlock(log_det="series", n_exact_terms=3, name="block")
+  assert new.num_exact_terms == old.num_exact_terms == old.n_exact_terms == 3
+  config = new.get_config()
+  assert config == old.get_config()
+  assert config["num_exact_terms"] == 3 and "n_exact_terms" not in config
+  assert config["log_det_estimator"]["num_exact_terms"] == 3
+  assert tff.layers.ResidualBlock.from_config(config).num_exact_terms == 3
+  assert tff.layers.ResidualBlock().num_exact_terms == 2
+  with pytest.raises(ValueError, match=r"num_exact_terms= and n_exact_terms= are two "
+                                       r"spellings .* Pass only num_exact_terms=\."):
+    tff.layers.ResidualBlock(num_exact_terms=3, n_exact_terms=3)
+  with pytest.raises(ValueError, match="num_exact_terms must be an int >= 0"):
+    tff.layers.ResidualBlock(num_exact_terms=-1)
+
+
+def test_keras_file_with_the_older_spelling_still_loads(tmp_path):
+  with zipfile.ZipFile(LEGACY_FILE) as archive:
+    saved = json.loads(archive.read("config.json"))["config"]["flow_layers"][0]["config"]
+  assert saved["n_exact_terms"] == 3 and "num_exact_terms" not in saved
+  assert saved["log_det_estimator"]["n_exact_terms"] == 3
+  model = keras.saving.load_model(LEGACY_FILE)
+  layer = model.flow_layers[0]
+  assert (layer.num_exact_terms, layer.log_det, layer.lipschitz) == (3, "series", 0.9)
+  log_prob = model.log_prob(LEGACY_X).numpy()
+  np.testing.assert_allclose(log_prob, LEGACY_LOG_PROB, rtol=0, atol=1e-5)
+  # Independently: the standard normal of z = x + g(x) plus the autodiff log-det.
+  z = LEGACY_X + layer.residual_fn()(tf.constant(LEGACY_X)).numpy()
+  base = -0.5 * np.sum(z.astype("float64") ** 2, -1) - np.log(2 * np.pi)
+  np.testing.assert_allclose(log_prob, base + _reference_log_det(layer, LEGACY_X),
+                             rtol=0, atol=2e-5)
+  xla = tf.function(model.log_prob, jit_compile=True)(tf.constant(LEGACY_X))
+  np.testing.assert_allclose(xla.numpy(), log_prob, rtol=0, atol=1e-5)
+  # Saved again, the file has the library's spelling and loads to the same numbers.
+  path = str(tmp_path / "resaved.keras")
+  model.save(path)
+  with zipfile.ZipFile(path) as archive:
+    resaved = json.loads(archive.read("config.json"))["config"]["flow_layers"][0]["config"]
+  assert resaved["num_exact_terms"] == 3 and "n_exact_terms" not in resaved
+  np.testing.assert_array_equal(keras.saving.load_model(path).log_prob(LEGACY_X).numpy(),
+                                log_prob)
 
 
 if __name__ == "__main__":

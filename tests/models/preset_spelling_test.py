@@ -32,6 +32,10 @@ PAIRS = [
     ("ffjord", tff.models.FFJORDFlow,
      {"training": "flow_matching"}, {"objective": "flow_matching"},
      {"event_shape": [2], "hidden_units": (4,), "actnorm": False, "solver": "rk4"}),
+    ("glow", tff.models.Glow, {"image_shape": [4, 4, 1]}, {"event_shape": (4, 4, 1)},
+     {"num_scales": 1, "steps_per_scale": 1, "hidden_channels": 4}),
+    ("tarflow", tff.models.TarFlow, {"image_shape": [4, 4, 1]}, {"event_shape": (4, 4, 1)},
+     {"channels": 8, "heads": 2, "num_blocks": 1, "layers_per_block": 1}),
 ]
 
 
@@ -60,6 +64,24 @@ def test_defaults_are_those_of_the_older_spelling():
                                             training="maximum_likelihood")))
   default = tff.models.NeuralSplineFlow(event_shape=[2], hidden_units=(4,))
   assert sum(isinstance(l, tff.layers.SplineCoupling) for l in default.flow_layers) == 5
+
+
+@pytest.mark.parametrize("preset,common", [
+    (tff.models.Glow, {"num_scales": 1, "steps_per_scale": 1, "hidden_channels": 4}),
+    (tff.models.TarFlow, {"channels": 8, "heads": 2, "num_blocks": 1,
+                          "layers_per_block": 1}),
+], ids=["glow", "tarflow"])
+def test_image_presets_take_the_shape_first_in_either_spelling(preset, common):
+  positional = _config(lambda: preset([4, 4, 1], **common))
+  assert positional == _config(lambda: preset(event_shape=[4, 4, 1], **common))
+  assert positional["event_shape"] == [4, 4, 1]
+  name = preset.__name__
+  with pytest.raises(ValueError, match=rf"{name} needs the image shape: pass "
+                                       r"event_shape=\[H, W, C\]"):
+    preset(**common)
+  with pytest.raises(ValueError, match=rf"{name} models images: event_shape must be "
+                                       r"\[H, W, C\] with positive sizes; got \[4, 4\]"):
+    preset([4, 4], **common)
 
 
 def test_spelling_errors():

@@ -399,6 +399,35 @@ def test_errors_name_the_bad_value():
     estimators.russian_roulette_log_det(g, x, x, [0, 0], n_exact_terms=2, max_num_terms=1)
 
 
+@pytest.mark.parametrize("spelling", ["num_exact_terms", "n_exact_terms"])
+def test_num_exact_terms_and_its_older_alias_set_the_terms(spelling):
+  # g(x) = a x: J = a I and v^T J^k v = a^k |v|^2 = a^k D for Rademacher v. With
+  # max_num_terms equal to the exact terms no random term can run, so every entry
+  # point returns the truncated series D sum_{k<=n} (-1)^(k+1) a^k / k exactly.
+  a, dim, n = 0.6, 4, 3
+  g = lambda z: a * z
+  x = tf.constant(_problem(dim)[2])
+  expected = dim * sum((-1) ** (k + 1) * a ** k / k for k in range(1, n + 1))
+  assert abs(expected - dim * sum((-1) ** (k + 1) * a ** k / k for k in (1, 2))) > 0.1
+  probe = tf.ones_like(x)
+  common = {spelling: n, "max_num_terms": n}
+  calls = {
+      "russian_roulette": lambda: estimators.russian_roulette_log_det(
+          g, x, probe, [1, 2], **common),
+      "neumann": lambda: estimators.neumann_log_det(g, x, probe, [1, 2], **common),
+      "estimate": lambda: estimators.estimate_log_det(g, x, seed=[1, 2], **common),
+  }
+  for name, call in calls.items():
+    np.testing.assert_allclose(call().numpy(), [expected] * 3, rtol=1e-12, err_msg=name)
+    xla = tf.function(call, jit_compile=True)()
+    np.testing.assert_allclose(xla.numpy(), [expected] * 3, rtol=1e-12, err_msg=name)
+  with pytest.raises(ValueError, match=r"num_exact_terms= and n_exact_terms= are two "
+                                       r"spellings .* Pass only num_exact_terms=\."):
+    estimators.neumann_log_det(g, x, probe, [1, 2], num_exact_terms=2, n_exact_terms=2)
+  with pytest.raises(ValueError, match=rf"{spelling} must be an int >= 0; got -1"):
+    estimators.russian_roulette_log_det(g, x, probe, [1, 2], **{spelling: -1})
+
+
 def test_zero_residual_gives_zero_and_float32_compiles():
   """g = 0 (an all-zero residual block) has log-det 0 by every method; float32 under XLA."""
   x = tf.constant(_problem(4)[2], tf.float32)

@@ -25,11 +25,11 @@ class ResidualBlock(flow_layer.FlowLayer):
 
   Which log-det estimator is in effect depends on the mode, and `log_det_mode(training)`
   says which, by the rule of `log_det_estimator` (a
-  `tfp_flows.numerics.estimators.LogDetEstimator`, made from `log_det`, `n_exact_terms`,
-  `gradient` and `exact_max_dims` unless given):
+  `tfp_flows.numerics.estimators.LogDetEstimator`, made from `log_det`,
+  `num_exact_terms`, `gradient` and `exact_max_dims` unless given):
 
   * training (`fit`, `model(x, training=True)`): `log_det` ("russian_roulette" by
-    default: unbiased, `n_exact_terms` terms always computed), with probes and counts
+    default: unbiased, `num_exact_terms` terms always computed), with probes and counts
     seeded per step from the layer's `keras.random.SeedGenerator` (independently on
     every `tf.distribute` replica), so `keras.utils.set_random_seed` makes runs
     repeatable, under XLA too;
@@ -47,15 +47,20 @@ class ResidualBlock(flow_layer.FlowLayer):
   with `validate_args=True` where TensorFlow can raise (see
   `tfp_flows.bijectors.ResidualBlock`).
 
+  `num_exact_terms` is the library's spelling (that of `ResidualFlow`, `LogDetEstimator`
+  and `tfp_flows.numerics.log_det_series`; counts are `num_*`); `n_exact_terms` is the
+  older alias, still accepted, and `.keras` files whose config has it still load.
+
   Args:
     hidden_units: hidden sizes of g (vectors) or hidden channels (images: the first).
     lipschitz: spectral-norm coefficient c in (0, 1) of every layer of g.
     log_det: training estimator: "russian_roulette", "series" or "exact".
-    n_exact_terms: terms always computed by the roulette (or all terms of "series").
+    num_exact_terms: terms always computed by the roulette (or all terms of "series");
+      default 2.
     gradient: "neumann" (memory flat in the terms) or "backprop".
     exact_max_dims: largest event size evaluated with the exact log-det.
     log_det_estimator: a `LogDetEstimator` (or its config dict) for the whole rule; it
-      takes the place of `log_det`, `n_exact_terms`, `gradient` and `exact_max_dims`.
+      takes the place of `log_det`, `num_exact_terms`, `gradient` and `exact_max_dims`.
     tolerance, max_iterations: fixed-point inverse settings (`tolerance` relative to
       `max(1, max|z_row|)`, see `tfp_flows.bijectors.fixed_point_solve`).
     power_iterations: power-iteration steps per training call of every spectrally
@@ -67,20 +72,26 @@ class ResidualBlock(flow_layer.FlowLayer):
       not converge (whose rows are NaN in every mode, XLA included) or an input is not
       finite.
     seed: seed of the layer's SeedGenerator (None: from Keras' global seed).
+    n_exact_terms: older alias of `num_exact_terms` (pass one of the two).
+
+  Raises:
+    ValueError: for an argument outside its range, or `num_exact_terms` passed in both
+      spellings.
   """
 
   def __init__(self, hidden_units=(128, 128), lipschitz=0.97, log_det="russian_roulette",
-               n_exact_terms=2, gradient="neumann", exact_max_dims=256, tolerance=1e-5,
-               max_iterations=200, power_iterations=1, log_det_estimator=None,
-               validate_args=False, seed=None, **kwargs):
+               num_exact_terms=None, gradient="neumann", exact_max_dims=256,
+               tolerance=1e-5, max_iterations=200, power_iterations=1,
+               log_det_estimator=None, validate_args=False, seed=None, *,
+               n_exact_terms=None, **kwargs):
     super().__init__(**kwargs)
     if not 0.0 < float(lipschitz) < 1.0:
       raise ValueError("lipschitz must be in (0, 1): y + g(y) is invertible only if "
                        f"Lip(g) < 1; got {lipschitz!r}.")
     if log_det_estimator is None:
       log_det_estimator = estimators.LogDetEstimator(
-          training=log_det, gradient=gradient, n_exact_terms=n_exact_terms,
-          exact_max_dims=exact_max_dims)
+          training=log_det, gradient=gradient, num_exact_terms=num_exact_terms,
+          exact_max_dims=exact_max_dims, n_exact_terms=n_exact_terms)
     self.log_det_estimator = estimators.LogDetEstimator.from_spec(log_det_estimator)
     self.hidden_units = tuple(int(u) for u in hidden_units)
     if not self.hidden_units or min(self.hidden_units) < 1:
@@ -106,7 +117,7 @@ class ResidualBlock(flow_layer.FlowLayer):
                        f"input shape {input_shape}.")
     self._event_shape = event_shape
     # The sublayers share this layer's dtype policy (float64 blocks stay float64).
-    common = {"coefficient": self.lipschitz, "num_iterations": self.power_iterations,
+    common = {"lipschitz": self.lipschitz, "num_iterations": self.power_iterations,
               "dtype": self.dtype_policy}
     if len(event_shape) == 1:
       sizes = list(self.hidden_units) + [event_shape[0]]
@@ -138,8 +149,14 @@ class ResidualBlock(flow_layer.FlowLayer):
     return self.log_det_estimator.training
 
   @property
+  def num_exact_terms(self):
+    """Terms the roulette always computes (all terms of the "series" estimator)."""
+    return self.log_det_estimator.num_exact_terms
+
+  @property
   def n_exact_terms(self):
-    return self.log_det_estimator.n_exact_terms
+    """Older alias of `num_exact_terms`."""
+    return self.num_exact_terms
 
   @property
   def gradient(self):
@@ -179,7 +196,7 @@ class ResidualBlock(flow_layer.FlowLayer):
       seed = _replica_seed.draw_replica_seed(self.seed_generator)
     return residual.ResidualBlock(
         self.residual_fn(training), event_ndims=len(self._event_shape), log_det=estimator,
-        gradient=self.gradient, seed=seed, n_exact_terms=self.n_exact_terms,
+        gradient=self.gradient, seed=seed, n_exact_terms=self.num_exact_terms,
         distribution=self.log_det_estimator.distribution, tolerance=self.tolerance,
         max_iterations=self.max_iterations, validate_args=self.validate_args,
         dtype=self.compute_dtype, name=self.bijector_name())
@@ -193,7 +210,7 @@ class ResidualBlock(flow_layer.FlowLayer):
   def get_config(self):
     return {**super().get_config(), "hidden_units": list(self.hidden_units),
             "lipschitz": self.lipschitz, "log_det": self.log_det,
-            "n_exact_terms": self.n_exact_terms, "gradient": self.gradient,
+            "num_exact_terms": self.num_exact_terms, "gradient": self.gradient,
             "exact_max_dims": self.exact_max_dims, "tolerance": self.tolerance,
             "max_iterations": self.max_iterations,
             "power_iterations": self.power_iterations,

@@ -1,35 +1,32 @@
 """Preset arguments with two spellings: the library's one and an older alias kept for callers.
 
-The library spells a concept one way across bijectors, layers, `FlowModel` and presets
-(`event_shape`, `num_blocks`, `log_det`, `num_exact_terms`, `objective`, ...). Where a
-preset first shipped another spelling, it takes both: the signature gives each None, and
-`resolve` picks the one the caller passed, or the default.
+`resolve` lives in `tfp_flows.numerics.aliases`, shared with the layers and nets that
+also take an older spelling beside the library's. `image_event_shape` reads the shape of
+one image of the image presets (Glow, TarFlow), spelled `event_shape` as in `FlowModel`
+or `image_shape` as those presets first had it.
 """
 
-__all__ = ["resolve"]
+from tfp_flows.numerics.aliases import resolve
+
+__all__ = ["image_event_shape", "resolve"]
 
 
-def resolve(name, value, alias, alias_value, default):
-  """The value of argument `name`, which callers may also spell `alias` (the older name).
+def image_event_shape(preset, event_shape, image_shape):
+  """`[H, W, C]` as ints, from `event_shape=` or its older alias `image_shape=`.
 
   Args:
-    name: the library's spelling, e.g. "num_blocks".
-    value: what the caller passed as `name` (None if nothing).
-    alias: the older spelling, e.g. "num_layers".
-    alias_value: what the caller passed as `alias` (None if nothing).
-    default: the value when neither is passed.
-
-  Returns:
-    `value` if given, else `alias_value` if given, else `default`.
+    preset: the preset's name, for the messages.
+    event_shape: what the caller passed as `event_shape` (None if nothing).
+    image_shape: what the caller passed as `image_shape` (None if nothing).
 
   Raises:
-    ValueError: if both spellings are passed (even with equal values): one argument
-      given twice is ambiguous, so the caller must keep one.
+    ValueError: if neither or both are passed, or the shape is not three positive sizes.
   """
-  if value is not None and alias_value is not None:
-    raise ValueError(f"{name}= and {alias}= are two spellings of one argument ({alias} is "
-                     f"the older one); got {name}={value!r} and {alias}={alias_value!r}. "
-                     f"Pass only {name}=.")
-  if value is not None:
-    return value
-  return default if alias_value is None else alias_value
+  shape = resolve("event_shape", event_shape, "image_shape", image_shape, None)
+  if shape is None:
+    raise ValueError(f"{preset} needs the image shape: pass event_shape=[H, W, C].")
+  shape = [int(d) for d in shape]
+  if len(shape) != 3 or min(shape) < 1:
+    raise ValueError(f"{preset} models images: event_shape must be [H, W, C] with "
+                     f"positive sizes; got {shape}.")
+  return shape

@@ -2,13 +2,14 @@
 
 from tfp_flows import flow
 from tfp_flows import layers
+from tfp_flows.models import _aliases
 
 __all__ = ["Glow"]
 
 
-def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # pylint: disable=invalid-name
+def Glow(event_shape=None, num_scales=3, steps_per_scale=8, hidden_channels=256,  # pylint: disable=invalid-name
          coupling="affine", lu=True, num_bits=8, num_classes=None, mask="half",
-         logit_alpha=0.05, scale="exp", clamp=2.0, name="glow"):
+         logit_alpha=0.05, scale="exp", clamp=2.0, name="glow", *, image_shape=None):
   """A multi-scale Glow over integer images in [0, 2**num_bits), as a `FlowModel`.
 
   Data side first: `Dequantize(num_bits)` (uniform noise in training, logit transform);
@@ -21,8 +22,12 @@ def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # p
 
   Reference: Kingma & Dhariwal, Glow, https://arxiv.org/abs/1807.03039.
 
+  `event_shape` is the library's spelling (that of `FlowModel` and the other presets);
+  `image_shape` is the older alias. Pass one of the two.
+
   Args:
-    image_shape: `[H, W, C]`; H and W divisible by 2**num_scales.
+    event_shape: `[H, W, C]`, the shape of one image; H and W divisible by
+      2**num_scales. Required, in this spelling or as `image_shape`.
     num_scales: number of squeeze levels.
     steps_per_scale: Glow steps per level.
     hidden_channels: width of each coupling's conv net.
@@ -41,15 +46,20 @@ def Glow(image_shape, num_scales=3, steps_per_scale=8, hidden_channels=256,  # p
       contracts by at most e^clamp either way (finite samples, bounded training
       latents); with "sigmoid", sampling expands by at most e^clamp per coupling.
     name: model name.
+    image_shape: older alias of `event_shape`.
+
+  Raises:
+    ValueError: for a bad shape, counts or variant, or the shape passed in both
+      spellings (or in neither).
   """
-  height, width, channels = [int(d) for d in image_shape]
+  height, width, channels = _aliases.image_event_shape("Glow", event_shape, image_shape)
   if num_scales < 1 or steps_per_scale < 1:
     raise ValueError("num_scales and steps_per_scale must be at least 1; got "
                      f"{num_scales} and {steps_per_scale}.")
   factor = 2 ** num_scales
   if height % factor or width % factor:
     raise ValueError(f"{num_scales} scales squeeze by {factor}: image height and width "
-                     f"must be divisible by {factor}; got {list(image_shape)}.")
+                     f"must be divisible by {factor}; got {[height, width, channels]}.")
   seeds = iter(range(num_scales * steps_per_scale))
 
   def level_layers(level):

@@ -83,6 +83,6 @@ def ResidualFlow(event_shape, num_blocks=8, hidden_units=(128, 128), lipschitz=0
       flow_layers.append(layers.ActNorm())
     flow_layers.append(layers.ResidualBlock(
         hidden_units=hidden_units, lipschitz=lipschitz, log_det=log_det,
-        n_exact_terms=num_exact_terms, gradient=gradient, power_iterations=power_iterations,
+        num_exact_terms=num_exact_terms, gradient=gradient, power_iterations=power_iterations,
         validate_args=validate_args))
   return flow.FlowModel(flow_layers, event_shape=event_shape, name=name)

@@ -8,6 +8,7 @@ import tensorflow_probability as tfp
 from tfp_flows import flow
 from tfp_flows import layers
 from tfp_flows.bijectors import conditioning
+from tfp_flows.models import _aliases
 from tfp_flows.numerics import probes
 
 __all__ = ["TarFlow", "TarFlowModel", "tweedie_denoise"]
@@ -130,10 +131,10 @@ class TarFlowModel(flow.FlowModel):
     return self.base_distribution.log_prob(u) + total
 
 
-def TarFlow(image_shape, patch_size=2, channels=128, num_blocks=4, layers_per_block=2,  # pylint: disable=invalid-name
+def TarFlow(event_shape=None, patch_size=2, channels=128, num_blocks=4, layers_per_block=2,  # pylint: disable=invalid-name
             heads=4, noise_std=0.05, num_bits=8, num_classes=None, expansion=4,
             label_dropout=0.1, logit_alpha=None, clamp=4.0, sampling="kv_cache",
-            name="tarflow"):
+            name="tarflow", *, image_shape=None):
   """TarFlow over integer images in [0, 2**num_bits), as a `TarFlowModel`.
 
   Data side first: `Dequantize(num_bits, alpha=logit_alpha)` (uniform noise in training;
@@ -148,8 +149,12 @@ def TarFlow(image_shape, patch_size=2, channels=128, num_blocks=4, layers_per_bl
   Reference: Zhai et al., Normalizing Flows are Capable Generative Models,
   https://arxiv.org/abs/2412.06329.
 
+  `event_shape` is the library's spelling (that of `FlowModel` and the other presets);
+  `image_shape` is the older alias. Pass one of the two.
+
   Args:
-    image_shape: `[H, W, C]`, H and W divisible by `patch_size`.
+    event_shape: `[H, W, C]`, the shape of one image, H and W divisible by
+      `patch_size`. Required, in this spelling or as `image_shape`.
     patch_size: side of the square patches that become tokens.
     channels: Transformer width.
     num_blocks: autoregressive blocks.
@@ -164,10 +169,16 @@ def TarFlow(image_shape, patch_size=2, channels=128, num_blocks=4, layers_per_bl
     clamp: bound on each affine log-scale.
     sampling: the blocks' default sampler.
     name: model name.
+    image_shape: older alias of `event_shape`.
+
+  Raises:
+    ValueError: for a bad shape or count, or the shape passed in both spellings (or in
+      neither).
   """
   if int(num_blocks) < 1:
     raise ValueError(f"num_blocks must be at least 1; got {num_blocks!r}.")
-  height, width, channels_in = [int(d) for d in image_shape]
+  height, width, channels_in = _aliases.image_event_shape("TarFlow", event_shape,
+                                                          image_shape)
   flow_layers = [layers.Dequantize(num_bits=num_bits, alpha=logit_alpha),
                  layers.NoiseAugmentation(noise_std=noise_std)]
   flow_layers += [

@@ -4,6 +4,10 @@
 spectral norm (`MATHEMATICAL_DETAILS`); `SpectralNormDense` (`spectral_norm_dense.py`)
 and `SpectralNormConv2D` (`spectral_norm_conv.py`) define the map.
 `spectral_norm_exact` computes the exact norm in float64 for tests and diagnostics.
+
+The bound is `lipschitz`, as `tfp_flows.layers.ResidualBlock` and the `ResidualFlow`
+preset spell it; the layers also take the older `coefficient=` (one of the two), and
+`.keras` files whose config has `coefficient` still load.
 """
 
 import numbers
@@ -12,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfp_flows.numerics import aliases
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import norm_bounds
 
@@ -28,12 +33,17 @@ _MAX_EXPLICIT_ENTRIES = 4_000_000
 _GRAM_TOLERANCE = 1e-5
 
 
-def _coefficient(value):
-  """The Lipschitz target as a float in (0, 1), or a ValueError quoting it."""
+def _lipschitz(lipschitz, coefficient):
+  """The Lipschitz target as a float in (0, 1) (default 0.97), or a ValueError quoting it.
+
+  `coefficient` is the older spelling of `lipschitz`; the error names the one passed.
+  """
+  value = aliases.resolve("lipschitz", lipschitz, "coefficient", coefficient, 0.97)
   if (isinstance(value, bool) or not isinstance(value, numbers.Real)
       or not 0.0 < float(value) < 1.0):
-    raise ValueError("coefficient must be in (0, 1): a residual block x + g(x) is "
-                     f"invertible only if Lip(g) < 1; got {value!r}.")
+    raise ValueError(f"{aliases.spelling('lipschitz', 'coefficient', coefficient)} must be "
+                     "in (0, 1): a residual block x + g(x) is invertible only if "
+                     f"Lip(g) < 1; got {value!r}.")
   return float(value)
 
 
@@ -75,10 +85,11 @@ class SpectralNorm(keras.layers.Layer):
   then call `_build_weights(kernel_shape, bias_shape)`.
   """
 
-  def __init__(self, coefficient, num_iterations, eval_iterations, exact_max_dims,
-               use_bias, kernel_initializer, bias_initializer, seed, **kwargs):
+  def __init__(self, lipschitz, num_iterations, eval_iterations, exact_max_dims,
+               use_bias, kernel_initializer, bias_initializer, seed, coefficient=None,
+               **kwargs):
     super().__init__(**kwargs)
-    self.coefficient = _coefficient(coefficient)
+    self.lipschitz = _lipschitz(lipschitz, coefficient)
     self.num_iterations = checks.int_at_least("num_iterations", num_iterations)
     self.eval_iterations = checks.int_at_least("eval_iterations", eval_iterations)
     if not checks.is_int_at_least(exact_max_dims, 0):
@@ -116,6 +127,11 @@ class SpectralNorm(keras.layers.Layer):
     self.v = self.add_weight(shape=self._v_shape, initializer=lambda *_, **__: v,
                              trainable=False, autocast=False,
                              aggregation="only_first_replica", name="v")
+
+  @property
+  def coefficient(self):
+    """Older alias of `lipschitz`."""
+    return self.lipschitz
 
   # Subclasses whose evaluation calls can fall back on a certified Fourier bound.
   _fourier_bounded = False
@@ -194,9 +210,9 @@ class SpectralNorm(keras.layers.Layer):
                               num_iterations)
       u, v = tf.stop_gradient(u), tf.stop_gradient(v)
       sigma = tf.reduce_sum(u * self.matvec(kernel, v))
-    # As in i-ResNet and Residual Flows: rescale only when sigma > coefficient, so a
+    # As in i-ResNet and Residual Flows: rescale only when sigma > lipschitz, so a
     # kernel already inside the bound is used unchanged.
-    factor = tf.maximum(tf.ones([], kernel.dtype), sigma / self.coefficient)
+    factor = tf.maximum(tf.ones([], kernel.dtype), sigma / self.lipschitz)
     return kernel / factor, u, v, sigma
 
   def normalized_kernel(self, training=False):
@@ -227,7 +243,7 @@ class SpectralNorm(keras.layers.Layer):
     return tf.cast(kernel, self.compute_dtype)
 
   def get_config(self):
-    return {**super().get_config(), "coefficient": self.coefficient,
+    return {**super().get_config(), "lipschitz": self.lipschitz,
             "num_iterations": self.num_iterations, "eval_iterations": self.eval_iterations,
             "exact_max_dims": self.exact_max_dims, "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
@@ -242,7 +258,7 @@ MATHEMATICAL_DETAILS = """
   bound `sigma` of `|A|_2 = s1`:
 
   ```none
-  W_hat = W / max(1, sigma / coefficient)
+  W_hat = W / max(1, sigma / lipschitz)
   ```
 
   (i-ResNet and Residual Flows scale down only when needed.)
@@ -269,7 +285,7 @@ MATHEMATICAL_DETAILS = """
   (Delattre et al. 2023): with `G = A^T A` or `A A^T`, `s1 <= |G^p|_F^(1/(2p))` for every
   `p = 2^j`, computed by repeated squaring; the iteration stops when the bound is within
   1e-5 of the Rayleigh quotient of its own top vector (a lower bound), so
-  `|A_hat|_2 <= coefficient` holds up to float rounding and the kernel is contracted at
+  `|A_hat|_2 <= lipschitz` holds up to float rounding and the kernel is contracted at
   most 1e-5 more than needed. Squaring separates s1 from the rest of the spectrum however
   close they are (the excess is `log(m) / (4p)` for m tied values), which power iteration
   does not. Larger convolutions (kernels bigger than 1x1; a 1x1 kernel's Gram is its
@@ -290,9 +306,9 @@ MATHEMATICAL_DETAILS = """
   `s1 - s2`). Convolutions have such clusters, and under training the optimiser can grow
   an untracked direction of the cluster faster than one step per call follows it:
   measured on a 6x6 image with Adam 2e-3, a training step's normalised norm exceeded the
-  coefficient by up to 6%, 20 further steps left 0.4%; from random vectors 20 steps can
+  bound by up to 6%, 20 further steps left 0.4%; from random vectors 20 steps can
   leave 2%, 100 steps 1e-6. Dense kernels tracked to 1e-5. For fast-moving convolutions
-  raise `num_iterations`, and keep `coefficient` far enough below 1 to absorb the rest.
+  raise `num_iterations`, and keep `lipschitz` far enough below 1 to absorb the rest.
 
   `u`, `v` are non-trainable weights, saved with the model and mirrored by tf.distribute
   (`aggregation="only_first_replica"`: every replica computes the same update from the

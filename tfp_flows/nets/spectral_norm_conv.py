@@ -1,4 +1,4 @@
-"""Conv2D layer whose operator norm on its image size is <= coefficient."""
+"""Conv2D layer whose operator norm on its image size is <= lipschitz."""
 
 import math
 import numbers
@@ -33,7 +33,7 @@ def _pair(name, value):
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
 class SpectralNormConv2D(spectral_norm.SpectralNorm):
-  """Conv2D `[N, H, W, C] -> [N, H', W', filters]` whose operator norm is <= coefficient.
+  """Conv2D `[N, H, W, C] -> [N, H', W', filters]` whose operator norm is <= lipschitz.
 
   The norm bounded is that of the convolution as a linear map on the whole input image
   `[H, W, C] -> [H', W', filters]`, zero padding and strides included (as in Residual
@@ -62,7 +62,7 @@ class SpectralNormConv2D(spectral_norm.SpectralNorm):
   Args:
     filters: output channels.
     kernel_size: an int or a pair `(kh, kw)`.
-    coefficient: the bound on the operator norm, in (0, 1).
+    lipschitz: the bound on the operator norm, in (0, 1); default 0.97.
     num_iterations: power-iteration steps per training call (stored).
     eval_iterations: power-iteration steps per evaluation call (not stored), used only
       with `exact_max_dims=0` or for a 1x1 kernel whose Gram matrix is larger.
@@ -75,19 +75,21 @@ class SpectralNormConv2D(spectral_norm.SpectralNorm):
     kernel_initializer: initializer of the raw kernel `[kh, kw, C, filters]`.
     bias_initializer: initializer of the bias.
     seed: int seed of the random initial `u`, `v` (None: Keras' global seed).
+    coefficient: older alias of `lipschitz` (pass one of the two).
     **kwargs: `keras.layers.Layer` arguments.
 
   Raises:
-    ValueError: for bad arguments, an input with unknown `H`, `W` or `C`, a "valid"
+    ValueError: for bad arguments (`lipschitz` in both spellings included), an input with unknown `H`, `W` or `C`, a "valid"
       convolution with an empty output, or a call on another image size than built for.
   """
 
-  def __init__(self, filters, kernel_size, coefficient=0.97, num_iterations=1,
+  def __init__(self, filters, kernel_size, lipschitz=None, num_iterations=1,
                eval_iterations=20, exact_max_dims=256, padding="same", strides=1,
                use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-               seed=None, **kwargs):
-    super().__init__(coefficient, num_iterations, eval_iterations, exact_max_dims,
-                     use_bias, kernel_initializer, bias_initializer, seed, **kwargs)
+               seed=None, *, coefficient=None, **kwargs):
+    super().__init__(lipschitz, num_iterations, eval_iterations, exact_max_dims,
+                     use_bias, kernel_initializer, bias_initializer, seed,
+                     coefficient=coefficient, **kwargs)
     self.filters = checks.int_at_least("filters", filters)
     self.kernel_size = _pair("kernel_size", kernel_size)
     self.strides = _pair("strides", strides)

@@ -1,4 +1,4 @@
-"""Dense layer whose spectral norm is <= coefficient (i-ResNet / Residual Flows)."""
+"""Dense layer whose spectral norm is <= lipschitz (i-ResNet / Residual Flows)."""
 
 import keras
 
@@ -11,10 +11,10 @@ __all__ = ["SpectralNormDense"]
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
 class SpectralNormDense(spectral_norm.SpectralNorm):
-  """Dense layer `y = x W_hat + b` with `|W_hat|_2 <= coefficient` (spectral norm).
+  """Dense layer `y = x W_hat + b` with `|W_hat|_2 <= lipschitz` (spectral norm).
 
   The building block of the residual function `g` of i-ResNets and Residual Flows: with
-  1-Lipschitz activations between such layers, `Lip(g) <= coefficient < 1` and the block
+  1-Lipschitz activations between such layers, `Lip(g) <= lipschitz < 1` and the block
   `x + g(x)` is invertible. There is no activation argument: use `LipSwish` (or another
   1-Lipschitz activation) as a separate layer.
   {math}
@@ -33,7 +33,7 @@ class SpectralNormDense(spectral_norm.SpectralNorm):
 
   Args:
     units: size of the output.
-    coefficient: the bound on the spectral norm, in (0, 1).
+    lipschitz: the bound on the spectral norm, in (0, 1); default 0.97.
     num_iterations: power-iteration steps per training call (stored).
     eval_iterations: power-iteration steps per evaluation call (not stored), used only
       when the Gram matrix is larger than `exact_max_dims`.
@@ -44,18 +44,20 @@ class SpectralNormDense(spectral_norm.SpectralNorm):
     bias_initializer: initializer of the bias.
     seed: int seed of the random initial `u`, `v` (None: drawn from Keras' global seed,
       so `keras.utils.set_random_seed` makes it reproducible).
+    coefficient: older alias of `lipschitz` (pass one of the two).
     **kwargs: `keras.layers.Layer` arguments (`name`, `dtype="float64"`, ...).
 
   Raises:
-    ValueError: for a coefficient outside (0, 1), non-positive counts, or an input whose
-      last dimension is unknown.
+    ValueError: for a bound outside (0, 1) or passed in both spellings, non-positive
+      counts, or an input whose last dimension is unknown.
   """
 
-  def __init__(self, units, coefficient=0.97, num_iterations=1, eval_iterations=20,
+  def __init__(self, units, lipschitz=None, num_iterations=1, eval_iterations=20,
                exact_max_dims=256, use_bias=True, kernel_initializer="glorot_uniform",
-               bias_initializer="zeros", seed=None, **kwargs):
-    super().__init__(coefficient, num_iterations, eval_iterations, exact_max_dims,
-                     use_bias, kernel_initializer, bias_initializer, seed, **kwargs)
+               bias_initializer="zeros", seed=None, *, coefficient=None, **kwargs):
+    super().__init__(lipschitz, num_iterations, eval_iterations, exact_max_dims,
+                     use_bias, kernel_initializer, bias_initializer, seed,
+                     coefficient=coefficient, **kwargs)
     self.units = checks.int_at_least("units", units)
 
   def build(self, input_shape):

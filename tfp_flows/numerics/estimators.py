@@ -25,6 +25,7 @@ Keras, no bijectors.
 
 import collections
 
+from tfp_flows.numerics import aliases
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import log_det_series
 from tfp_flows.numerics import trace
@@ -176,41 +177,58 @@ class LogDetEstimator(_TrainingEvaluationRule):
   block's Lipschitz bound L (`choose(..., lipschitz=L)`).
 
   Args:
-    training: "russian_roulette" (unbiased), "series" (`n_exact_terms` terms) or "exact".
+    training: "russian_roulette" (unbiased), "series" (`num_exact_terms` terms) or
+      "exact".
     evaluation: "exact" (exact up to `exact_max_dims` entries, the series above) or
       "series" (always the keyed series).
     gradient: "neumann" (memory flat in the terms) or "backprop".
-    n_exact_terms: terms the roulette always computes, or all terms of "series".
+    num_exact_terms: terms the roulette always computes, or all terms of "series"
+      (default 2).
     distribution: the roulette's count distribution, "geometric" or "poisson".
     exact_max_dims: largest event size evaluated with the exact log-det.
     evaluation_bias: largest truncation bias (nats) of the evaluation series.
     evaluation_seed: the fixed seed of the evaluation probes.
+    n_exact_terms: older alias of `num_exact_terms` (pass one of the two); configs
+      written with it still load.
+
+  Raises:
+    ValueError: for an argument outside its range, or `num_exact_terms` passed in both
+      spellings.
   """
 
   _METHODS = log_det_series.LOG_DET_METHODS
   _STOCHASTIC_EVALUATION = "series"
 
   def __init__(self, training="russian_roulette", evaluation="exact", gradient="neumann",
-               n_exact_terms=2, distribution="geometric", exact_max_dims=256,
-               evaluation_bias=1e-3, evaluation_seed=(20191104, 0)):
+               num_exact_terms=None, distribution="geometric", exact_max_dims=256,
+               evaluation_bias=1e-3, evaluation_seed=(20191104, 0), *,
+               n_exact_terms=None):
     super().__init__(training, evaluation, exact_max_dims, evaluation_seed, name="log_det")
     self.gradient = checks.one_of("gradient", gradient, log_det_series.GRADIENTS)
+    spelled = aliases.spelling("num_exact_terms", "n_exact_terms", n_exact_terms)
+    num_exact_terms = aliases.resolve("num_exact_terms", num_exact_terms, "n_exact_terms",
+                                      n_exact_terms, 2)
     minimum = 1 if training == "series" else 0
-    if not checks.is_int_at_least(n_exact_terms, minimum):
-      raise ValueError(f"n_exact_terms must be an int >= {minimum} with "
-                       f"log_det={training!r}; got {n_exact_terms!r}.")
-    self.n_exact_terms = int(n_exact_terms)
+    if not checks.is_int_at_least(num_exact_terms, minimum):
+      raise ValueError(f"{spelled} must be an int >= {minimum} with "
+                       f"log_det={training!r}; got {num_exact_terms!r}.")
+    self.num_exact_terms = int(num_exact_terms)
     self.distribution = checks.one_of("distribution", distribution,
                                       log_det_series.COUNT_DISTRIBUTIONS)
     self.evaluation_bias = checks.positive_float("evaluation_bias", evaluation_bias)
 
+  @property
+  def n_exact_terms(self):
+    """Older alias of `num_exact_terms`."""
+    return self.num_exact_terms
+
   def _training_estimator(self):
-    return Estimator(self.training, "rademacher", False, None, self.n_exact_terms)
+    return Estimator(self.training, "rademacher", False, None, self.num_exact_terms)
 
   def get_config(self):
     """The constructor arguments (JSON-serialisable): `LogDetEstimator(**config)`."""
     return {"training": self.training, "evaluation": self.evaluation,
-            "gradient": self.gradient, "n_exact_terms": self.n_exact_terms,
+            "gradient": self.gradient, "num_exact_terms": self.num_exact_terms,
             "distribution": self.distribution, "exact_max_dims": self.exact_max_dims,
             "evaluation_bias": self.evaluation_bias,
             "evaluation_seed": list(self.evaluation_seed)}

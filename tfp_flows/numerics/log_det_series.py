@@ -21,9 +21,9 @@ The estimators, their cost in vjps and their gradients:
 ```none
 power_series_log_det       sum_{k=1}^{n} (-1)^(k+1)/k v^T J^k v      n vjps; biased:
                            |E[est] - log det| <= D L^(n+1) / ((n+1)(1-L)), L = Lip(g)
-russian_roulette_log_det   n = n_exact_terms + N random terms, term k reweighted by
-                           1 / P(N >= k - n_exact_terms)  (Chen et al., eq. 6)
-                           unbiased; n_exact_terms + E[N] vjps on average
+russian_roulette_log_det   n = num_exact_terms + N random terms, term k reweighted by
+                           1 / P(N >= k - num_exact_terms)  (Chen et al., eq. 6)
+                           unbiased; num_exact_terms + E[N] vjps on average
 neumann_log_det            the roulette value, with the gradient of Chen et al. eq. 8
                            one vjp more; gradient memory independent of n
 ```
@@ -36,7 +36,7 @@ while loop of random terms sizes its gradient accumulators by its iteration cap)
 
 ```none
 d/dtheta log det(I + J) = E[ w^T (dJ/dtheta) v ],
-w^T = sum_{k=0}^{n-1} (-1)^k / P(N >= k + 1 - n_exact_terms) v^T J^k        (eq. 8)
+w^T = sum_{k=0}^{n-1} (-1)^k / P(N >= k + 1 - num_exact_terms) v^T J^k      (eq. 8)
 ```
 
 (the probability is 1 where its argument is <= 0). w is a by-product of the value's vjps;
@@ -52,6 +52,10 @@ Both gradients are unbiased for the gradient of E[value] (the probe and the coun
 depend on theta); w matches the value term by term, so the Neumann gradient equals the
 exact gradient of the series when probes run over a basis (the tests check this).
 
+`num_exact_terms` is the library's spelling of the number of terms always computed (that
+of `tfp_flows.layers.ResidualBlock`, `LogDetEstimator` and `ResidualFlow`); the functions
+here also take the older `n_exact_terms=` (one of the two).
+
 References:
   Behrmann et al., Invertible Residual Networks, https://arxiv.org/abs/1811.00995.
   Chen et al., Residual Flows for Invertible Generative Modeling,
@@ -62,6 +66,7 @@ import math
 
 import tensorflow as tf
 
+from tfp_flows.numerics import aliases
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import probes
 from tfp_flows.numerics import trace
@@ -97,21 +102,22 @@ def power_series_log_det(g, x, probe, num_terms, gradient="backprop", return_out
   return _series_log_det(g, x, probe, num_terms, None, gradient, return_output)
 
 
-def russian_roulette_log_det(g, x, probe, seed, n_exact_terms=2, distribution="geometric",
-                             geometric_p=0.5, poisson_rate=2.0, max_num_terms=64,
-                             gradient="backprop", return_output=False):
+def russian_roulette_log_det(g, x, probe, seed, num_exact_terms=None,
+                             distribution="geometric", geometric_p=0.5, poisson_rate=2.0,
+                             max_num_terms=64, gradient="backprop", return_output=False, *,
+                             n_exact_terms=None):
   """Unbiased Russian-roulette estimate of log|det(I + J_g(x))| (Chen et al., eq. 6).
 
   ```none
-  n = n_exact_terms + N,   N ~ geometric(p) on {0, 1, ...} or Poisson(rate)
-  estimate = sum_{k=1}^{n} (-1)^(k+1)/k * v^T J^k v / P(N >= k - n_exact_terms)
+  n = num_exact_terms + N,   N ~ geometric(p) on {0, 1, ...} or Poisson(rate)
+  estimate = sum_{k=1}^{n} (-1)^(k+1)/k * v^T J^k v / P(N >= k - num_exact_terms)
   P(N >= m) = (1 - p)^m (geometric),  igamma(m, rate) (Poisson),  1 for m <= 0
   ```
 
-  Term k appears exactly when N >= k - n_exact_terms, so dividing by that probability
+  Term k appears exactly when N >= k - num_exact_terms, so dividing by that probability
   makes every term's expectation the series term: E[estimate] = log|det(I + J)|.
   (The geometric N counts from 0, so the reference code's geometric on {1, 2, ...} with
-  n_exact_terms = t matches t + 1 here.)
+  num_exact_terms = t matches t + 1 here.)
 
   One N is drawn per call, shared by every row, as in the reference implementation: the
   batch then runs exactly n vjps, whereas a count per row would cost the batch's largest
@@ -120,7 +126,8 @@ def russian_roulette_log_det(g, x, probe, seed, n_exact_terms=2, distribution="g
 
   N comes from a float64 uniform u by inverse CDF (XLA has no Poisson sampler):
   geometric N = floor(log(1 - u) / log(1 - p)); Poisson N = #{m < M : CDF(m) <= u}, over
-  the capped support M = max_num_terms - n_exact_terms, with CDF(m) = igammac(m + 1, rate).
+  the capped support M = max_num_terms - num_exact_terms, with CDF(m) =
+  igammac(m + 1, rate).
   The random terms run in a `tf.while_loop` with `maximum_iterations` M, so N is capped at
   M. The estimator differs from the uncapped one only when N > M, with probability
   (1 - p)^(M + 1) (geometric; 2^-63 ~ 1e-19 for the defaults) or P(Poisson(rate) > M)
@@ -129,7 +136,7 @@ def russian_roulette_log_det(g, x, probe, seed, n_exact_terms=2, distribution="g
   u, a multiple of 2^-53, also keeps N below the m where P(N > m) < 2^-53: about 53 for
   p = 0.5, 22 for rate = 2.)
 
-  Cost and variance: n_exact_terms + E[N] vjps on average (E[N] = (1 - p)/p or rate).
+  Cost and variance: num_exact_terms + E[N] vjps on average (E[N] = (1 - p)/p or rate).
   The variance is a sum of t_m^2 / P(N >= m) over the reweighted terms t_m ~ L^m: finite
   for the geometric count when L^2 < 1 - p (L < 0.71 for p = 0.5); the Poisson weights
   grow like m! / rate^m, so only the cap (and the float64 u) bounds its far tail, though
@@ -141,38 +148,44 @@ def russian_roulette_log_det(g, x, probe, seed, n_exact_terms=2, distribution="g
     x: tensor `[N, *event]` with static rank.
     probe: tensor shaped like `x` (see `probes.hutchinson_probes`).
     seed: stateless seed (int32/int64, shape [2]) for the count N only.
-    n_exact_terms: static int >= 0, terms always computed.
+    num_exact_terms: static int >= 0, terms always computed (default 2).
     distribution: "geometric" or "poisson", the law of N.
     geometric_p: success probability p in (0, 1) of the geometric count.
     poisson_rate: rate > 0 of the Poisson count.
-    max_num_terms: static int >= n_exact_terms, the cap on n.
+    max_num_terms: static int >= num_exact_terms, the cap on n.
     gradient: "backprop" or "neumann" (see the module docstring); the value is the same.
     return_output: also return g(x), from the same forward pass.
+    n_exact_terms: older alias of `num_exact_terms`.
 
   Returns:
     `[N]` estimates, or `(g(x), log_det)` if `return_output`.
 
   Raises:
-    ValueError: an argument outside its range, or an unknown `distribution`/`gradient`.
+    ValueError: an argument outside its range, an unknown `distribution`/`gradient`, or
+      `num_exact_terms` passed in both spellings.
   """
-  n_exact_terms = checks.int_at_least("n_exact_terms", n_exact_terms, 0)
-  max_num_terms = checks.int_at_least("max_num_terms", max_num_terms, max(n_exact_terms, 1))
-  max_random_terms = max_num_terms - n_exact_terms
+  num_exact_terms = checks.int_at_least(
+      aliases.spelling("num_exact_terms", "n_exact_terms", n_exact_terms),
+      aliases.resolve("num_exact_terms", num_exact_terms, "n_exact_terms", n_exact_terms, 2),
+      0)
+  max_num_terms = checks.int_at_least("max_num_terms", max_num_terms,
+                                      max(num_exact_terms, 1))
+  max_random_terms = max_num_terms - num_exact_terms
   tail_probability = _count_tail(distribution, geometric_p, poisson_rate)
   count = _sample_count(seed, distribution, geometric_p, poisson_rate, max_random_terms)
-  return _series_log_det(g, x, probe, n_exact_terms,
+  return _series_log_det(g, x, probe, num_exact_terms,
                          (count, tail_probability, max_random_terms), gradient,
                          return_output)
 
 
-def neumann_log_det(g, x, probe, seed, n_exact_terms=2, distribution="geometric",
+def neumann_log_det(g, x, probe, seed, num_exact_terms=None, distribution="geometric",
                     geometric_p=0.5, poisson_rate=2.0, max_num_terms=64,
-                    return_output=False):
+                    return_output=False, *, n_exact_terms=None):
   """The Russian-roulette estimate, differentiated by the Neumann series (Chen et al., eq. 8).
 
   The value equals `russian_roulette_log_det` with the same arguments. The gradient with
   respect to x and to every variable g reads is w^T (dJ/dtheta) v with
-  w^T = sum_{k=0}^{n-1} (-1)^k / P(N >= k + 1 - n_exact_terms) v^T J^k, an unbiased
+  w^T = sum_{k=0}^{n-1} (-1)^k / P(N >= k + 1 - num_exact_terms) v^T J^k, an unbiased
   estimate of d log det(I + J) / dtheta = tr((I + J)^-1 dJ/dtheta). Cost: the value's n
   vjps plus one; the backward pass differentiates only that last vjp, so its memory does
   not grow with n (in graph mode; see the module docstring).
@@ -183,27 +196,29 @@ def neumann_log_det(g, x, probe, seed, n_exact_terms=2, distribution="geometric"
     x: tensor `[N, *event]` with static rank.
     probe: tensor shaped like `x` (see `probes.hutchinson_probes`).
     seed: stateless seed (int32/int64, shape [2]) for the count N only.
-    n_exact_terms, distribution, geometric_p, poisson_rate, max_num_terms: as in
+    num_exact_terms, distribution, geometric_p, poisson_rate, max_num_terms: as in
       `russian_roulette_log_det`.
     return_output: also return g(x), from the same forward pass.
+    n_exact_terms: older alias of `num_exact_terms`.
 
   Returns:
     `[N]` estimates, or `(g(x), log_det)` if `return_output`.
 
   Raises:
-    ValueError: an argument outside its range, or an unknown `distribution`.
+    ValueError: an argument outside its range, an unknown `distribution`, or
+      `num_exact_terms` passed in both spellings.
   """
   return russian_roulette_log_det(
-      g, x, probe, seed, n_exact_terms=n_exact_terms, distribution=distribution,
+      g, x, probe, seed, num_exact_terms=num_exact_terms, distribution=distribution,
       geometric_p=geometric_p, poisson_rate=poisson_rate, max_num_terms=max_num_terms,
-      gradient="neumann", return_output=return_output)
+      gradient="neumann", return_output=return_output, n_exact_terms=n_exact_terms)
 
 
 def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=None, *,
-                     num_terms=10, n_exact_terms=2, distribution="geometric",
+                     num_terms=10, num_exact_terms=None, distribution="geometric",
                      geometric_p=0.5, poisson_rate=2.0, max_num_terms=64,
                      probe_distribution="rademacher", content_keyed_probes=False,
-                     return_output=False):
+                     return_output=False, n_exact_terms=None):
   """log|det(I + J_g(x))| per row by the named method: the entry point for bijectors.
 
   ```none
@@ -223,19 +238,21 @@ def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=N
     gradient: "neumann" or "backprop", for "series" and "russian_roulette".
     seed: stateless seed (int32/int64, shape [2]); required unless method is "exact".
     num_terms: terms of the "series" method.
-    n_exact_terms, distribution, geometric_p, poisson_rate, max_num_terms: the roulette's
-      arguments (see `russian_roulette_log_det`).
+    num_exact_terms, distribution, geometric_p, poisson_rate, max_num_terms: the
+      roulette's arguments (see `russian_roulette_log_det`).
     probe_distribution: "rademacher" or "normal".
     content_keyed_probes: draw each row's (Rademacher) probe from its values
       (`probes.content_keyed_probes`) rather than its index, so a point's estimate does
       not depend on its batch; for deterministic evaluation.
     return_output: also return g(x), from the same forward pass.
+    n_exact_terms: older alias of `num_exact_terms`.
 
   Returns:
     `[N]` log-determinant estimates, or `(g(x), log_det)` if `return_output`.
 
   Raises:
-    ValueError: unknown `method` or `gradient`, or no `seed` for a stochastic method.
+    ValueError: unknown `method` or `gradient`, no `seed` for a stochastic method, or
+      `num_exact_terms` passed in both spellings.
   """
   checks.one_of("method", method, LOG_DET_METHODS)
   checks.one_of("gradient", gradient, GRADIENTS)
@@ -257,16 +274,16 @@ def estimate_log_det(g, x, method="russian_roulette", gradient="neumann", seed=N
     return power_series_log_det(g, x, probe, num_terms, gradient=gradient,
                                 return_output=return_output)
   return russian_roulette_log_det(
-      g, x, probe, count_seed, n_exact_terms=n_exact_terms, distribution=distribution,
+      g, x, probe, count_seed, num_exact_terms=num_exact_terms, distribution=distribution,
       geometric_p=geometric_p, poisson_rate=poisson_rate, max_num_terms=max_num_terms,
-      gradient=gradient, return_output=return_output)
+      gradient=gradient, return_output=return_output, n_exact_terms=n_exact_terms)
 
 
-def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_output):
-  """The shared kernel: n_exact_terms unrolled terms, then the roulette's random terms.
+def _series_log_det(g, x, probe, num_exact_terms, roulette, gradient, return_output):
+  """The shared kernel: num_exact_terms unrolled terms, then the roulette's random terms.
 
   `roulette` is None or (count N, m -> P(N >= m) in float64, static cap on N). Term
-  k = n_exact_terms + m carries coefficient (-1)^(k+1) / P(N >= m); w collects
+  k = num_exact_terms + m carries coefficient (-1)^(k+1) / P(N >= m); w collects
   coefficient * v^T J^(k-1) for the Neumann gradient.
   """
   neumann = checks.one_of("gradient", gradient, GRADIENTS) == "neumann"
@@ -285,7 +302,7 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
   u = probe  # v^T J^(k-1) at the start of term k
   value = tf.zeros(tf.shape(x)[:1], x.dtype)
   w = tf.zeros_like(x) if neumann else None
-  for k in range(1, n_exact_terms + 1):
+  for k in range(1, num_exact_terms + 1):
     sign = 1.0 if k % 2 else -1.0
     if neumann:
       w += sign * u
@@ -296,7 +313,7 @@ def _series_log_det(g, x, probe, n_exact_terms, roulette, gradient, return_outpu
     count, tail_probability, max_random_terms = roulette
 
     def body(m, u, value, *w):
-      k = tf.cast(n_exact_terms + m, tf.float64)
+      k = tf.cast(num_exact_terms + m, tf.float64)
       sign = 1.0 - 2.0 * tf.math.floormod(k + 1.0, 2.0)
       coefficient = tf.cast(sign / tail_probability(m), x.dtype)
       if neumann:
