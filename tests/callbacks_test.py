@@ -7,8 +7,9 @@ initialisation and spectral-norm power-iteration vectors as non-trainable state,
 trains with Adam (moments, iteration count). The reference is one uninterrupted fit of
 3 epochs x 8 steps. An interrupted run raises inside `fit` after some step of epoch 1;
 a new model, built from another global seed (so nothing but the backup can make it
-agree), resumes with the same callback, and must end with the reference's variables
-(model, optimizer) and log the reference's epoch NLLs.
+agree), resumes with the same callback (`fit(initial_epoch=backup.initial_epoch)`, Keras'
+public argument), and must end with the reference's variables (model, optimizer) and log
+the reference's epoch NLLs.
 """
 
 import shutil
@@ -58,7 +59,8 @@ class _Interrupt(keras.callbacks.Callback):
 def _fit(model, backup=None, interrupt=None):
   extra = [c for c in (backup, interrupt) if c is not None]
   return model.fit(_data(), batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
-                    callbacks=extra).history
+                   initial_epoch=0 if backup is None else backup.initial_epoch,
+                   callbacks=extra).history
 
 
 def _state(model):
@@ -146,10 +148,10 @@ def test_random_generator_state_decides_the_weights(tmp_path, reference,
         if hasattr(layer, "seed_generator"):
           layer.seed_generator.state.assign(keras.random.SeedGenerator(0).state.value)
 
+  backup = callbacks.BackupAndRestore(backup_dir, save_freq=3)
   history = resumed.fit(_data(), batch_size=BATCH, epochs=EPOCHS, shuffle=False,
-                        verbose=0,
-                        callbacks=[callbacks.BackupAndRestore(backup_dir, save_freq=3),
-                                   _ForgetRandomState()]).history
+                        verbose=0, initial_epoch=backup.initial_epoch,
+                        callbacks=[backup, _ForgetRandomState()]).history
   assert len(history["nll"]) == 2
   weights = [keras.ops.convert_to_numpy(v) for v in resumed.trainable_variables]
   reference_weights = [keras.ops.convert_to_numpy(v)
@@ -207,6 +209,28 @@ def test_step_backups_also_at_epoch_ends(tmp_path, reference):
   assert _max_difference(_state(resumed), reference["state"]) <= 1e-6
   assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * STEPS
   np.testing.assert_allclose(history["nll"], reference["nll"][1:], rtol=1e-6)
+
+
+def test_fit_must_start_at_the_backups_epoch(tmp_path, mid_epoch_backup):
+  # The backup resumes inside epoch 1; `initial_epoch` says so before fit, and a fit
+  # that starts elsewhere is refused at its first epoch, before any step trains the
+  # restored state again on epoch 0 (formerly the callback moved fit's start through
+  # Keras' private Model._initial_epoch).
+  assert callbacks.BackupAndRestore(tmp_path / "none").initial_epoch == 0
+  backup = callbacks.BackupAndRestore(_copy(mid_epoch_backup, tmp_path), save_freq=3)
+  assert backup.initial_epoch == 1
+  resumed = _model(1)
+  for start in (0, 2):
+    with pytest.raises(ValueError, match=rf"resumes training at epoch 1 \(0-based\), but "
+                                         rf"fit started at epoch {start}: pass "
+                                         r"initial_epoch=backup.initial_epoch"):
+      resumed.fit(_data(), batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
+                  initial_epoch=start, callbacks=[backup])
+    assert int(resumed.optimizer.iterations.numpy()) == 12  # the backup's, no new step
+  # The refused fits leave the backup and the wrapped train function usable.
+  history = _fit(resumed, backup)
+  assert len(history["nll"]) == 2
+  assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * STEPS
 
 
 @pytest.mark.parametrize("save_freq", [0, -2, "batch", 2.5])

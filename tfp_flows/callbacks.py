@@ -15,11 +15,20 @@ class BackupAndRestore(keras.callbacks.Callback):
 
   ```python
   backup = tff.callbacks.BackupAndRestore("runs/backup", save_freq=100)
-  model.fit(x, epochs=20, batch_size=64, shuffle=False, callbacks=[backup])
-  # killed at epoch 7, step 340: run the same script again; fit restores the state
-  # saved after step 300 of epoch 7, skips the 300 batches already trained on and
-  # ends with the weights an uninterrupted run would have had.
+  model.fit(x, epochs=20, batch_size=64, shuffle=False, callbacks=[backup],
+            initial_epoch=backup.initial_epoch)
+  # killed at epoch 7, step 340: run the same script again; fit starts at epoch 7
+  # (`backup.initial_epoch`), restores the state saved after step 300 of it, skips
+  # the 300 batches already trained on and ends with the weights an uninterrupted run
+  # would have had.
   ```
+
+  `fit` learns where to start from its public `initial_epoch` argument: pass
+  `backup.initial_epoch` (the backup's epoch, 0 when there is none). A fit that starts
+  at another epoch than the backup's raises a `ValueError` at its first epoch, rather
+  than training the restored state on epochs it has already seen. (Keras' own
+  `BackupAndRestore` sets the private `Model._initial_epoch` instead; this callback
+  reaches no private Keras name.)
 
   `keras.callbacks.BackupAndRestore` falls short of an exact resume in two ways: it
   saves `model.save_weights`, which leaves out the layers' `keras.random.SeedGenerator`
@@ -70,6 +79,19 @@ class BackupAndRestore(keras.callbacks.Callback):
     self._steps_since_save = 0
     self._resume = None
     self._skip_next = False
+    self._first_epoch = True
+
+  @property
+  def initial_epoch(self):
+    """The epoch (0-based) `fit` resumes at: the backup's, or 0 without a backup.
+
+    Pass it as `fit(initial_epoch=...)`. A backup made mid-epoch resumes inside that
+    epoch; one made at the end of the last epoch gives `epochs` (nothing left to run).
+    """
+    if not os.path.exists(self._path):
+      return 0
+    with np.load(self._path) as saved:
+      return int(saved["epoch"])
 
   def _state_variables(self):
     """(model and optimizer variables, metric variables), in a fixed order."""
@@ -79,7 +101,7 @@ class BackupAndRestore(keras.callbacks.Callback):
 
   def on_train_begin(self, logs=None):
     self._epoch, self._steps_in_epoch, self._steps_since_save = 0, 0, 0
-    self._resume, self._skip_next = None, False
+    self._resume, self._skip_next, self._first_epoch = None, False, True
     _unwrap_train_function(self.model)
     if not os.path.exists(self._path):
       return
@@ -98,15 +120,20 @@ class BackupAndRestore(keras.callbacks.Callback):
       variable.assign(value)
     # Metrics are reset when each epoch begins, so their sums are restored then.
     self._resume = {"epoch": epoch, "steps": steps, "metrics": values[len(variables):]}
-    # Keras' own BackupAndRestore resumes at an epoch the same way.
-    self.model._initial_epoch = epoch  # pylint: disable=protected-access
     if steps:
-      _wrap_train_function(self.model, self)
+      self._wrap_train_function()
 
   def _resuming(self, epoch):
     return self._resume is not None and self._resume["epoch"] == epoch
 
   def on_epoch_begin(self, epoch, logs=None):
+    if self._first_epoch and self._resume is not None and epoch != self._resume["epoch"]:
+      raise ValueError(
+          f"The backup in {self.backup_dir!r} resumes training at epoch "
+          f"{self._resume['epoch']} (0-based), but fit started at epoch {epoch}: pass "
+          "initial_epoch=backup.initial_epoch to fit (backup being this callback), or "
+          "delete the backup to start afresh.")
+    self._first_epoch = False
     self._epoch, self._steps_in_epoch = epoch, 0
     if self._resuming(epoch) and self._resume["steps"]:
       # Mid-epoch: the metrics resume their running sums over the epoch's first steps.
@@ -135,7 +162,6 @@ class BackupAndRestore(keras.callbacks.Callback):
 
   def on_train_end(self, logs=None):
     _unwrap_train_function(self.model)
-    self.model._initial_epoch = None  # pylint: disable=protected-access
     if self.delete_checkpoint and os.path.exists(self._path):
       os.remove(self._path)
 
@@ -152,20 +178,20 @@ class BackupAndRestore(keras.callbacks.Callback):
     # The rename is atomic: an interruption while writing leaves the last backup whole.
     os.replace(temporary, self._path)
 
+  def _wrap_train_function(self):
+    """Makes `model.train_function` discard the batches this callback says to skip."""
+    model = self.model
+    train_function = model.train_function
 
-def _wrap_train_function(model, callback):
-  """Makes `model.train_function` discard the batches `callback` says to skip."""
-  train_function = model.train_function
+    def resumable_train_function(iterator):
+      if not self._skip_next:
+        return train_function(iterator)
+      for _ in range(model.steps_per_execution):
+        next(iterator)
+      return model.get_metrics_result()
 
-  def resumable_train_function(iterator):
-    if not callback._skip_next:  # pylint: disable=protected-access
-      return train_function(iterator)
-    for _ in range(model.steps_per_execution):
-      next(iterator)
-    return model.get_metrics_result()
-
-  resumable_train_function.wrapped = train_function
-  model.train_function = resumable_train_function
+    resumable_train_function.wrapped = train_function
+    model.train_function = resumable_train_function
 
 
 def _unwrap_train_function(model):

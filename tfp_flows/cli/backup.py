@@ -74,6 +74,11 @@ class Backup:
       json.dump(self._settings, f, indent=2)
     os.replace(temporary, os.path.join(self.directory, _SETTINGS_FILE))
 
+  @property
+  def initial_epoch(self):
+    """The epoch `fit` starts at (`fit(initial_epoch=...)`): the backup's, else 0."""
+    return callbacks.BackupAndRestore(self.directory).initial_epoch
+
   def callbacks(self):
     """The Keras callbacks that back up, restore and report the training state."""
     return [callbacks.BackupAndRestore(self.directory, save_freq=self.every,

@@ -69,7 +69,7 @@ def train(config):
   with backup.stop_on_ctrl_c():
     model.fit(**_training_data(x_train, config), epochs=config.epochs,
               steps_per_epoch=config.steps_per_epoch, verbose=config.verbose,
-              callbacks=callbacks)
+              initial_epoch=backup.initial_epoch, callbacks=callbacks)
   print(f"Training took {time.time() - start:.0f} s for {backup.steps_this_run} steps.")
 
   run = {"preset": config.preset, "dataset": dataset.name,
