@@ -1,6 +1,6 @@
 """Every use of TensorFlow Probability's private bijector internals, in one place.
 
-Two things our bijectors need that TFP has no public API for:
+Three things our bijectors and layers need that TFP has no public API for:
 
 * Sharing a log-det computed together with a transform through TFP's bijector cache.
   TFP computes `inverse(y)` and `inverse_log_det_jacobian(y)` in separate calls (so do
@@ -14,6 +14,9 @@ Two things our bijectors need that TFP has no public API for:
   through `tfb.Chain` by bijector name and through `tfb.Invert` unchanged, and
   `tfb.Invert` of a non-composite-tensor bijector (any bijector holding a callable) is
   an instance of TFP's private `_Invert` base, not of `tfb.Invert`.
+* A bijector name that stays the same when the bijector is built again: the routing
+  above goes by name, and TFP makes a name unique within a graph unless it ends in "/"
+  (`stable_name`).
 
 If a TFP release changes these internals, this module is the one to update.
 """
@@ -22,7 +25,7 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.bijectors import invert as invert_lib
 
 __all__ = ["conditional_kwargs", "is_conditional", "remember_forward_log_det",
-           "remember_inverse_log_det"]
+           "remember_inverse_log_det", "stable_name"]
 
 tfb = tfp.bijectors
 # pylint: disable-next=protected-access
@@ -63,3 +66,22 @@ def conditional_kwargs(bijector, conditional_input):
   if isinstance(bijector, _INVERT_TYPES):
     return conditional_kwargs(bijector.bijector, conditional_input)
   return {"conditional_input": conditional_input}
+
+
+def stable_name(name):
+  """The form of `name` that TFP keeps as given: `name` ending in "/".
+
+  `tfb.Bijector.__init__` passes its name through `tf.name_scope`, which makes it unique
+  within a graph: a second "coupling" built in the same `tf.function` becomes
+  "coupling_1", so keyword arguments routed by name (`tfb.Chain`'s
+  `**{name: kwargs}`, see `conditional_kwargs`) from another build would miss it. A
+  name ending in "/" is taken as a finished scope and kept; the bijector's `.name` is
+  then `name` without the "/" (TFP's `name_util.get_name_scope_name`).
+
+  Args:
+    name: a bijector name, with or without the trailing "/".
+
+  Returns:
+    `name` with exactly one trailing "/".
+  """
+  return name if name.endswith("/") else name + "/"

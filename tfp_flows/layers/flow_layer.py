@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_flows.bijectors import _tfp_glue
 from tfp_flows.bijectors import conditioning
 from tfp_flows.bijectors import variable_tracking
 
@@ -75,12 +76,13 @@ class FlowLayer(keras.layers.Layer):
   def bijector_name(self, suffix=""):
     """The name for this layer's bijector(s): the layer name, the same on every rebuild.
 
-    TFP routes `conditional_input` through `tfb.Chain` by bijector name, and a name
-    given without a trailing "/" is made unique inside a graph ("coupling_1"), so a
-    bijector rebuilt in a `tf.function` would no longer match kwargs computed from
-    another build. TFP keeps a name that ends in "/" as given.
+    TFP routes `conditional_input` through `tfb.Chain` by bijector name, and makes a
+    name unique inside a graph ("coupling_1"), so a bijector rebuilt in a `tf.function`
+    would no longer match kwargs computed from another build; the name returned is the
+    form TFP keeps as given (`tfp_flows.bijectors._tfp_glue.stable_name`), and the
+    bijector's `.name` is `layer.name + suffix`.
     """
-    return f"{self.name}{suffix}/"
+    return _tfp_glue.stable_name(self.name + suffix)
 
   def call(self, inputs, context=None, training=None):
     bijector = self.bijector
