@@ -233,6 +233,19 @@ def test_fit_must_start_at_the_backups_epoch(tmp_path, mid_epoch_backup):
   assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * STEPS
 
 
+def test_flow_model_fit_starts_at_the_backups_epoch_by_itself(tmp_path, reference,
+                                                              mid_epoch_backup):
+  # FlowModel.fit fills in initial_epoch from the backup, so the one-line resume of
+  # Keras' own callback (callbacks=[backup], no initial_epoch) works through public API.
+  resumed = _model(1)
+  history = resumed.fit(_data(), batch_size=BATCH, epochs=EPOCHS, shuffle=False,
+                        verbose=0, callbacks=[callbacks.BackupAndRestore(
+                            _copy(mid_epoch_backup, tmp_path), save_freq=3)]).history
+  assert _max_difference(_state(resumed), reference["state"]) <= 1e-6
+  assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * STEPS
+  np.testing.assert_allclose(history["nll"], reference["nll"][1:], rtol=1e-6)
+
+
 @pytest.mark.parametrize("save_freq", [0, -2, "batch", 2.5])
 def test_bad_save_freq_is_rejected(tmp_path, save_freq):
   with pytest.raises(ValueError, match="save_freq must be"):

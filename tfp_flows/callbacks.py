@@ -23,8 +23,10 @@ class BackupAndRestore(keras.callbacks.Callback):
   # would have had.
   ```
 
-  `fit` learns where to start from its public `initial_epoch` argument: pass
-  `backup.initial_epoch` (the backup's epoch, 0 when there is none). A fit that starts
+  `fit` learns where to start from its public `initial_epoch` argument:
+  `tfp_flows.FlowModel.fit` passes `backup.initial_epoch` (the backup's epoch, 0 when
+  there is none) itself when the caller gives no `initial_epoch`; with another Keras
+  model, pass it to `fit`. A fit that starts
   at another epoch than the backup's raises a `ValueError` at its first epoch, rather
   than training the restored state on epochs it has already seen. (Keras' own
   `BackupAndRestore` sets the private `Model._initial_epoch` instead; this callback

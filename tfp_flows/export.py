@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from tfp_flows import export_checks
-from tfp_flows.bijectors import conditioning
+from tfp_flows import bijectors as bijectors_lib
 
 __all__ = ["SIGNATURES", "save"]
 
@@ -107,7 +107,7 @@ class _ServingFunctions:
       # One bijector object for both the call and its routing: conditional kwargs are
       # keyed by bijector name, which a second construction inside a graph would uniquify.
       bijector = self._model.bijector
-      kwargs = conditioning.conditional_kwargs(bijector, _row(context))
+      kwargs = bijectors_lib.conditional_kwargs(bijector, _row(context))
       return getattr(bijector, direction)(inputs, **kwargs)
     return _unless_empty(tf.shape(inputs)[0], transform,
                          tf.zeros([0, *output_shape], self._contract.dtype))

@@ -5,9 +5,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_flows import bijectors as bijectors_lib
+from tfp_flows import callbacks as callbacks_lib
 from tfp_flows import objectives
 from tfp_flows import step_guard
-from tfp_flows.bijectors import conditioning
 from tfp_flows.layers import flow_layer
 from tfp_flows.numerics import probes
 
@@ -259,7 +260,7 @@ class FlowModel(keras.Model):
       return tf.zeros([n, *rows, *self.event_shape], self.base_distribution.dtype)
     z = self.base_distribution.sample(total, seed=probes.stateless_seed(seed)) * temperature
     bijector = self.bijector
-    x = bijector.forward(z, **conditioning.conditional_kwargs(bijector, context))
+    x = bijector.forward(z, **bijectors_lib.conditional_kwargs(bijector, context))
     x = self.flow.postprocess_sample(x)
     return tf.reshape(x, [n, *rows, *self.event_shape])
 
@@ -323,8 +324,16 @@ class FlowModel(keras.Model):
     """`keras.Model.fit`, stopping with an error at a non-finite step (see `train_step`).
 
     An objective that draws its own samples (`objectives.ReverseKL`) takes no data:
-    `fit(epochs=..., steps_per_epoch=...)`.
+    `fit(epochs=..., steps_per_epoch=...)`. With a `tfp_flows.callbacks.BackupAndRestore`
+    among the callbacks and no `initial_epoch`, the fit starts at the backup's epoch,
+    so `fit(..., callbacks=[backup])` alone resumes an interrupted run.
     """
+    if "initial_epoch" not in kwargs:
+      given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
+               else callbacks or ())
+      backups = [c for c in given if isinstance(c, callbacks_lib.BackupAndRestore)]
+      if backups:
+        kwargs["initial_epoch"] = backups[0].initial_epoch
     if x is None and not self.objective.requires_data:
       if kwargs.get("steps_per_epoch") is None:
         raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "

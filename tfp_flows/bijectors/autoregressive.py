@@ -1,18 +1,14 @@
 """The generic autoregressive bijector: MAF, IAF and autoregressive neural spline flows."""
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tfp_flows.bijectors import _log_det_cache
-from tfp_flows.bijectors import batching
-from tfp_flows.bijectors import transformers as transformers_lib
+from tfp_flows.bijectors import _tfp_glue
+from tfp_flows.bijectors import network_bijector
 
 __all__ = ["Autoregressive"]
 
-tfb = tfp.bijectors
 
-
-class Autoregressive(tfb.Bijector):
+class Autoregressive(network_bijector.NetworkBijector):
   """Autoregressive flow: each coordinate transformed given the ones before it.
 
   With an autoregressive conditioner `h` (such as `tfp_flows.nets.MADE`: output row `i`
@@ -69,58 +65,24 @@ class Autoregressive(tfb.Bijector):
         `event_size < 1`.
     """
     parameters = dict(locals())
-    if not callable(conditioner):
-      raise ValueError(f"conditioner must be callable; got {conditioner!r}.")
-    if not isinstance(transformer, transformers_lib.Transformer):
-      raise ValueError(
-          "transformer must be a tfp_flows.bijectors.transformers.Transformer such as "
-          f"AffineTransformer(); got {transformer!r}.")
     if int(event_size) < 1:
       raise ValueError(f"event_size must be a positive int; got {event_size!r}.")
-    self._conditioner = conditioner
-    self._transformer = transformer
     self._event_size = int(event_size)
-    self._conditional = bool(conditional)
-    super().__init__(forward_min_event_ndims=1, dtype=tf.as_dtype(dtype),
-                     validate_args=validate_args, parameters=parameters, name=name)
-
-  @property
-  def is_conditional(self):
-    return self._conditional
-
-  @classmethod
-  def _parameter_properties(cls, dtype):
-    # The conditioner is a callable, not a batch of parameters: the bijector is a
-    # single (unbatched) transform, `experimental_batch_shape() == []`, as for stock
-    # RealNVP and MAF.
-    return {}
-
-  @property
-  def transformer(self):
-    return self._transformer
-
-  @property
-  def conditioner(self):
-    return self._conditioner
+    super().__init__(
+        conditional=conditional, conditioner=conditioner, transformer=transformer,
+        forward_min_event_ndims=1, dtype=tf.as_dtype(dtype), validate_args=validate_args,
+        parameters=parameters, name=name)
 
   @property
   def event_size(self):
     return self._event_size
 
   def _params(self, y, conditional_input):
-    if (conditional_input is not None) != self._conditional:
-      raise ValueError(
-          f"{self.name}: conditional_input must be given exactly when the bijector is "
-          f"built with conditional=True (it is {self._conditional}).")
-    h = batching.call_on_flat_batch(self._conditioner, y, 1, conditional_input)
-    h = tf.convert_to_tensor(h, dtype=self.dtype)
+    h = self._call_conditioner(y, 1, conditional_input, "Autoregressive")
     expected = [self._event_size, self._transformer.num_params]
     if h.shape.rank is not None and h.shape[-2:].as_list() != expected:
       raise ValueError(f"The conditioner must return shape [..., {expected[0]}, "
                        f"{expected[1]}]; got {h.shape.as_list()}.")
-    if self.validate_args:
-      h = tf.debugging.assert_all_finite(h, "Autoregressive: conditioner output is not "
-                                            "finite.")
     return h
 
   def _check_input(self, x):
@@ -152,12 +114,12 @@ class Autoregressive(tfb.Bijector):
 
   def _forward(self, x, **kwargs):
     y, fldj = self._forward_and_log_det(x, kwargs.get("conditional_input"))
-    _log_det_cache.remember_forward_log_det(self, x, fldj, kwargs)
+    _tfp_glue.remember_forward_log_det(self, x, fldj, kwargs)
     return y
 
   def _inverse(self, y, **kwargs):
     x, ildj = self._inverse_and_log_det(y, kwargs.get("conditional_input"))
-    _log_det_cache.remember_inverse_log_det(self, y, ildj, kwargs)
+    _tfp_glue.remember_inverse_log_det(self, y, ildj, kwargs)
     return x
 
   def _forward_log_det_jacobian(self, x, conditional_input=None):

@@ -1,14 +1,13 @@
 """An elementwise affine map whose shift and scale are computed from a context."""
 
 import tensorflow as tf
-import tensorflow_probability as tfp
+
+from tfp_flows.bijectors import network_bijector
 
 __all__ = ["ConditionalAffine"]
 
-tfb = tfp.bijectors
 
-
-class ConditionalAffine(tfb.Bijector):
+class ConditionalAffine(network_bijector.NetworkBijector):
   """y = x * exp(log_scale) + shift with `(shift, log_scale) = fn(conditional_input)`.
 
   The learned (optionally class-conditional) Gaussian prior of Glow: with a standard
@@ -44,29 +43,17 @@ class ConditionalAffine(tfb.Bijector):
       raise ValueError("shift_and_log_scale_fn must be callable; got "
                        f"{shift_and_log_scale_fn!r}.")
     self._fn = shift_and_log_scale_fn
-    self._conditional = bool(conditional)
     with tf.name_scope(name) as name:
       # Affine in x (shift and scale depend on the context only): the Jacobian does
       # not depend on x, so TFP caches the log-det and TransformedDistribution.mean()
       # and entropy() are forward(base mean) and base entropy + log-det.
-      super().__init__(forward_min_event_ndims=int(event_ndims), dtype=tf.as_dtype(dtype),
+      super().__init__(conditional=conditional,
+                       forward_min_event_ndims=int(event_ndims), dtype=tf.as_dtype(dtype),
                        is_constant_jacobian=True, validate_args=validate_args,
                        parameters=parameters, name=name)
 
-  @property
-  def is_conditional(self):
-    return self._conditional
-
-  @classmethod
-  def _parameter_properties(cls, dtype):
-    # `fn` is a callable, not a batch of parameters: `experimental_batch_shape() == []`.
-    return {}
-
   def _shift_and_log_scale(self, conditional_input):
-    if (conditional_input is not None) != self._conditional:
-      raise ValueError(
-          f"{self.name}: conditional_input must be given exactly when the bijector is "
-          f"built with conditional=True (it is {self._conditional}).")
+    self._check_conditional_input(conditional_input)
     shift, log_scale = (self._fn() if conditional_input is None
                         else self._fn(conditional_input))
     shift = tf.convert_to_tensor(shift, self.dtype)

@@ -4,9 +4,9 @@ import collections
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import _tfp_glue
+from tfp_flows.bijectors import network_bijector
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import estimators
 from tfp_flows.numerics import ode
@@ -15,7 +15,6 @@ from tfp_flows.numerics import trace as trace_lib
 
 __all__ = ["ContinuousFlow", "ContinuousFlowResult"]
 
-tfb = tfp.bijectors
 
 ContinuousFlowResult = collections.namedtuple(
     "ContinuousFlowResult",
@@ -33,7 +32,7 @@ Fields:
 """
 
 
-class ContinuousFlow(tfb.Bijector):
+class ContinuousFlow(network_bijector.NetworkBijector):
   """A continuous normalizing flow: the time-T map of `dz/dt = f(t, z)`.
 
   ```none
@@ -163,12 +162,6 @@ class ContinuousFlow(tfb.Bijector):
     self._gradient = gradient
     super().__init__(forward_min_event_ndims=int(event_ndims), dtype=tf.as_dtype(dtype),
                      validate_args=validate_args, parameters=parameters, name=name)
-
-  @classmethod
-  def _parameter_properties(cls, dtype):
-    # The vector field is a callable, not a batch of
-    # parameters: `experimental_batch_shape() == []`.
-    return {}
 
   @property
   def trace_method(self):

@@ -1,15 +1,11 @@
 """The generic coupling bijector: one code path for NICE, RealNVP, Glow and NSF couplings."""
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tfp_flows.bijectors import _log_det_cache
-from tfp_flows.bijectors import batching
-from tfp_flows.bijectors import transformers as transformers_lib
+from tfp_flows.bijectors import _tfp_glue
+from tfp_flows.bijectors import network_bijector
 
 __all__ = ["Coupling", "checkerboard_mask"]
-
-tfb = tfp.bijectors
 
 
 def checkerboard_mask(height, width, channels=1, parity=0, dtype=tf.float32):
@@ -25,7 +21,7 @@ def checkerboard_mask(height, width, channels=1, parity=0, dtype=tf.float32):
   return tf.tile(board[..., tf.newaxis], [1, 1, channels])
 
 
-class Coupling(tfb.Bijector):
+class Coupling(network_bijector.NetworkBijector):
   """Coupling transform: a conditioner reads the kept part, a transformer moves the rest.
 
   The input is split into a kept part `x_a` and a transformed part `x_b`, either by
@@ -86,12 +82,6 @@ class Coupling(tfb.Bijector):
       ValueError: for a bad split, a missing transformer or a non-callable conditioner.
     """
     parameters = dict(locals())
-    if not callable(conditioner):
-      raise ValueError(f"conditioner must be callable; got {conditioner!r}.")
-    if not isinstance(transformer, transformers_lib.Transformer):
-      raise ValueError(
-          "transformer must be a tfp_flows.bijectors.transformers.Transformer such as "
-          f"AffineTransformer(); got {transformer!r}.")
     if int(event_ndims) < 1:
       raise ValueError(f"event_ndims must be at least 1; got {event_ndims!r}.")
     num_channels = int(num_channels)
@@ -103,56 +93,24 @@ class Coupling(tfb.Bijector):
             f"got {split_index}. A coupling needs at least one kept and one transformed "
             "channel; use a mask for a single-channel input.")
     with tf.name_scope(name) as name:
-      self._conditioner = conditioner
-      self._transformer = transformer
       self._num_channels = num_channels
       self._split_index = split_index
       self._reverse = bool(reverse)
-      self._conditional = bool(conditional)
       self._mask = None if mask is None else tf.convert_to_tensor(mask, dtype=dtype)
       super().__init__(
-          forward_min_event_ndims=int(event_ndims),
-          dtype=tf.as_dtype(dtype),
-          validate_args=validate_args,
-          parameters=parameters,
-          name=name)
-
-  @property
-  def is_conditional(self):
-    return self._conditional
-
-  @classmethod
-  def _parameter_properties(cls, dtype):
-    # The conditioner is a callable, not a batch of parameters: the bijector is a
-    # single (unbatched) transform, `experimental_batch_shape() == []`, as for stock
-    # RealNVP and MAF.
-    return {}
-
-  @property
-  def transformer(self):
-    return self._transformer
-
-  @property
-  def conditioner(self):
-    return self._conditioner
+          conditional=conditional, conditioner=conditioner, transformer=transformer,
+          forward_min_event_ndims=int(event_ndims), dtype=tf.as_dtype(dtype),
+          validate_args=validate_args, parameters=parameters, name=name)
 
   def _params(self, x_a, conditional_input, num_transformed):
-    if conditional_input is not None and not self._conditional:
-      raise ValueError(f"{self.name} got a conditional_input but was built with "
-                       "conditional=False; build it with conditional=True.")
-    if conditional_input is None and self._conditional:
-      raise ValueError(f"{self.name} is conditional: pass conditional_input=.")
-    h = batching.call_on_flat_batch(self._conditioner, x_a, self.forward_min_event_ndims,
-                                    conditional_input)
-    h = tf.convert_to_tensor(h, dtype=self.dtype)
+    h = self._call_conditioner(x_a, self.forward_min_event_ndims, conditional_input,
+                               "Coupling")
     num_params = self._transformer.num_params
     expected = num_transformed * num_params
     if h.shape[-1] is not None and h.shape[-1] != expected:
       raise ValueError(
           f"The conditioner must return {num_transformed} x {num_params} = {expected} "
           f"values on its last axis; got shape {h.shape.as_list()}.")
-    if self.validate_args:
-      h = tf.debugging.assert_all_finite(h, "Coupling: conditioner output is not finite.")
     return tf.reshape(h, tf.concat(
         [tf.shape(h)[:-1], [num_transformed, num_params]], axis=0))
 
@@ -193,12 +151,12 @@ class Coupling(tfb.Bijector):
   # for the `*_log_det_jacobian` call that follows on the same input.
   def _forward(self, x, **kwargs):
     y, fldj = self._apply(x, kwargs.get("conditional_input"), "forward")
-    _log_det_cache.remember_forward_log_det(self, x, fldj, kwargs)
+    _tfp_glue.remember_forward_log_det(self, x, fldj, kwargs)
     return y
 
   def _inverse(self, y, **kwargs):
     x, ildj = self._apply(y, kwargs.get("conditional_input"), "inverse")
-    _log_det_cache.remember_inverse_log_det(self, y, ildj, kwargs)
+    _tfp_glue.remember_inverse_log_det(self, y, ildj, kwargs)
     return x
 
   def _forward_log_det_jacobian(self, x, conditional_input=None):

@@ -3,8 +3,7 @@
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_flows.bijectors import _log_det_cache
-from tfp_flows.bijectors import conditioning
+from tfp_flows.bijectors import _tfp_glue
 
 __all__ = ["FactorOut"]
 
@@ -81,7 +80,7 @@ class FactorOut(tfb.Bijector):
 
   @property
   def is_conditional(self):
-    return conditioning.is_conditional(self._inner)
+    return _tfp_glue.is_conditional(self._inner)
 
   def _reshape_event(self, x, shape):
     return tf.reshape(x, tf.concat([tf.shape(x)[:-len(self._kept_shape)], shape], 0))
@@ -90,16 +89,16 @@ class FactorOut(tfb.Bijector):
   # the inner bijectors' caches hit) and left in this bijector's cache.
   def _forward(self, z, **kwargs):
     x, fldj = self._forward_and_log_det(z, kwargs.get("conditional_input"))
-    _log_det_cache.remember_forward_log_det(self, z, fldj, kwargs)
+    _tfp_glue.remember_forward_log_det(self, z, fldj, kwargs)
     return x
 
   def _inverse(self, x, **kwargs):
     z, ildj = self._inverse_and_log_det(x, kwargs.get("conditional_input"))
-    _log_det_cache.remember_inverse_log_det(self, x, ildj, kwargs)
+    _tfp_glue.remember_inverse_log_det(self, x, ildj, kwargs)
     return z
 
   def _forward_and_log_det(self, z, conditional_input):
-    kwargs = conditioning.conditional_kwargs(self._inner, conditional_input)
+    kwargs = _tfp_glue.conditional_kwargs(self._inner, conditional_input)
     z_a = self._reshape_event(z[..., :self._num_kept], self._latent_shape)
     x_a = self._inner.forward(z_a, **kwargs)
     fldj = self._inner.forward_log_det_jacobian(
@@ -108,7 +107,7 @@ class FactorOut(tfb.Bijector):
     return tf.concat([x_a, z[..., self._num_kept:]], axis=-1), fldj
 
   def _inverse_and_log_det(self, x, conditional_input):
-    kwargs = conditioning.conditional_kwargs(self._inner, conditional_input)
+    kwargs = _tfp_glue.conditional_kwargs(self._inner, conditional_input)
     x_a = x[..., :self._num_kept]
     z_a = self._inner.inverse(x_a, **kwargs)
     ildj = self._inner.inverse_log_det_jacobian(

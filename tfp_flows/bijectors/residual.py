@@ -1,9 +1,9 @@
 """Invertible residual blocks (i-ResNet / Residual Flows) as a TFP bijector."""
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import _tfp_glue
+from tfp_flows.bijectors import network_bijector
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import estimators
 from tfp_flows.numerics import fixed_point
@@ -12,10 +12,9 @@ from tfp_flows.numerics import trace
 
 __all__ = ["ResidualBlock"]
 
-tfb = tfp.bijectors
 
 
-class ResidualBlock(tfb.Bijector):
+class ResidualBlock(network_bijector.NetworkBijector):
   """Invertible residual block: the residual map `r(y) = y + g(y)` with Lip(g) < 1.
 
   The residual map is the data -> base direction (TFP's `inverse`), so density
@@ -118,12 +117,6 @@ class ResidualBlock(tfb.Bijector):
     self._max_iterations = int(max_iterations)
     super().__init__(forward_min_event_ndims=int(event_ndims), dtype=tf.as_dtype(dtype),
                      validate_args=validate_args, parameters=parameters, name=name)
-
-  @classmethod
-  def _parameter_properties(cls, dtype):
-    # The residual function is a callable, not a batch of
-    # parameters: `experimental_batch_shape() == []`.
-    return {}
 
   @property
   def log_det_method(self):

@@ -3,15 +3,14 @@
 import collections
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import _tfp_glue
+from tfp_flows.bijectors import network_bijector
 from tfp_flows.bijectors import transformers as transformers_lib
 from tfp_flows.numerics import checks
 
 __all__ = ["TransformerAutoregressive", "TokenSolveResult", "SAMPLING_METHODS"]
 
-tfb = tfp.bijectors
 
 SAMPLING_METHODS = ("kv_cache", "jacobi", "naive")
 
@@ -30,7 +29,7 @@ Fields:
 """
 
 
-class TransformerAutoregressive(tfb.Bijector):
+class TransformerAutoregressive(network_bijector.NetworkBijector):
   """Affine autoregressive flow over the patches of an image (one TarFlow block).
 
   The image `[H, W, C]` is cut into `T = (H / P) (W / P)` patches of `P x P x C`, read
@@ -118,12 +117,7 @@ class TransformerAutoregressive(tfb.Bijector):
       ValueError: for bad arguments, or "kv_cache" sampling without a decoder.
     """
     parameters = dict(locals())
-    if not callable(conditioner):
-      raise ValueError(f"conditioner must be callable; got {conditioner!r}.")
     transformer = transformer or transformers_lib.AffineTransformer("exp", clamp=4.0)
-    if not isinstance(transformer, transformers_lib.Transformer):
-      raise ValueError("transformer must be a tfp_flows.bijectors.transformers.Transformer;"
-                       f" got {transformer!r}.")
     image_shape = [int(d) for d in image_shape]
     if len(image_shape) != 3 or min(image_shape) < 1:
       raise ValueError(f"image_shape must be [H, W, C] of positive sizes; got "
@@ -143,28 +137,17 @@ class TransformerAutoregressive(tfb.Bijector):
     self._max_iterations = None if max_iterations is None else checks.int_at_least(
         "max_iterations", max_iterations)
     self._tolerance = checks.positive_float("tolerance", tolerance)
-    self._conditioner = conditioner
     self._decoder = decoder
-    self._transformer = transformer
     self._image_shape = image_shape
     self._patch_size = patch_size
     self._num_tokens = num_tokens
     self._token_size = patch_size * patch_size * image_shape[2]
     self._reverse = bool(reverse)
-    self._conditional = bool(conditional)
     self._sampling = sampling
-    super().__init__(forward_min_event_ndims=3, dtype=tf.as_dtype(dtype),
-                     validate_args=validate_args, parameters=parameters, name=name)
-
-  @classmethod
-  def _parameter_properties(cls, dtype):
-    # The conditioner is a callable, not a batch of
-    # parameters: `experimental_batch_shape() == []`.
-    return {}
-
-  @property
-  def is_conditional(self):
-    return self._conditional
+    super().__init__(
+        conditional=conditional, conditioner=conditioner, transformer=transformer,
+        forward_min_event_ndims=3, dtype=tf.as_dtype(dtype), validate_args=validate_args,
+        parameters=parameters, name=name)
 
   @property
   def num_tokens(self):
@@ -205,10 +188,7 @@ class TransformerAutoregressive(tfb.Bijector):
     return tf.reshape(x, tf.concat([batch_shape, self._image_shape], 0))
 
   def _flat_conditional_input(self, conditional_input):
-    if (conditional_input is not None) != self._conditional:
-      raise ValueError(
-          f"{self.name}: conditional_input must be given exactly when the bijector is "
-          f"built with conditional=True (it is {self._conditional}).")
+    self._check_conditional_input(conditional_input)
     if conditional_input is None:
       return ()
     return (tf.reshape(conditional_input, [-1]),)
