@@ -146,6 +146,23 @@ def TarFlow(event_shape=None, patch_size=2, channels=128, num_blocks=4, layers_p
   `sample(n, context=labels, guidance=w)`); `sample` also takes `temperature`,
   `denoise=True` and `sampling=` ("kv_cache", "jacobi", "naive").
 
+  Classifier-free guidance follows apple/ml-tarflow (the `guidance` of its `reverse`,
+  guiding both parameters): `sample(n, context=labels, guidance=w)` samples every block
+  with the log-scale and shift
+
+  ```none
+  h_w(x_<i, c) = h(x_<i, c) + w (h(x_<i, c) - h(x_<i, none))
+  ```
+
+  where `h(., none)` is the net given the null label (label -1, a learned class row that
+  `label_dropout` trains). So `w = 0` is the conditional model without guidance, bit for
+  bit; `w = -1` is the unconditional model, the same as `context=-1` up to float32
+  round-off; `w > 0` guides past the conditional model (the paper's w; Ho and Salimans'
+  classifier-free guidance weight). The "guidance scale" `s` of some diffusion
+  libraries, `h(none) + s (h(c) - h(none))`, where `s = 0` is unconditional, is
+  `s = 1 + w`. Unlike apple/ml-tarflow, which guides only for w > 0 and takes the mean
+  class embedding as its null label, any w is applied.
+
   Reference: Zhai et al., Normalizing Flows are Capable Generative Models,
   https://arxiv.org/abs/2412.06329.
 
