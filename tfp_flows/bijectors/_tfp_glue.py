@@ -24,8 +24,8 @@ If a TFP release changes these internals, this module is the one to update.
 import tensorflow_probability as tfp
 from tensorflow_probability.python.bijectors import invert as invert_lib
 
-__all__ = ["conditional_kwargs", "is_conditional", "remember_forward_log_det",
-           "remember_inverse_log_det", "stable_name"]
+__all__ = ["OnePassLogDet", "conditional_kwargs", "is_conditional",
+           "remember_forward_log_det", "remember_inverse_log_det", "stable_name"]
 
 tfb = tfp.bijectors
 # pylint: disable-next=protected-access
@@ -85,3 +85,31 @@ def stable_name(name):
     `name` with exactly one trailing "/".
   """
   return name if name.endswith("/") else name + "/"
+
+
+class OnePassLogDet:
+  """Mixin for a `tfb.Bijector` whose value and log-det come out of one pass.
+
+  The bijector implements `_forward_and_log_det(x, conditional_input)` and
+  `_inverse_and_log_det(y, conditional_input)`, each returning the value and the
+  log-det of one minimal event in that direction. The mixin provides TFP's `_forward`,
+  `_inverse` and `_*_log_det_jacobian`: a transform leaves its log-det in the cache, so
+  `TransformedDistribution.log_prob` (`inverse` then `inverse_log_det_jacobian` on the
+  same input) runs the pass once.
+  """
+
+  def _forward(self, x, **kwargs):
+    y, fldj = self._forward_and_log_det(x, kwargs.get("conditional_input"))
+    remember_forward_log_det(self, x, fldj, kwargs)
+    return y
+
+  def _inverse(self, y, **kwargs):
+    x, ildj = self._inverse_and_log_det(y, kwargs.get("conditional_input"))
+    remember_inverse_log_det(self, y, ildj, kwargs)
+    return x
+
+  def _forward_log_det_jacobian(self, x, conditional_input=None):
+    return self._forward_and_log_det(x, conditional_input)[1]
+
+  def _inverse_log_det_jacobian(self, y, conditional_input=None):
+    return self._inverse_and_log_det(y, conditional_input)[1]

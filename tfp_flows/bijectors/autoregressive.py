@@ -8,7 +8,7 @@ from tfp_flows.bijectors import network_bijector
 __all__ = ["Autoregressive"]
 
 
-class Autoregressive(network_bijector.NetworkBijector):
+class Autoregressive(_tfp_glue.OnePassLogDet, network_bijector.NetworkBijector):
   """Autoregressive flow: each coordinate transformed given the ones before it.
 
   With an autoregressive conditioner `h` (such as `tfp_flows.nets.MADE`: output row `i`
@@ -112,18 +112,3 @@ class Autoregressive(network_bijector.NetworkBijector):
         maximum_iterations=self._event_size)
     return y, tf.reduce_sum(log_det, axis=-1)
 
-  def _forward(self, x, **kwargs):
-    y, fldj = self._forward_and_log_det(x, kwargs.get("conditional_input"))
-    _tfp_glue.remember_forward_log_det(self, x, fldj, kwargs)
-    return y
-
-  def _inverse(self, y, **kwargs):
-    x, ildj = self._inverse_and_log_det(y, kwargs.get("conditional_input"))
-    _tfp_glue.remember_inverse_log_det(self, y, ildj, kwargs)
-    return x
-
-  def _forward_log_det_jacobian(self, x, conditional_input=None):
-    return self._forward_and_log_det(x, conditional_input)[1]
-
-  def _inverse_log_det_jacobian(self, y, conditional_input=None):
-    return self._inverse_and_log_det(y, conditional_input)[1]

@@ -21,7 +21,7 @@ def checkerboard_mask(height, width, channels=1, parity=0, dtype=tf.float32):
   return tf.tile(board[..., tf.newaxis], [1, 1, channels])
 
 
-class Coupling(network_bijector.NetworkBijector):
+class Coupling(_tfp_glue.OnePassLogDet, network_bijector.NetworkBijector):
   """Coupling transform: a conditioner reads the kept part, a transformer moves the rest.
 
   The input is split into a kept part `x_a` and a transformed part `x_b`, either by
@@ -147,20 +147,8 @@ class Coupling(network_bijector.NetworkBijector):
     out = tf.where(keep, x, moved)
     return out, tf.reduce_sum(tf.where(keep, tf.zeros_like(log_det), log_det), axis=axes)
 
-  # Value and log-det come from one conditioner pass; the log-det is left in TFP's cache
-  # for the `*_log_det_jacobian` call that follows on the same input.
-  def _forward(self, x, **kwargs):
-    y, fldj = self._apply(x, kwargs.get("conditional_input"), "forward")
-    _tfp_glue.remember_forward_log_det(self, x, fldj, kwargs)
-    return y
+  def _forward_and_log_det(self, x, conditional_input):
+    return self._apply(x, conditional_input, "forward")
 
-  def _inverse(self, y, **kwargs):
-    x, ildj = self._apply(y, kwargs.get("conditional_input"), "inverse")
-    _tfp_glue.remember_inverse_log_det(self, y, ildj, kwargs)
-    return x
-
-  def _forward_log_det_jacobian(self, x, conditional_input=None):
-    return self._apply(x, conditional_input, "forward")[1]
-
-  def _inverse_log_det_jacobian(self, y, conditional_input=None):
-    return self._apply(y, conditional_input, "inverse")[1]
+  def _inverse_and_log_det(self, y, conditional_input):
+    return self._apply(y, conditional_input, "inverse")

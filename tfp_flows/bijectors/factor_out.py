@@ -10,7 +10,7 @@ __all__ = ["FactorOut"]
 tfb = tfp.bijectors
 
 
-class FactorOut(tfb.Bijector):
+class FactorOut(_tfp_glue.OnePassLogDet, tfb.Bijector):
   """Applies `inner` to the first `num_kept` channels; the other channels leave the flow.
 
   Real NVP's and Glow's multi-scale architecture as one bijector on the full `[H, W, C]`
@@ -87,16 +87,6 @@ class FactorOut(tfb.Bijector):
 
   # The inner log-det is computed with the same sliced tensor as the inner transform (so
   # the inner bijectors' caches hit) and left in this bijector's cache.
-  def _forward(self, z, **kwargs):
-    x, fldj = self._forward_and_log_det(z, kwargs.get("conditional_input"))
-    _tfp_glue.remember_forward_log_det(self, z, fldj, kwargs)
-    return x
-
-  def _inverse(self, x, **kwargs):
-    z, ildj = self._inverse_and_log_det(x, kwargs.get("conditional_input"))
-    _tfp_glue.remember_inverse_log_det(self, x, ildj, kwargs)
-    return z
-
   def _forward_and_log_det(self, z, conditional_input):
     kwargs = _tfp_glue.conditional_kwargs(self._inner, conditional_input)
     z_a = self._reshape_event(z[..., :self._num_kept], self._latent_shape)
@@ -114,9 +104,3 @@ class FactorOut(tfb.Bijector):
         x_a, event_ndims=len(self._kept_shape), **kwargs)
     z_a = self._reshape_event(z_a, self._kept_shape)
     return tf.concat([z_a, x[..., self._num_kept:]], axis=-1), ildj
-
-  def _inverse_log_det_jacobian(self, x, conditional_input=None):
-    return self._inverse_and_log_det(x, conditional_input)[1]
-
-  def _forward_log_det_jacobian(self, z, conditional_input=None):
-    return self._forward_and_log_det(z, conditional_input)[1]

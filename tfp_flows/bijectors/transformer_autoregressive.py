@@ -29,7 +29,7 @@ Fields:
 """
 
 
-class TransformerAutoregressive(network_bijector.NetworkBijector):
+class TransformerAutoregressive(_tfp_glue.OnePassLogDet, network_bijector.NetworkBijector):
   """Affine autoregressive flow over the patches of an image (one TarFlow block).
 
   The image `[H, W, C]` is cut into `T = (H / P) (W / P)` patches of `P x P x C`, read
@@ -213,14 +213,6 @@ class TransformerAutoregressive(network_bijector.NetworkBijector):
     ildj = tf.reshape(tf.reduce_sum(log_det, axis=[1, 2]), batch_shape)
     return self._from_tokens(z, batch_shape), ildj
 
-  def _inverse(self, y, **kwargs):
-    x, ildj = self._inverse_and_log_det(y, kwargs.get("conditional_input"))
-    _tfp_glue.remember_inverse_log_det(self, y, ildj, kwargs)
-    return x
-
-  def _inverse_log_det_jacobian(self, y, conditional_input=None):
-    return self._inverse_and_log_det(y, conditional_input)[1]
-
   # --- sampling direction -------------------------------------------------------------
 
   def forward_solve(self, z, conditional_input=None):
@@ -304,10 +296,6 @@ class TransformerAutoregressive(network_bijector.NetworkBijector):
     _, log_det = self._transformer.forward(z, self._params(x, context))
     return x, tf.reduce_sum(log_det, axis=[1, 2]), converged, total + 1
 
-  def _forward(self, z, **kwargs):
-    result = self.forward_solve(z, kwargs.get("conditional_input"))
-    _tfp_glue.remember_forward_log_det(self, z, result.log_det, kwargs)
-    return result.value
-
-  def _forward_log_det_jacobian(self, z, conditional_input=None):
-    return self.forward_solve(z, conditional_input).log_det
+  def _forward_and_log_det(self, z, conditional_input):
+    result = self.forward_solve(z, conditional_input)
+    return result.value, result.log_det
