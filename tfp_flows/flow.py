@@ -7,6 +7,7 @@ import tensorflow_probability as tfp
 
 from tfp_flows import bijectors as bijectors_lib
 from tfp_flows import callbacks as callbacks_lib
+from tfp_flows import flow_inputs
 from tfp_flows import objectives
 from tfp_flows import step_guard
 from tfp_flows.layers import flow_layer
@@ -165,44 +166,9 @@ class FlowModel(keras.Model):
     return tfd.TransformedDistribution(self.base_distribution, self.bijector)
 
   def _check_context(self, context, x=None, sample_shape=None):
-    """The context cast to `context_dtype`, after checking its static shape.
-
-    Its rows must have shape `context_shape`; with `x` (log_prob) there must be one row
-    per point of x, `[*sample_shape, *context_shape]` (no broadcasting).
-    """
-    if self.context_shape is None:
-      if context is not None:
-        raise ValueError("This FlowModel has no context_shape, so it takes no context.")
-      return None
-    if context is None:
-      raise ValueError(f"This FlowModel is conditional (context_shape="
-                       f"{self.context_shape}): pass context=.")
-    context = tf.convert_to_tensor(context)
-    shape, size = context.shape, len(self.context_shape)
-    if shape.rank is not None:
-      if shape.rank < size or not shape[shape.rank - size:].is_compatible_with(
-          self.context_shape):
-        raise ValueError(f"context rows must have shape context_shape="
-                         f"{self.context_shape}; got a context of shape {shape}.")
-      if x is not None and not shape[:shape.rank - size].is_compatible_with(sample_shape):
-        raise ValueError(f"log_prob takes one context row per row of x: a context of "
-                         f"shape {sample_shape.as_list() + self.context_shape}; got "
-                         f"{shape} for x of shape {x.shape}.")
-    if context.dtype.is_floating and not tf.as_dtype(self.context_dtype).is_floating:
-      # A cast would truncate 1.5 to label 1; -1 is a label every layer rejects.
-      whole = tf.math.is_finite(context) & tf.equal(context, tf.floor(context))
-      context = tf.where(whole, context, -tf.ones_like(context))
-    return tf.cast(context, self.context_dtype)
-
-  def _sample_shape(self, x):
-    """The leading (sample) shape of `x`, after checking that it ends in `event_shape`."""
-    rank, size = x.shape.rank, len(self.event_shape)
-    if rank is None or rank < size or not x.shape[rank - size:].is_compatible_with(
-        self.event_shape):
-      raise ValueError(f"log_prob takes points of event_shape {self.event_shape} after "
-                       f"any sample shape, [..., {str(self.event_shape)[1:-1]}]; got x of "
-                       f"shape {x.shape}.")
-    return x.shape[:rank - size]
+    """The context cast to `context_dtype`, checked (`flow_inputs.checked_context`)."""
+    return flow_inputs.checked_context(context, self.context_shape, self.context_dtype,
+                                       x, sample_shape)
 
   def call(self, inputs, context=None, training=None):
     """Log-density of `inputs`, `[*sample_shape, *event_shape]` -> `[*sample_shape]`.
@@ -211,7 +177,7 @@ class FlowModel(keras.Model):
     walk the layers as one batch `[N, *event_shape]`, and so does the context.
     """
     x = tf.convert_to_tensor(inputs)
-    sample_shape = self._sample_shape(x)
+    sample_shape = flow_inputs.sample_shape_of(x, self.event_shape)
     context = self._check_context(context, x, sample_shape)
     if not x.dtype.is_floating:
       x = tf.cast(x, self.compute_dtype)
