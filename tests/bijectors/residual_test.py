@@ -268,3 +268,22 @@ def test_argument_errors():
 if __name__ == "__main__":
   # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
+
+
+def test_num_exact_terms_reaches_the_roulette_under_both_spellings():
+  # At one seed the two spellings give the same estimate, and the number of exact terms
+  # changes it (so the argument reaches the estimator); the default is 2.
+  w, b, y = _problem(2, 0.5)
+  seed = tf.constant([3, 4], tf.int32)
+
+  def ildj(**kwargs):
+    bijector = tffb.ResidualBlock(_g(w, b), log_det="russian_roulette", seed=seed,
+                                  dtype=tf.float64, **kwargs)
+    return tf.function(lambda v: bijector.inverse_log_det_jacobian(v, event_ndims=1),
+                       jit_compile=True)(tf.constant(y)).numpy()
+
+  np.testing.assert_array_equal(ildj(num_exact_terms=5), ildj(n_exact_terms=5))
+  assert np.abs(ildj(num_exact_terms=5) - ildj(num_exact_terms=1)).max() > 1e-6
+  np.testing.assert_array_equal(ildj(), ildj(num_exact_terms=2))
+  with pytest.raises(ValueError, match="Pass only num_exact_terms="):
+    tffb.ResidualBlock(_g(w, b), num_exact_terms=2, n_exact_terms=2)

@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from tfp_flows.bijectors import _tfp_glue
 from tfp_flows.bijectors import network_bijector
+from tfp_flows.numerics import aliases
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import estimators
 from tfp_flows.numerics import fixed_point
@@ -36,9 +37,9 @@ class ResidualBlock(network_bijector.NetworkBijector):
     exact and deterministic, for small events (any D, not only 2-D).
   * "series": `num_terms` terms of the series with one Hutchinson probe per row;
     biased by at most `D L^(n+1) / ((n+1)(1 - L))`, variance from the probe.
-  * "russian_roulette": `n_exact_terms` terms always plus a randomly truncated tail
+  * "russian_roulette": `num_exact_terms` terms always plus a randomly truncated tail
     reweighted by survival probabilities: unbiased (Chen et al. 2019); cost
-    `n_exact_terms + E[N]` vjps, variance growing with L.
+    `num_exact_terms + E[N]` vjps, variance growing with L.
 
   `gradient="neumann"` differentiates the series by the Neumann-series estimator of
   Chen et al. 2019 (memory flat in the number of terms); "backprop" differentiates
@@ -60,9 +61,10 @@ class ResidualBlock(network_bijector.NetworkBijector):
   """
 
   def __init__(self, residual_fn, event_ndims=1, log_det="exact", gradient="neumann",
-               seed=None, num_terms=10, n_exact_terms=2, distribution="geometric",
+               seed=None, num_terms=10, num_exact_terms=None, distribution="geometric",
                tolerance=1e-6, max_iterations=100, content_keyed_probes=False,
-               validate_args=False, dtype=tf.float32, name="residual_block"):
+               validate_args=False, dtype=tf.float32, name="residual_block", *,
+               n_exact_terms=None):
     """Creates the block.
 
     Args:
@@ -76,7 +78,7 @@ class ResidualBlock(network_bijector.NetworkBijector):
       gradient: "neumann" or "backprop" for the stochastic estimators.
       seed: stateless seed `[2]` for "series" and "russian_roulette".
       num_terms: terms of "series".
-      n_exact_terms: terms the roulette always computes.
+      num_exact_terms: terms the roulette always computes (default 2).
       distribution: "geometric" or "poisson", the roulette's count distribution.
       tolerance: fixed-point tolerance (largest change per row in the last step,
         relative to `max(1, max|z_row|)`; see `fixed_point_solve`).
@@ -87,6 +89,7 @@ class ResidualBlock(network_bijector.NetworkBijector):
       validate_args: also raise on non-convergence, and on non-finite inputs.
       dtype: float dtype.
       name: bijector name.
+      n_exact_terms: older alias of `num_exact_terms` (pass one of the two).
 
     Raises:
       ValueError: for bad arguments, or a stochastic estimator without a seed.
@@ -111,7 +114,8 @@ class ResidualBlock(network_bijector.NetworkBijector):
     self._estimator = estimator
     self._gradient = gradient
     self._seed = seed
-    self._n_exact_terms = int(n_exact_terms)
+    self._num_exact_terms = int(aliases.resolve(
+        "num_exact_terms", num_exact_terms, "n_exact_terms", n_exact_terms, 2))
     self._distribution = distribution
     self._tolerance = float(tolerance)
     self._max_iterations = int(max_iterations)
@@ -129,7 +133,7 @@ class ResidualBlock(network_bijector.NetworkBijector):
     g_y, log_det = log_det_series.estimate_log_det(
         self._g, flat, method=self._estimator.method, gradient=self._gradient,
         seed=self._seed, num_terms=self._estimator.num_terms,
-        n_exact_terms=self._n_exact_terms, distribution=self._distribution,
+        num_exact_terms=self._num_exact_terms, distribution=self._distribution,
         content_keyed_probes=self._estimator.keyed_probes, return_output=True)
     z = y + tf.reshape(g_y, tf.shape(y))
     return z, tf.reshape(log_det, batch_shape)

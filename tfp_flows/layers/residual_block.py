@@ -196,7 +196,7 @@ class ResidualBlock(flow_layer.FlowLayer):
       seed = _replica_seed.draw_replica_seed(self.seed_generator)
     return residual.ResidualBlock(
         self.residual_fn(training), event_ndims=len(self._event_shape), log_det=estimator,
-        gradient=self.gradient, seed=seed, n_exact_terms=self.num_exact_terms,
+        gradient=self.gradient, seed=seed, num_exact_terms=self.num_exact_terms,
         distribution=self.log_det_estimator.distribution, tolerance=self.tolerance,
         max_iterations=self.max_iterations, validate_args=self.validate_args,
         dtype=self.compute_dtype, name=self.bijector_name())
