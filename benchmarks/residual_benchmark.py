@@ -13,9 +13,9 @@ every block, Russian-roulette log-det with a geometric count (p = 0.5, so one ra
 on average on top of the `n_exact_terms` always computed). Cases, per model and XLA
 setting (`jit_compile` of the train step):
 
-* `neumann:n`:  `logdet="russian_roulette", gradient="neumann", n_exact_terms=n`.
-* `backprop:n`: `logdet="russian_roulette", gradient="backprop", n_exact_terms=n`.
-* `exact`: `logdet="exact"` (dense Jacobian by `batch_jacobian`, log-det by QR): the
+* `neumann:n`:  `log_det="russian_roulette", gradient="neumann", num_exact_terms=n`.
+* `backprop:n`: `log_det="russian_roulette", gradient="backprop", num_exact_terms=n`.
+* `exact`: `log_det="exact"` (dense Jacobian by `batch_jacobian`, log-det by QR): the
   naive baseline, timed in the same run. It exists for 2-D and 64-D in graph mode and for
   2-D under XLA; its 64-D XLA compile did not finish in 9 minutes (3 GB RSS) when tried,
   so that case is left out unless `--exact_xla64` asks for it (with `--timeout_s`).
@@ -170,8 +170,8 @@ def _run_worker(spec):
   start = time.perf_counter()
   model = tff.models.ResidualFlow(
       [dims], num_blocks=num_blocks, hidden_units=_HIDDEN,
-      logdet="exact" if estimator == "exact" else "russian_roulette",
-      n_exact_terms=n_exact, gradient="backprop" if estimator == "backprop" else "neumann")
+      log_det="exact" if estimator == "exact" else "russian_roulette",
+      num_exact_terms=n_exact, gradient="backprop" if estimator == "backprop" else "neumann")
   result["build_s"] = time.perf_counter() - start
   variables = model.trainable_variables
   result["num_params"] = int(sum(np.prod(v.shape) for v in variables))

@@ -72,7 +72,7 @@ def main():
 
   model = tff.models.ResidualFlow(
       [64], num_blocks=args.blocks, hidden_units=(args.hidden, args.hidden),
-      n_exact_terms=args.n_exact_terms, gradient=args.gradient, num_bits=NUM_BITS)
+      num_exact_terms=args.n_exact_terms, gradient=args.gradient, num_bits=NUM_BITS)
   epoch_times = train(model, x_train, args.epochs, args.batch_size, args.learning_rate)
   seconds = sum(epoch_times)
   later = sorted(epoch_times[1:]) or [float("nan")]

@@ -56,7 +56,7 @@ class EpochTimer(keras.callbacks.Callback):
 def fit(x_train, args):
   model = tff.models.ResidualFlow([2], num_blocks=args.blocks,
                                   hidden_units=(args.hidden, args.hidden),
-                                  logdet=args.logdet, n_exact_terms=args.n_exact_terms,
+                                  log_det=args.logdet, num_exact_terms=args.n_exact_terms,
                                   gradient=args.gradient)
   steps = args.epochs * math.ceil(len(x_train) / 256)
   schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=steps,

@@ -56,7 +56,7 @@ class Preset:
 
 PRESETS = {
     "glow": Preset("Glow", events="images", data="discrete", arguments=lambda o, shape: dict(
-        image_shape=shape, num_scales=o.num_scales, steps_per_scale=o.steps_per_scale,
+        event_shape=shape, num_scales=o.num_scales, steps_per_scale=o.steps_per_scale,
         hidden_channels=o.hidden_channels, coupling=o.coupling,
         # 0 selects Glow's linear pixel scaling, which the preset spells None.
         logit_alpha=o.logit_alpha or None)),
@@ -76,7 +76,7 @@ PRESETS = {
                          num_steps=o.num_steps, trace=o.trace)),
     "tarflow": Preset("TarFlow", events="images", data="discrete",
                       arguments=lambda o, shape: dict(
-                          image_shape=shape, num_blocks=o.num_layers,
+                          event_shape=shape, num_blocks=o.num_layers,
                           channels=o.hidden_channels)),
 }
 
