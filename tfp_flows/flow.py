@@ -83,6 +83,13 @@ class FlowModel(keras.Model):
                context_dtype=None, objective="maximum_likelihood",
                optimal_transport=False, target_log_prob=None, **kwargs):
     super().__init__(**kwargs)
+    policy = self.dtype_policy
+    if policy.compute_dtype != policy.variable_dtype:
+      raise ValueError(
+          f"FlowModel does not support the mixed precision policy {policy.name!r}: a "
+          "flow's log-density needs float32 or float64 throughout. Pass dtype='float32' "
+          "to the FlowModel and to its flow layers (other models may keep "
+          f"{policy.name!r}).")
     flow_layers = list(flow_layers)
     if not flow_layers:
       raise ValueError("FlowModel needs at least one flow layer.")
@@ -95,7 +102,9 @@ class FlowModel(keras.Model):
     self.event_shape = event_shape
     self.context_shape = None if context_shape is None else [int(d) for d in context_shape]
     self.context_dtype = tf.as_dtype(context_dtype or self.dtype_policy.variable_dtype).name
-    self.flow = flow_layer.FlowChain(flow_layers, name="flow")
+    # The chain computes in its layers' dtype, not in a global (mixed) policy's.
+    self.flow = flow_layer.FlowChain(flow_layers, name="flow",
+                                     dtype=flow_layers[0].dtype_policy.name)
     self.flow.build((None, *event_shape))
     self.latent_shape = self.flow.bijector.inverse_event_shape(event_shape).as_list()
     self._custom_base = base_distribution is not None
