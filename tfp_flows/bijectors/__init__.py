@@ -1,6 +1,6 @@
 """Normalizing-flow bijectors: pure math, `tfp.bijectors.Bijector` subclasses."""
 
-from tfp_flows.bijectors._tfp_glue import conditional_kwargs, is_conditional
+from tfp_flows.bijectors.conditioning import conditional_kwargs, is_conditional, stable_name
 from tfp_flows.bijectors.act_norm import ActNorm
 from tfp_flows.bijectors.autoregressive import Autoregressive
 from tfp_flows.bijectors.conditional_affine import ConditionalAffine
@@ -27,5 +27,5 @@ __all__ = [
     "FactorOut", "InvertibleConv1x1", "Logit", "RationalQuadraticTransformer",
     "ResidualBlock", "Squeeze", "TokenSolveResult", "Transformer", "TransformerAutoregressive",
     "checkerboard_mask",
-    "conditional_kwargs", "fixed_point_solve", "is_conditional",
+    "conditional_kwargs", "fixed_point_solve", "is_conditional", "stable_name",
 ]

@@ -4,7 +4,6 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_flows.bijectors import _tfp_glue
 from tfp_flows.bijectors import conditioning
 from tfp_flows.bijectors import variable_tracking
 
@@ -79,10 +78,10 @@ class FlowLayer(keras.layers.Layer):
     TFP routes `conditional_input` through `tfb.Chain` by bijector name, and makes a
     name unique inside a graph ("coupling_1"), so a bijector rebuilt in a `tf.function`
     would no longer match kwargs computed from another build; the name returned is the
-    form TFP keeps as given (`tfp_flows.bijectors._tfp_glue.stable_name`), and the
+    form TFP keeps as given (`tfp_flows.bijectors.conditioning.stable_name`), and the
     bijector's `.name` is `layer.name + suffix`.
     """
-    return _tfp_glue.stable_name(self.name + suffix)
+    return conditioning.stable_name(self.name + suffix)
 
   def call(self, inputs, context=None, training=None):
     bijector = self.bijector

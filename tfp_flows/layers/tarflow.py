@@ -57,15 +57,10 @@ class TarFlowBlock(flow_layer.FlowLayer):
     kwargs.setdefault("conditional", num_classes is not None)
     super().__init__(**kwargs)
     self.patch_size = checks.int_at_least("patch_size", patch_size)
-    self.channels = checks.int_at_least("channels", channels)
-    self.num_layers = checks.int_at_least("num_layers", num_layers)
-    self.heads = checks.int_at_least("heads", heads)
-    self.expansion = checks.int_at_least("expansion", expansion)
-    if self.channels % self.heads:
-      raise ValueError(f"heads={heads} must divide channels={channels}.")
+    (self.channels, self.num_layers, self.heads, self.expansion,
+     self.num_classes) = causal_transformer.checked_architecture(
+         channels, num_layers, heads, expansion, num_classes)
     self.reverse = bool(reverse)
-    self.num_classes = None if num_classes is None else checks.int_at_least(
-        "num_classes", num_classes, 2)
     if not 0.0 <= float(label_dropout) < 1.0:
       raise ValueError(f"label_dropout must be in [0, 1); got {label_dropout!r}.")
     self.label_dropout = float(label_dropout)

@@ -86,7 +86,7 @@ class TarFlowModel(flow.FlowModel):
       x = tweedie_denoise(lambda u: self._tail_log_prob(u, context, split), x,
                           noise_layer.input_noise_std)
       head = tfp.bijectors.Chain([layer.bijector for layer in self.flow_layers[:split]],
-                                 name="head/")
+                                 name=conditioning.stable_name("head"))
       x = head.forward(x, **conditioning.conditional_kwargs(head, context))
     x = self.flow.postprocess_sample(x)
     return tf.reshape(x, [n, *rows, *self.event_shape])
@@ -120,7 +120,7 @@ class TarFlowModel(flow.FlowModel):
         layer.make_bijector(guidance=guidance, sampling=sampling)
         if isinstance(layer, layers.TarFlowBlock) else layer.bijector
         for layer in self.flow_layers[start:]]
-    return tfp.bijectors.Chain(bijectors, name="flow/")
+    return tfp.bijectors.Chain(bijectors, name=conditioning.stable_name("flow"))
 
   def _tail_log_prob(self, u, context, start):
     """Log-density of `u` at the data side of `flow_layers[start]` (evaluation mode)."""

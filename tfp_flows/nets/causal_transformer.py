@@ -7,7 +7,26 @@ from keras import ops
 
 from tfp_flows.numerics import checks
 
-__all__ = ["CausalTransformer"]
+__all__ = ["CausalTransformer", "checked_architecture"]
+
+
+def checked_architecture(channels, num_layers, heads, expansion, num_classes):
+  """`(channels, num_layers, heads, expansion, num_classes)` as checked ints.
+
+  Layers that build a `CausalTransformer` later (at `build`, once the token count is
+  known) check their arguments with this at construction.
+
+  Raises:
+    ValueError: for non-positive sizes, `heads` not dividing `channels`, or fewer than
+      two classes.
+  """
+  channels = checks.int_at_least("channels", channels)
+  heads = checks.int_at_least("heads", heads)
+  if channels % heads:
+    raise ValueError(f"heads={heads} must divide channels={channels}.")
+  return (channels, checks.int_at_least("num_layers", num_layers), heads,
+          checks.int_at_least("expansion", expansion),
+          None if num_classes is None else checks.int_at_least("num_classes", num_classes, 2))
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
@@ -54,14 +73,9 @@ class CausalTransformer(keras.layers.Layer):
     self.num_tokens = checks.int_at_least("num_tokens", num_tokens)
     self.token_size = checks.int_at_least("token_size", token_size)
     self.params_per_dim = checks.int_at_least("params_per_dim", params_per_dim)
-    self.channels = checks.int_at_least("channels", channels)
-    self.num_layers = checks.int_at_least("num_layers", num_layers)
-    self.heads = checks.int_at_least("heads", heads)
-    self.expansion = checks.int_at_least("expansion", expansion)
-    if self.channels % self.heads:
-      raise ValueError(f"heads={heads} must divide channels={channels}.")
-    self.num_classes = None if num_classes is None else checks.int_at_least(
-        "num_classes", num_classes, 2)
+    (self.channels, self.num_layers, self.heads, self.expansion,
+     self.num_classes) = checked_architecture(channels, num_layers, heads, expansion,
+                                              num_classes)
     self.head_dim = self.channels // self.heads
     policy = self.dtype_policy
 
