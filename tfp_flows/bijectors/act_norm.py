@@ -66,13 +66,8 @@ class ActNorm(tfb.AutoCompositeTensorBijector):
         raise ValueError(
             "ActNorm's loc and log_scale must have a channel axis, e.g. shape [C]; "
             f"got shapes {self._loc.shape} and {self._log_scale.shape}.")
-      super().__init__(
-          forward_min_event_ndims=1,
-          is_constant_jacobian=True,
-          dtype=dtype,
-          validate_args=validate_args,
-          parameters=parameters,
-          name=name)
+      super().__init__(forward_min_event_ndims=1, is_constant_jacobian=True, dtype=dtype,
+                       validate_args=validate_args, parameters=parameters, name=name)
 
   @property
   def loc(self):

@@ -118,13 +118,8 @@ class InvertibleConv1x1(tfb.AutoCompositeTensorBijector):
           square.shape.rank < 2 or square.shape[-1] != square.shape[-2]):
         raise ValueError(
             f"InvertibleConv1x1 needs square C x C matrices; got shape {square.shape}.")
-      super().__init__(
-          forward_min_event_ndims=1,
-          is_constant_jacobian=True,
-          dtype=dtype,
-          validate_args=validate_args,
-          parameters=parameters,
-          name=name)
+      super().__init__(forward_min_event_ndims=1, is_constant_jacobian=True, dtype=dtype,
+                       validate_args=validate_args, parameters=parameters, name=name)
 
   @classmethod
   def _parameter_properties(cls, dtype):
