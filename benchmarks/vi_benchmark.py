@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfp_flows as tff
-from benchmarks import _harness
+import _harness
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
