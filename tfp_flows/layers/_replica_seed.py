@@ -1,7 +1,8 @@
 """Stateless seeds drawn from a layer's `keras.random.SeedGenerator`, one per replica."""
 
-import keras
 import tensorflow as tf
+
+from tfp_flows.numerics import probes
 
 
 def draw_replica_seed(seed_generator):
@@ -21,9 +22,16 @@ def draw_replica_seed(seed_generator):
   Returns:
     An int32 tensor of shape `[2]` for `tf.random.stateless_*` ops.
   """
-  seed = keras.random.randint([2], 0, 2**31 - 1, seed=seed_generator, dtype="int32")
+  # The draw of `keras.random.randint([2], 0, 2**31 - 1, seed=seed_generator)`, value for
+  # value, but with the algorithm named: TF's "auto_select" resolves it at run time,
+  # which in a compiled step costs ~0.5 ms per op (benchmarks/seed_draw_cost.py).
+  state = tf.convert_to_tensor(seed_generator.next())
+  if state.dtype != tf.int32:
+    state = tf.cast(tf.math.floormod(state, tf.int32.max - 1), tf.int32)
+  seed = tf.random.stateless_uniform([2], state, minval=0, maxval=2**31 - 1,
+                                     dtype=tf.int32, alg=probes.RNG_ALGORITHM)
   context = tf.distribute.get_replica_context()
   if context is None or context.num_replicas_in_sync == 1:
     return seed
   replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
-  return tf.random.experimental.stateless_fold_in(seed, replica)
+  return tf.random.experimental.stateless_fold_in(seed, replica, alg=probes.RNG_ALGORITHM)

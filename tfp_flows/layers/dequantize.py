@@ -8,6 +8,7 @@ from tfp_flows.bijectors import preprocessing
 from tfp_flows.layers import _integer_check
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
+from tfp_flows.numerics import probes
 
 __all__ = ["Dequantize"]
 
@@ -75,7 +76,7 @@ class Dequantize(flow_layer.FlowLayer):
     if training:
       noise = tf.random.stateless_uniform(
           tf.shape(inputs), _replica_seed.draw_replica_seed(self.seed_generator),
-          dtype=inputs.dtype)
+          dtype=inputs.dtype, alg=probes.RNG_ALGORITHM)
     else:
       noise = tf.constant(0.5, inputs.dtype)
     z, ildj = super().call(inputs + noise, context=context, training=training)

@@ -12,6 +12,7 @@ from tfp_flows.layers import flow_layer
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import estimators
 from tfp_flows.numerics import ode
+from tfp_flows.numerics import probes
 from tfp_flows.numerics.optimal_transport import sinkhorn_pairing
 
 __all__ = ["FFJORD"]
@@ -226,12 +227,14 @@ class FFJORD(flow_layer.FlowLayer):
       raise ValueError("flow matching needs a fixed end time: build the layer with "
                        "learn_end_time=False.")
     seed = self._draw_seed() if seed is None else seed
-    seeds = tf.random.experimental.stateless_split(seed, 3)
+    seeds = probes.split_seed(seed, 3)
     x = tf.convert_to_tensor(x, self.compute_dtype)
-    z = tf.random.stateless_normal(tf.shape(x), seeds[0], dtype=x.dtype)
+    z = tf.random.stateless_normal(tf.shape(x), seeds[0], dtype=x.dtype,
+                                   alg=probes.RNG_ALGORITHM)
     if optimal_transport:
       z = sinkhorn_pairing(x, z, seeds[2])
-    u = tf.random.stateless_uniform(tf.shape(x)[:1], seeds[1], dtype=x.dtype)
+    u = tf.random.stateless_uniform(tf.shape(x)[:1], seeds[1], dtype=x.dtype,
+                                    alg=probes.RNG_ALGORITHM)
     column = tf.reshape(u, [-1] + [1] * (x.shape.rank - 1))
     x_t = (1.0 - column) * z + column * x
     end_time = tf.constant(self.end_time, x.dtype)

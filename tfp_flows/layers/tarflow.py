@@ -10,6 +10,7 @@ from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
 from tfp_flows.nets import causal_transformer
 from tfp_flows.numerics import checks
+from tfp_flows.numerics import probes
 
 __all__ = ["TarFlowBlock", "NoiseAugmentation"]
 
@@ -124,7 +125,8 @@ class TarFlowBlock(flow_layer.FlowLayer):
     if training and self.conditional and self.label_dropout > 0.0 and context is not None:
       labels = tf.cast(context, tf.int32)
       draw = tf.random.stateless_uniform(
-          tf.shape(labels), _replica_seed.draw_replica_seed(self.seed_generator))
+          tf.shape(labels), _replica_seed.draw_replica_seed(self.seed_generator),
+          alg=probes.RNG_ALGORITHM)
       context = tf.where(draw < self.label_dropout, -tf.ones_like(labels), labels)
     return super().call(inputs, context=context, training=training)
 
@@ -211,7 +213,7 @@ class NoiseAugmentation(flow_layer.FlowLayer):
     if training and self.noise_std > 0.0:
       inputs = inputs + self.input_noise_std * tf.random.stateless_normal(
           tf.shape(inputs), _replica_seed.draw_replica_seed(self.seed_generator),
-          dtype=inputs.dtype)
+          dtype=inputs.dtype, alg=probes.RNG_ALGORITHM)
     return super().call(inputs, context=context, training=training)
 
   def get_config(self):
