@@ -25,3 +25,13 @@ def float64_policy():
   finally:
     keras.config.set_floatx(floatx)
     keras.config.set_dtype_policy(policy)
+
+
+@pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])
+def global_policy(request):
+  """Runs one test under each global mixed precision policy, then restores "float32"."""
+  keras.mixed_precision.set_global_policy(request.param)
+  try:
+    yield request.param
+  finally:
+    keras.mixed_precision.set_global_policy("float32")

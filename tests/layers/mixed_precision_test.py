@@ -42,15 +42,6 @@ def test_mixed_policy_argument_is_rejected_at_construction(name, policy):
     LAYERS[name](dtype=policy)
 
 
-@pytest.fixture(params=POLICIES)
-def global_policy(request):
-  keras.mixed_precision.set_global_policy(request.param)
-  try:
-    yield request.param
-  finally:
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def test_global_mixed_policy(global_policy):
   # Under a global mixed policy a flow is rejected when it is built, with the fix in the
   # message; float32 flow layers (the fix) then work next to mixed layers.

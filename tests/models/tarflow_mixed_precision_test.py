@@ -28,15 +28,6 @@ def _message(policy):
           r"compute in float32 or float64\. Pass dtype='float32'")
 
 
-@pytest.fixture(params=POLICIES)
-def global_policy(request):
-  keras.mixed_precision.set_global_policy(request.param)
-  try:
-    yield request.param
-  finally:
-    keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.parametrize("policy", POLICIES)
 def test_tarflow_layers_reject_a_mixed_policy_argument(policy):
   with pytest.raises(ValueError, match="TarFlowBlock " + _message(policy)):

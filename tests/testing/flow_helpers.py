@@ -5,6 +5,8 @@
 * `distribution_log_prob`: `model.distribution.log_prob`, routing a context to the
   conditional bijectors the way TFP distributions take it (`bijector_kwargs`).
 * `normal_data`: seeded standard-normal test inputs.
+* `assert_same_reverse_kl_model`: a reloaded reverse-KL model gives the original's
+  log-density and evaluation ELBO.
 """
 
 import keras
@@ -13,7 +15,8 @@ import tensorflow as tf
 
 from tfp_flows.bijectors import conditioning
 
-__all__ = ["perturb_weights", "distribution_log_prob", "normal_data"]
+__all__ = ["perturb_weights", "distribution_log_prob", "normal_data",
+           "assert_same_reverse_kl_model"]
 
 
 def perturb_weights(model, seed=1, scale=0.1):
@@ -37,3 +40,13 @@ def distribution_log_prob(model, x, context=None):
 def normal_data(shape, seed=0, dtype="float32"):
   """Seeded standard-normal numbers of `shape` and `dtype` (numpy)."""
   return np.random.default_rng(seed).normal(size=shape).astype(dtype)
+
+
+def assert_same_reverse_kl_model(loaded, model):
+  """`loaded` has `model`'s log-density and evaluation ELBO (a fixed seed), to 1e-6."""
+  x = tf.constant([[0.5, -1.0], [2.0, 0.0]])
+  np.testing.assert_allclose(loaded.log_prob(x), model.log_prob(x), rtol=1e-6)
+  expected = model.evaluate(tf.zeros([1, 1]), verbose=0, return_dict=True)["elbo"]
+  loaded.compile(optimizer="adam")
+  got = loaded.evaluate(tf.zeros([1, 1]), verbose=0, return_dict=True)["elbo"]
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
