@@ -21,7 +21,7 @@ Public tfp_flows API only (tff.models.*, tff.FlowModel, tff.layers.*)."""
 import os, sys, time, statistics, subprocess
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from common import report, moons, digits, dequant_batch, timeit_repeats
+from common import report, moons, digits, dequant_batch, time_train_steps, timeit_repeats
 import numpy as np
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(2)
@@ -162,16 +162,9 @@ err = None
 if MODE not in ("fit", "fit_spe"):
     opt.build(variables)
     try:
-        t0 = time.perf_counter(); l0, nfe0 = train_step(pool[0]); l0 = float(l0)
-        rec["first_step_s"] = round(time.perf_counter() - t0, 2)
-        def run(n):
-            for i in range(n): loss, nfe = train_step(pool[i % 20])
-            return float(loss)
-        ts = timeit_repeats(run, STEPS, REPEATS, warmup=1)
-        rec["steps_per_s"] = round(STEPS / statistics.median(ts), 2)
-        rec["steps_per_s_all"] = [round(STEPS / t, 2) for t in ts]
-        loss, nfe = train_step(pool[1])
-        rec["loss_first_last"] = [round(l0, 3), round(float(loss), 3)]
+        (l0, nfe0), (loss, nfe) = time_train_steps(train_step, pool, lambda out: float(out[0]),
+                                                   STEPS, REPEATS, rec)
+        rec["loss_first_last"] = [round(float(l0), 3), round(float(loss), 3)]
         if MODEL == "ffjord2d":
             rec["nfe_train_forward"] = [int(nfe0), int(nfe)]   # forward solve only (stock/torch count adjoint too)
     except Exception as e:
