@@ -62,6 +62,21 @@ def _column(t, like):
   return ops.reshape(t, [-1, 1])
 
 
+def _gate_and_shift(layer, t):
+  """`sigmoid(t g + c)` and `t h` per row, `[B, units]`, from the time column `t` `[B, 1]`.
+
+  `g` and `h` are `[1, units]`, so `t g` is an outer product: written as a broadcast
+  product rather than a matmul with an inner dimension of 1. The result is the same,
+  but the gradients differ in cost: a matmul's kernel gradient is `t^T dY`, which XLA
+  on CPU fuses with its elementwise producers into a loop over the batch that ran about
+  7x slower than the column sum the broadcast product's gradient is (measured in the
+  adjoint solve of `benchmarks/ffjord_cost.py`, where these gradients are taken at
+  every field evaluation).
+  """
+  gate = ops.sigmoid(t * layer.gate_kernel + layer.gate_bias)
+  return gate, t * layer.time_bias
+
+
 @keras.saving.register_keras_serializable(package="tfp_flows")
 class ConcatSquashDense(keras.layers.Layer):
   """`(W z + b) * sigmoid(t g + c) + t h`: a dense layer gated and shifted by time.
@@ -96,15 +111,13 @@ class ConcatSquashDense(keras.layers.Layer):
                                      "glorot_uniform", name="time_bias")
 
   def call(self, z, t):
-    t = _column(t, z)
-    gate = ops.sigmoid(ops.matmul(t, self.gate_kernel) + self.gate_bias)
-    return (ops.matmul(z, self.kernel) + self.bias) * gate + ops.matmul(t, self.time_bias)
+    gate, shift = _gate_and_shift(self, _column(t, z))
+    return (ops.matmul(z, self.kernel) + self.bias) * gate + shift
 
   def call_with_tangents(self, z, t, tangents):
     """`call(z, t)` and its Jacobian-vector products `(W v) * gate`, `tangents [K, B, D]`."""
-    t = _column(t, z)
-    gate = ops.sigmoid(ops.matmul(t, self.gate_kernel) + self.gate_bias)
-    out = (ops.matmul(z, self.kernel) + self.bias) * gate + ops.matmul(t, self.time_bias)
+    gate, shift = _gate_and_shift(self, _column(t, z))
+    out = (ops.matmul(z, self.kernel) + self.bias) * gate + shift
     num = ops.shape(tangents)[0]
     flat = ops.reshape(tangents, (-1, ops.shape(tangents)[-1]))
     moved = ops.reshape(ops.matmul(flat, self.kernel), (num, -1, self.units))
@@ -151,17 +164,14 @@ class ConcatSquashConv2D(keras.layers.Layer):
                                      "glorot_uniform", name="time_bias")
 
   def call(self, z, t):
-    t = _column(t, z[:, 0, 0, :])
-    gate = ops.sigmoid(ops.matmul(t, self.gate_kernel) + self.gate_bias)
-    shift = ops.matmul(t, self.time_bias)
+    gate, shift = _gate_and_shift(self, _column(t, z[:, 0, 0, :]))
     out = ops.conv(z, self.kernel, padding="same") + self.bias
     return out * gate[:, None, None, :] + shift[:, None, None, :]
 
   def call_with_tangents(self, z, t, tangents):
     """`call(z, t)` and its products `conv(v) * gate`, `tangents [K, B, H, W, C]`."""
-    t = _column(t, z[:, 0, 0, :])
-    gate = ops.sigmoid(ops.matmul(t, self.gate_kernel) + self.gate_bias)[:, None, None, :]
-    shift = ops.matmul(t, self.time_bias)
+    gate, shift = _gate_and_shift(self, _column(t, z[:, 0, 0, :]))
+    gate = gate[:, None, None, :]
     out = (ops.conv(z, self.kernel, padding="same") + self.bias) * gate
     shape = ops.shape(tangents)
     flat = ops.reshape(tangents, (-1,) + tuple(shape[2:]))

@@ -73,20 +73,36 @@ def _row_shape(h, x):
   return tf.reshape(h, [-1] + [1] * (x.shape.rank - 1))
 
 
+def _weighted_sum(weights, ks, j):
+  """`sum_i weights[i] * ks[i][j]` over the nonzero weights (None if there are none)."""
+  total = None
+  for w, k in zip(weights, ks):
+    if w != 0.0:
+      term = tf.constant(w, k[j].dtype) * k[j]
+      total = term if total is None else total + term
+  return total
+
+
 def _axpy(y, h, ks, weights, batched):
   """`y + h * sum_i weights[i] * ks[i]` for every state component (zero weights skipped)."""
   out = []
   for j, (y_j, is_batched) in enumerate(zip(y, batched)):
-    total = None
-    for w, k in zip(weights, ks):
-      if w != 0.0:
-        term = tf.constant(w, y_j.dtype) * k[j]
-        total = term if total is None else total + term
+    total = _weighted_sum(weights, ks, j)
     if total is None:
       out.append(y_j)
       continue
     step = _row_shape(h, y_j) if is_batched else h[0]
     out.append(y_j + step * total)
+  return out
+
+
+def _error_terms(h, slopes, batched, controlled):
+  """The embedded error `h * sum_i _E[i] slopes[i]` per controlled component (else None)."""
+  out = []
+  for j, (is_batched, use) in enumerate(zip(batched, controlled)):
+    total = _weighted_sum(_E, slopes, j) if use else None
+    out.append(None if total is None else
+               (_row_shape(h, total) if is_batched else h[0]) * total)
   return out
 
 
@@ -148,41 +164,20 @@ def _dopri5(fn, y0, rtol, atol, max_num_steps, batched, controlled, shared_steps
     del step, h, y, k1
     return tf.reduce_any(s < 1.0)
 
-  # The full tableau: row i (1..6) gives stage i's input from the 7 stacked slopes;
-  # row 6 is the 5th-order solution, whose slope is the next step's first (FSAL).
-  tableau = tf.constant([list(row) + [0.0] * (7 - len(row)) for row in _A + (_B,)], dtype)
-  nodes = tf.constant(_C + (1.0,), dtype)
-  error_weights = tf.constant(_E, dtype)
-
-  def combine(y, h, slopes, weights):
-    """`y + h * sum_i weights[i] slopes[i]` per component, slopes stacked on axis 0."""
-    out = []
-    for y_j, k_j, is_batched in zip(y, slopes, batched):
-      total = tf.tensordot(weights, k_j, axes=[[0], [0]])
-      out.append(y_j + (_row_shape(h, y_j) if is_batched else h[0]) * total)
-    return out
-
   def body(step, s, h, y, k1):
     active = s < 1.0
     last = h >= 1.0 - s
     h_used = tf.where(active, tf.where(last, 1.0 - s, h), tf.zeros_like(h))
-
-    # The six new stages in an inner loop, so the graph (and XLA's compile) holds one
-    # evaluation of fn rather than six.
-    def stage(i, slopes):
-      f = fn(s + nodes[i] * h_used, combine(y, h_used, slopes, tableau[i]))
-      return i + 1, [tf.tensor_scatter_nd_update(k_j, [[i]], f_j[None])
-                     for k_j, f_j in zip(slopes, f)]
-
-    slopes = [tf.concat([k_j[None], tf.zeros([6] + k_j.shape.as_list(), k_j.dtype)
-                         if k_j.shape.is_fully_defined() else
-                         tf.zeros(tf.concat([[6], tf.shape(k_j)], 0), k_j.dtype)], 0)
-              for k_j in k1]
-    _, slopes = tf.while_loop(lambda i, slopes: i < 7, stage, (tf.constant(1), slopes),
-                              maximum_iterations=6)
-    y_new = combine(y, h_used, slopes, tableau[6])
-    k7 = [k_j[6] for k_j in slopes]
-    error = combine([tf.zeros_like(y_j) for y_j in y], h_used, slopes, error_weights)
+    # The six new stages written out: the tableau's weights are Python constants, so
+    # each stage input is one fused multiply-add per component (zero weights skipped),
+    # with no stage loop, slope buffer or dynamic tableau slice in the compiled step.
+    slopes = [k1]
+    for c, a in zip(_C[1:], _A[1:]):
+      slopes.append(fn(s + c * h_used, _axpy(y, h_used, slopes, a, batched)))
+    y_new = _axpy(y, h_used, slopes, _B, batched)
+    k7 = fn(s + h_used, y_new)
+    slopes.append(k7)
+    error = _error_terms(h_used, slopes, batched, controlled)
     ratio = tf.stop_gradient(_error_ratio(y, y_new, error, rtol, atol, controlled))
     if shared_steps:
       ratio = tf.fill([batch], tf.reduce_max(tf.where(active, ratio, tf.zeros_like(ratio))))
