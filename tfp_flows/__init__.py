@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from tfp_flows import bijectors
 from tfp_flows import callbacks
 from tfp_flows import data
+from tfp_flows import distributions
 from tfp_flows import estimators
 from tfp_flows import export
 from tfp_flows import inference
@@ -14,5 +15,5 @@ from tfp_flows import nets
 from tfp_flows import objectives
 from tfp_flows.flow import FlowModel
 
-__all__ = ["FlowModel", "bijectors", "callbacks", "data", "estimators", "export", "inference", "layers", "models",
+__all__ = ["FlowModel", "bijectors", "callbacks", "data", "distributions", "estimators", "export", "inference", "layers", "models",
            "nets", "objectives", "__version__"]

@@ -7,6 +7,7 @@ import tensorflow_probability as tfp
 
 from tfp_flows import bijectors as bijectors_lib
 from tfp_flows import callbacks as callbacks_lib
+from tfp_flows import distributions
 from tfp_flows import flow_inputs
 from tfp_flows import objectives
 from tfp_flows import step_guard
@@ -55,8 +56,9 @@ class FlowModel(keras.Model):
     flow_layers: list of `tfp_flows.layers.FlowLayer`, data side first.
     event_shape: shape of one data point, e.g. `[2]` or `[8, 8, 1]`.
     base_distribution: a TFP distribution over the latent event shape; default a
-      standard normal (`tfd.Sample(tfd.Normal(0, 1), latent_shape)`). A custom base is
-      not saved in the config; pass it again to `from_config` / `custom_objects`.
+      standard normal (`tfd.Sample(PhiloxNormal(0, 1), latent_shape)`, see
+      `tfp_flows.distributions`). A custom base is not saved in the config; pass it
+      again to `from_config` / `custom_objects`.
     context_shape: shape of one context row for conditional flows, else None.
     context_dtype: dtype of the context: None for the model's float dtype (float32, or
       float64 under a float64 dtype policy), or "int32" for class labels.
@@ -110,8 +112,8 @@ class FlowModel(keras.Model):
     self._custom_base = base_distribution is not None
     # The weights' dtype (float32 under mixed precision, float64 with floatx float64).
     base_dtype = np.dtype(self.dtype_policy.variable_dtype)
-    self.base_distribution = base_distribution or tfd.Sample(
-        tfd.Normal(base_dtype.type(0), base_dtype.type(1)), self.latent_shape)
+    self.base_distribution = base_distribution or distributions.standard_normal(
+        self.latent_shape, base_dtype)
     self.statistic_names = tuple(sorted(
         {name for layer in flow_layers for name in _statistic_names(layer)}))
     self.objective = objectives.get(objective, optimal_transport=optimal_transport,

@@ -41,6 +41,7 @@ JOINT_TARGET = tfd.JointDistributionNamed({
     "b": lambda a: tfd.Normal(-1.0 + 0.5 * (a - 1.0), np.sqrt(1.75).astype(np.float32))})
 
 NUM_DRAWS = 20000
+SAMPLE_SIZE = 64
 
 
 def _coupling_flow():
@@ -56,8 +57,10 @@ def _fit(target_log_prob, surrogate, model, num_steps, jit_compile):
     assert weight.value.ref() in variables, f"{weight.path} is not a surrogate variable"
   before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
   optimizer = tf.optimizers.Adam(tf.optimizers.schedules.CosineDecay(2e-2, num_steps))
+  # 64 draws per step: with 32 the last iterate's gradient noise alone moved the
+  # fitted mean by up to 0.09 (at a KL of 0.006) depending on XLA's rounding.
   losses = tfp.vi.fit_surrogate_posterior(
-      target_log_prob, surrogate, optimizer, num_steps=num_steps, sample_size=32,
+      target_log_prob, surrogate, optimizer, num_steps=num_steps, sample_size=SAMPLE_SIZE,
       seed=(1, 2), jit_compile=jit_compile).numpy()
   for weight, old in zip(model.trainable_weights, before):
     change = np.max(np.abs(keras.ops.convert_to_numpy(weight) - old))
@@ -80,13 +83,14 @@ def test_split_flow_surrogate_with_a_spline_flow_bijector():
                                       hidden_units=(8,), actnorm=False)
   surrogate = evi.build_split_flow_surrogate_posterior(
       event_shape=JOINT_TARGET.event_shape, trainable_bijector=model.bijector)
-  # The first loss (at the initial weights, 32 draws) estimates the initial KL, here
+  # The first loss (at the initial weights, SAMPLE_SIZE draws) estimates the initial KL, here
   # measured independently on 20000 draws of the surrogate's own sample and log_prob.
   draws = surrogate.sample(NUM_DRAWS, seed=(5, 6))
   log_ratio = (surrogate.log_prob(draws) - JOINT_TARGET.log_prob(draws)).numpy()
   initial_kl = log_ratio.mean()
   losses = _fit(JOINT_TARGET.log_prob, surrogate, model, num_steps=600, jit_compile=False)
-  np.testing.assert_allclose(losses[0], initial_kl, atol=4 * log_ratio.std() / np.sqrt(32))
+  np.testing.assert_allclose(losses[0], initial_kl,
+                             atol=4 * log_ratio.std() / np.sqrt(SAMPLE_SIZE))
   assert losses[-50:].mean() < 0.03 < initial_kl / 10
   draws = surrogate.sample(NUM_DRAWS, seed=(3, 4))
   assert set(draws) == {"a", "b"} and draws["a"].shape == (NUM_DRAWS,)
