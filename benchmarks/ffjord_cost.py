@@ -5,8 +5,8 @@ hidden_units=(64, 64, 64), activation="tanh", trace="hutchinson", noise="gaussia
 solver="dopri5", rtol=1e-5, atol=1e-5, gradient="adjoint")], event_shape=[2])`, batch 256
 of two moons, Keras Adam, a `tf.function` step over `-mean(model(x, training=True))`.
 
-For each variant (ours, with the library's ODE module or with `--compare_module`, an
-older copy of `tfp_flows/numerics/ode.py` swapped in for the A/B; and stock
+For each variant (ours, with the library's ODE module or, for an A/B, with `--compare`
+copies of other versions of `tfp_flows/numerics/ode.py` and of the net swapped in; and stock
 `tfb.FFJORD` over the same net and weights with `tfp.math.ode.DormandPrince` at the
 same tolerance and Gaussian Hutchinson probes) it prints:
 
@@ -25,11 +25,14 @@ the identity field (the peer benchmark's 120 steps by default), taken once with 
 library's solver, so the field is the one the peer benchmark times.
 
 Usage:
-  python benchmarks/ffjord_cost.py --hlo --compare_module=/tmp/ode_before.py
+  git show REV:tfp_flows/numerics/ode.py > /tmp/ode_rev.py
+  git show REV:tfp_flows/nets/time_conditioned.py > /tmp/net_rev.py
+  python benchmarks/ffjord_cost.py --hlo --compare=before=/tmp/ode_rev.py+/tmp/net_rev.py
 """
 
 import collections
 import importlib.util
+import inspect
 import re
 import statistics
 import sys
@@ -45,11 +48,10 @@ _WARM = flags.DEFINE_integer("warm_steps", 120, "Training steps before measuring
 _XLA = flags.DEFINE_list("xla", ["on", "off"], "XLA settings of ours: on, off.")
 _STOCK = flags.DEFINE_boolean("stock", True, "Also time stock tfb.FFJORD (graph mode).")
 _HLO = flags.DEFINE_boolean("hlo", False, "Count the XLA step's HLO per loop body.")
-_COMPARE = flags.DEFINE_string("compare_module", None,
-                               "A copy of an older ode.py to A/B against the library's.")
-_COMPARE_NET = flags.DEFINE_string(
-    "compare_net", None, "With --compare_module: a copy of an older "
-    "tfp_flows/nets/time_conditioned.py whose ConcatSquashDense methods the older variant "
+_COMPARE = flags.DEFINE_list(
+    "compare", [], "Variants to A/B against the library, each LABEL=ODE_PATH or "
+    "LABEL=ODE_PATH+NET_PATH: a copy of another tfp_flows/numerics/ode.py, and optionally "
+    "of tfp_flows/nets/time_conditioned.py, whose ConcatSquashDense methods the variant "
     "traces with.")
 _RANDINIT = flags.DEFINE_boolean("random_init", False,
                                  "Start from a random field (re-drawn zero kernels).")
@@ -70,6 +72,10 @@ def _load(path, name):
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  adjoint = getattr(module, "integrate_adjoint", None)
+  if adjoint and "backward_statistics" not in inspect.signature(adjoint).parameters:
+    # An older solver without the backward statistics: drop the argument.
+    module.integrate_adjoint = lambda *a, backward_statistics=None, **k: adjoint(*a, **k)
   return module
 
 
@@ -113,12 +119,14 @@ def main(argv):
   dense = tff.nets.ConcatSquashDense
   library_net = (dense.call, dense.call_with_tangents)
   modules = {"ours": (library_ode, library_net)}
-  if _COMPARE.value:
-    old_net = library_net
-    if _COMPARE_NET.value:
-      old_dense = _load(_COMPARE_NET.value, "net_compare").ConcatSquashDense
-      old_net = (old_dense.call, old_dense.call_with_tangents)
-    modules["ours-before"] = (_load(_COMPARE.value, "ode_compare"), old_net)
+  for i, spec in enumerate(_COMPARE.value):
+    label, paths = spec.split("=", 1)
+    ode_path, _, net_path = paths.partition("+")
+    net = library_net
+    if net_path:
+      other = _load(net_path, f"net_compare_{i}").ConcatSquashDense
+      net = (other.call, other.call_with_tangents)
+    modules[label] = (_load(ode_path, f"ode_compare_{i}"), net)
 
   def build():
     model = tff.FlowModel([tff.layers.FFJORD(

@@ -340,6 +340,34 @@ def test_learned_end_time_and_field_weights_get_the_same_gradients(gradient):
   np.testing.assert_allclose(got[1].numpy()[1, 0], fd_weight.numpy(), rtol=1e-5)
 
 
+def test_adjoint_statistics_count_every_backward_evaluation_under_xla():
+  counter = tf.Variable(0, trainable=False)
+  weight = tf.Variable(A)
+
+  def field(t, z):
+    with tf.control_dependencies([counter.assign_add(1)]):
+      return tf.tanh(tf.linalg.matvec(weight, z)) * (1.0 + 0.3 * t[:, None])
+
+  bijector = tffb.ContinuousFlow(field, trace="exact", rtol=1e-7, atol=1e-7,
+                                 dtype=tf.float64)
+
+  @tf.function(jit_compile=True)
+  def step(x):
+    with tf.GradientTape() as tape:
+      result = bijector.solve(x, "inverse")
+      loss = tf.reduce_sum(result.value ** 2) + tf.reduce_sum(result.log_det)
+    gradient = tape.gradient(loss, weight)
+    return (result.num_evaluations, result.backward_statistics["num_evaluations"],
+            result.backward_statistics["num_steps"], gradient)
+
+  forward, backward, backward_steps, gradient = step(tf.constant(Z))
+  # Every evaluation of the field is one of the two solves'.
+  assert counter.numpy() == forward.numpy() + backward.numpy()
+  # The backward solve starts from the forward's step: no first-step estimate.
+  assert backward.numpy() == 1 + 6 * backward_steps.numpy() and backward_steps.numpy() >= 1
+  assert np.isfinite(gradient.numpy()).all()
+
+
 def test_bad_arguments_are_clear_errors():
   field = _linear_field(tf.float32)
   with pytest.raises(ValueError, match="seed"):

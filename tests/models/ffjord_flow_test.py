@@ -39,6 +39,34 @@ def test_maximum_likelihood_fit_under_xla_logs_nfe_and_learns_a_gaussian():
   assert nll < true_nll + 0.15 < diagonal_nll, (nll, true_nll, diagonal_nll)
 
 
+def test_adjoint_nfe_is_reported_once_the_gradient_is_built_under_xla():
+  model = tff.FlowModel([tff.layers.FFJORD(hidden_units=(8, 8), rtol=1e-4, atol=1e-4)],
+                        event_shape=[2])
+  layer = model.flow_layers[0]
+  counter = tf.Variable(0, trainable=False)
+  field = layer.net.call_with_tangents
+
+  def counted(*args):
+    with tf.control_dependencies([counter.assign_add(1)]):
+      return field(*args)
+
+  layer.net.call_with_tangents = counted
+
+  @tf.function(jit_compile=True)
+  def step(x):
+    with tf.GradientTape() as tape:
+      loss = -tf.reduce_mean(model(x, training=True))
+    # Before the gradient only the forward solve's count exists.
+    assert sorted(layer.last_statistics) == ["nfe"]
+    tape.gradient(loss, model.trainable_variables)
+    after = layer.last_statistics
+    return after["nfe"], after["adjoint_nfe"]
+
+  nfe, adjoint_nfe = step(tf.constant(_gaussian(16, 2)))
+  assert counter.numpy() == nfe.numpy() + adjoint_nfe.numpy()
+  assert adjoint_nfe.numpy() >= 7   # 1 + 6 per step
+
+
 def test_flow_matching_learns_a_gaussian_without_solving_and_log_prob_is_exact():
   x_train, x_test = _gaussian(2048, 2), _gaussian(512, 3)
   model = tff.models.FFJORDFlow([2], hidden_units=(16, 16), actnorm=False,

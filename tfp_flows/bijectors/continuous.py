@@ -18,7 +18,8 @@ __all__ = ["ContinuousFlow", "ContinuousFlowResult"]
 
 ContinuousFlowResult = collections.namedtuple(
     "ContinuousFlowResult",
-    ["value", "log_det", "kinetic_energy", "jacobian_norm", "num_evaluations", "success"])
+    ["value", "log_det", "kinetic_energy", "jacobian_norm", "num_evaluations", "success",
+     "backward_statistics"])
 ContinuousFlowResult.__doc__ = """One ODE solve of a `ContinuousFlow`.
 
 Fields:
@@ -29,6 +30,10 @@ Fields:
     probe (exact with `trace="exact"`) (None unless `regularize`).
   num_evaluations: int32 scalar, vector-field evaluations of the solve.
   success: `[N]` bool, rows the solver finished within `max_num_steps`.
+  backward_statistics: dict, with `gradient="adjoint"` filled when a gradient of the
+    solve is built: "num_evaluations" and "num_steps" of the adjoint's backward solve
+    (int32 scalars of the graph that takes the gradient); empty before, and always
+    with "backprop".
 """
 
 
@@ -242,9 +247,11 @@ class ContinuousFlow(network_bijector.NetworkBijector):
     state = [flat] + [zeros] * (int(log_det) + 2 * int(regularize)) + [zeros + end_time]
     # The regularisers only accumulate and T is constant: no error control for them.
     controlled = [True] * (1 + int(log_det)) + [False] * (1 + 2 * int(regularize))
+    backward_statistics = {}
     if self._gradient == "adjoint":
       result = ode.integrate_adjoint(dynamics, state, controlled=controlled,
                                      validate_args=self.validate_args,
+                                     backward_statistics=backward_statistics,
                                      **self._solver_kwargs)
     else:
       result = ode.integrate(dynamics, state, controlled=controlled, **self._solver_kwargs)
@@ -257,7 +264,7 @@ class ContinuousFlow(network_bijector.NetworkBijector):
     ldj = parts.pop(0) if log_det else None
     kinetic, norm = parts if regularize else (None, None)
     return ContinuousFlowResult(out, ldj, kinetic, norm, result.num_evaluations,
-                                tf.reshape(result.success, batch_shape))
+                                tf.reshape(result.success, batch_shape), backward_statistics)
 
   def _forward(self, z):
     return self.solve(z, "forward", log_det=False).value

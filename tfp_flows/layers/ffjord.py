@@ -45,7 +45,10 @@ class FFJORD(flow_layer.FlowLayer):
   et al. 2020 as Keras losses (`weight * batch mean of the integral`), and the number
   of vector-field evaluations of the last forward solve (not counting the adjoint's
   backward solve, which runs in the gradient) is reported as the statistic "nfe"
-  (`FlowModel` logs it as a metric). `flow_matching_loss` trains the same field without
+  (`FlowModel` logs it as a metric). Once a gradient of that call has been built (in
+  the same graph), `last_statistics` also has "adjoint_nfe", the evaluations of the
+  adjoint's backward solve; `fit` computes its metrics before the gradient, so it logs
+  "nfe" only. `flow_matching_loss` trains the same field without
   solving the ODE (Lipman et al. 2022).
 
   Args:
@@ -106,6 +109,7 @@ class FFJORD(flow_layer.FlowLayer):
     self.seed = seed
     self.seed_generator = keras.random.SeedGenerator(seed, name="ffjord_seed")
     self._last_statistics = {}
+    self._keep_backward_statistics({})
 
   def build(self, input_shape):
     self._event_shape = tuple(int(d) for d in input_shape[1:])
@@ -187,8 +191,21 @@ class FFJORD(flow_layer.FlowLayer):
 
   @property
   def last_statistics(self):
-    """Statistics of the last call: {"nfe": vector-field evaluations of the solve}."""
-    return dict(self._last_statistics)
+    """Statistics of the last call: {"nfe": vector-field evaluations of the solve}.
+
+    With "adjoint_nfe", the evaluations of the adjoint's backward solve, once the
+    gradient of that call has been built (read it after `tape.gradient`).
+    """
+    statistics = dict(self._last_statistics)
+    if "num_evaluations" in self._last_backward_statistics:
+      statistics["adjoint_nfe"] = tf.cast(
+          self._last_backward_statistics["num_evaluations"], tf.float32)
+    return statistics
+
+  def _keep_backward_statistics(self, statistics):
+    # The very dict the gradient fills later: Keras would track (copy) a dict
+    # assigned as a layer attribute, and the copy would never see the backward solve.
+    object.__setattr__(self, "_last_backward_statistics", statistics)
 
   def call(self, inputs, context=None, training=None):
     training = bool(training)
@@ -201,6 +218,7 @@ class FFJORD(flow_layer.FlowLayer):
       if self.jacobian_weight > 0:
         self.add_loss(self.jacobian_weight * tf.reduce_mean(result.jacobian_norm))
     self._last_statistics = {"nfe": tf.cast(result.num_evaluations, tf.float32)}
+    self._keep_backward_statistics(result.backward_statistics)
     return result.value, result.log_det
 
   def flow_matching_loss(self, x, seed=None, optimal_transport=False):
