@@ -17,8 +17,9 @@ float32, 256 reparameterised samples per step, Adam 1e-3. Cases:
 Reported: steps/s (median of `--repeats` timed blocks of `--steps` steps after a warm-up
 block that includes tracing and compilation; `tfp_vi` compiles on every call, so its
 rate includes compilation), the first block's seconds, ours/stock. Keras `fit` runs one
-step per call by default; `steps_per_execution=steps` runs a block of steps per call, as
-the stock loop's `tf.while_loop` does.
+step per call by default; with `steps_per_execution=steps` a data-free objective's block
+of steps runs as one `tf.while_loop` in one XLA computation (`FlowModel.make_train_function`),
+as the stock loop does.
 NeuTra's ESS per second and per gradient against plain NUTS are measured by
 `examples/neutra_logistic_regression.py` (same harness functions as its table).
 

@@ -285,16 +285,64 @@ class FlowModel(keras.Model):
     """
     weight = tf.cast(result.num_examples, loss.dtype)
     self._loss_tracker.update_state(loss, sample_weight=weight)
-    logs = {"loss": self._loss_tracker.result(), **(extra or {})}
     for name, value in result.metrics.items():
       self._trackers[name].update_state(value, sample_weight=weight)
-      logs[name] = self._trackers[name].result()
+    logs = self._tracker_logs(result.metrics, extra)
     if _is_multi_worker(tf.distribute.get_strategy()):
       # Keras reduces the step logs across workers with strategy.reduce(MEAN, axis=0),
       # which rejects scalars (tensorflow/tensorflow#72388); epoch logs still come
       # from the metrics' own scalar results.
       logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
     return logs
+
+  def _tracker_logs(self, names, extra=None):
+    """The logs of a step: `loss`, `extra`, then the trackers of `names`, as results."""
+    logs = {"loss": self._loss_tracker.result(), **(extra or {})}
+    for name in names:
+      logs[name] = self._trackers[name].result()
+    return logs
+
+  def make_train_function(self, force=False):
+    """Keras' train function; for a data-free objective, one XLA loop per execution.
+
+    An objective that draws its own samples (`ReverseKL`) ignores the batch, so with
+    `jit_compile=True` and `steps_per_execution=k > 1` on one replica the k steps run
+    as one `tf.while_loop` inside one XLA computation, as a hand-written TFP loop does,
+    instead of k compiled calls driven by Keras' graph loop over the data iterator
+    (each paying a launch and an iterator read). Same steps, seeds and logs: the logs
+    are the trackers' results after the k-th step, and `on_train_batch_end` runs once
+    per execution, as in Keras. Other cases are Keras' own function.
+    """
+    if self.train_function is not None and not force:
+      return self.train_function
+    super().make_train_function(force=True)
+    keras_function = self.train_function
+    if (self.objective.requires_data or self.run_eagerly or not self.jit_compile
+        or self.steps_per_execution < 2
+        or self.distribute_strategy.num_replicas_in_sync > 1):
+      return keras_function
+    if not self.optimizer.built:  # its variables cannot be created inside the loop
+      self.optimizer.build(self.trainable_variables)
+    steps = self.steps_per_execution
+    names = self.objective.metric_names(self, training=True)
+
+    @tf.function(jit_compile=True)
+    def run_steps(data):
+      def body(step):
+        self.train_step(data)
+        return step + 1
+      tf.while_loop(lambda step: step < steps, body, [tf.constant(0)])
+      return self._tracker_logs(names, {"loss_max": self._loss_max_tracker.result()})
+
+    next_and_run = tf.function(lambda iterator: run_steps(next(iterator)))
+
+    def function(iterator):
+      if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+        return next_and_run(iterator)
+      return keras_function(iterator)  # train_on_batch passes a Python generator
+
+    self.train_function = function
+    return function
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
           **kwargs):
