@@ -18,7 +18,7 @@ for r in recs:
     mm = f"{min(a)}-{max(a)}" if a else ""
     note = []
     if "nfe_train_step" in r: note.append(f"NFE step/sample {r['nfe_train_step']}/{r['nfe_sample']}")
-    if "nfe_train_forward" in r: note.append(f"NFE fwd solve first/last step {r['nfe_train_forward']}, sample {r.get('nfe_sample')}")
+    if "nfe_train_forward" in r: note.append(f"NFE fwd solve first/last step {r['nfe_train_forward']}, adjoint {r.get('nfe_train_adjoint', '-')}, sample {r.get('nfe_sample')}")
     if "nfe_train_forward_epoch_mean" in r: note.append(f"NFE fwd solve (epoch mean) {r['nfe_train_forward_epoch_mean']}")
     if r.get("sample_finite") is False: note.append("samples non-finite")
     if "error" in r: note.append(r["error"][:120])
@@ -79,7 +79,7 @@ for b in sorted({r["bench"] for r in ours}, key=lambda x: (ORDER.index(x) if x i
         if old(r): note.append("older run")
         if "error" in r: note.append("ERROR " + r["error"][:100])
         if b != pb: note.append(f"compared with {pb} peers")
-        if "nfe_train_forward" in r: note.append(f"NFE fwd first/last {r['nfe_train_forward']} sample {r.get('nfe_sample')}")
+        if "nfe_train_forward" in r: note.append(f"NFE fwd first/last {r['nfe_train_forward']} adjoint {r.get('nfe_train_adjoint', '-')} sample {r.get('nfe_sample')}")
         if "nfe_train_forward_epoch_mean" in r: note.append(f"NFE fwd epoch mean {r['nfe_train_forward_epoch_mean']}")
         if r.get("sample_finite") is False: note.append("samples non-finite")
         if failed and m == modes[0]: note.append("peer failures: " + "; ".join(failed))

@@ -131,9 +131,11 @@ if MODE == "fit_spe":
             "epoch-end timestamps")
 opt = keras.optimizers.Adam(1e-3)
 
-def nfe_of(m):   # FFJORD layers report the vector-field evaluations of their last solve ("nfe")
-    vals = [l.last_statistics["nfe"] for l in m.flow_layers if "nfe" in getattr(l, "last_statistics", {})]
-    return tf.add_n(vals) if vals else tf.constant(0.0)
+def nfe_of(m):   # FFJORD layers report the evaluations of their last forward solve ("nfe") and, once the
+    # gradient is built, of the adjoint's backward solve ("adjoint_nfe"): [forward, backward]
+    stats = [l.last_statistics for l in m.flow_layers if "nfe" in getattr(l, "last_statistics", {})]
+    total = lambda key: tf.add_n([s[key] for s in stats if key in s]) if any(key in s for s in stats) else tf.constant(0.0)
+    return tf.stack([total("nfe"), total("adjoint_nfe")])
 
 def loss_fn(x):
     loss = -tf.reduce_mean(model(x, training=True))
@@ -169,7 +171,8 @@ if MODE not in ("fit", "fit_spe"):
                                                    STEPS, REPEATS, rec)
         rec["loss_first_last"] = [round(float(l0), 3), round(float(loss), 3)]
         if MODEL == "ffjord2d":
-            rec["nfe_train_forward"] = [int(nfe0), int(nfe)]   # forward solve only (stock/torch count adjoint too)
+            rec["nfe_train_forward"] = [int(nfe0[0]), int(nfe[0])]   # first / last step, forward solve
+            rec["nfe_train_adjoint"] = [int(nfe0[1]), int(nfe[1])]   # the adjoint's backward solve
     except Exception as e:
         import traceback; traceback.print_exc()
         err = f"train: {type(e).__name__}: {str(e)[:400]}"
