@@ -111,14 +111,15 @@ class Coupling(_tfp_glue.OnePassLogDet, network_bijector.NetworkBijector):
       raise ValueError(
           f"The conditioner must return {num_transformed} x {num_params} = {expected} "
           f"values on its last axis; got shape {h.shape.as_list()}.")
-    return tf.reshape(h, tf.concat(
-        [tf.shape(h)[:-1], [num_transformed, num_params]], axis=0))
+    tail = [num_transformed, num_params]
+    if h.shape[:-1].is_fully_defined():  # a static shape: fewer graph ops to trace
+      return tf.reshape(h, h.shape[:-1].as_list() + tail)
+    return tf.reshape(h, tf.concat([tf.shape(h)[:-1], tail], axis=0))
 
   def _split(self, x):
     k = self._split_index
-    if self._reverse:
-      return x[..., k:], x[..., :k]
-    return x[..., :k], x[..., k:]
+    first, second = tf.split(x, [k, self._num_channels - k], axis=-1)
+    return (second, first) if self._reverse else (first, second)
 
   def _join(self, kept, moved):
     parts = [moved, kept] if self._reverse else [kept, moved]

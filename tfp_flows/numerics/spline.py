@@ -238,12 +238,20 @@ def _kernel(spline, direction):
   upper = np.triu(np.ones([k, k + 1]), k=1)
   shift = math.log(math.expm1(1.0 - spline.min_derivative))
   search_row = direction.search_row
+  num_slopes = spline.num_params - 2 * k
 
   @tf.custom_gradient
   def kernel(value, params):
     dtype = value.dtype
-    batch = tf.shape(value)
-    sizes = tf.reshape(params[..., :2 * k], tf.concat([batch, [2, k]], 0))
+
+    def batch_and(*tail):
+      # The batch shape then `tail`: a list where it is static (fewer ops to trace).
+      if value.shape.is_fully_defined():
+        return value.shape.as_list() + list(tail)
+      return tf.concat([tf.shape(value), tail], 0)
+
+    size_logits, slope_logits = tf.split(params, [2 * k, num_slopes], -1)
+    sizes = tf.reshape(size_logits, batch_and(2, k))
     exp = tf.exp(sizes - tf.reduce_max(sizes, axis=-1, keepdims=True))
     # One matmul with a 0/1 upper-triangular matrix gives every partial sum and the
     # total; dividing by the total makes F_0 exactly 0 and F_K exactly 1.
@@ -262,26 +270,24 @@ def _kernel(spline, direction):
     # y-knots for the inverse: the bin of y is the image of the bin of x), so a value
     # equal to the last knot falls in the last bin.
     index = tf.reduce_sum(tf.cast(
-        safe[..., tf.newaxis] >= knots[..., search_row, 1:-1], tf.int32), axis=-1)
+        tf.expand_dims(safe, -1) >= knots[..., search_row, 1:-1], tf.int32), axis=-1)
     # One exact nonzero product per sum: the knots at j = index and index + 1, both
     # rows and both knots in one reduction (each reduction is a kernel of its own for
     # XLA, so fewer of them compile faster).
     hots = tf.one_hot(tf.stack([index, index + 1], -1), k + 1, dtype=dtype)
-    picked = tf.reduce_sum(knots[..., :, tf.newaxis, :] * hots[..., tf.newaxis, :, :], -1)
+    picked = tf.reduce_sum(tf.expand_dims(knots, -2) * tf.expand_dims(hots, -3), -1)
     (x_lo, x_hi), (y_lo, y_hi) = [tf.unstack(row, axis=-1)
                                   for row in tf.unstack(picked, axis=-2)]
     lo, hi = [x_lo, y_lo], [x_hi, y_hi]
     # Slopes: only the bin's two are constrained. Parameter j is knot j + 1's on the
     # line (knots 0 and K have slope 1, where one_hot gives all zeros) and knot j's on
     # the circle (knot K is knot 0).
-    slope_logits = params[..., 2 * k:]
-    num_slopes = k if circular else k - 1
     if circular:
       slope_index = tf.stack([index, tf.math.floormod(index + 1, k)], -1)
     else:
       slope_index = tf.stack([index - 1, index], -1)
     slope_hots = tf.one_hot(slope_index, num_slopes, dtype=dtype)
-    logits = tf.reduce_sum(slope_logits[..., tf.newaxis, :] * slope_hots, -1) + shift
+    logits = tf.reduce_sum(tf.expand_dims(slope_logits, -2) * slope_hots, -1) + shift
     derivatives = spline.min_derivative + tf.math.softplus(logits)
     d_lo, d_hi = tf.unstack(derivatives, axis=-1)
     if not circular:
@@ -306,25 +312,25 @@ def _kernel(spline, direction):
       if inside is not None:
         g_in = tf.where(inside, g_in, g_out)
       bins = tf.range(k)
-      below = tf.cast(bins < index[..., tf.newaxis], dtype)
-      upto = tf.cast(bins <= index[..., tf.newaxis], dtype)
+      below = tf.cast(bins < tf.expand_dims(index, -1), dtype)
+      upto = tf.cast(bins <= tf.expand_dims(index, -1), dtype)
       # F_k and 1 - F_k (likewise for k + 1) as sums of positive terms, so that
       # [i < k] - F_k keeps its relative precision when F_k is near 0 or 1; both rows
       # and all four sums in one reduction.
       p = exp / total
       masks = tf.stack([below, upto, 1.0 - below, 1.0 - upto], -2)
-      sums = tf.reduce_sum(p[..., :, tf.newaxis, :] * masks[..., tf.newaxis, :, :], -1)
-      f_lo, f_hi, g_bar_lo, g_bar_hi = [
-          s[..., tf.newaxis] for s in tf.unstack(sums, axis=-1)]
-      a = (tf.constant(scale, dtype) * tf.stack(g_lo[:2], -1))[..., tf.newaxis]
-      b = (tf.constant(scale, dtype) * tf.stack(g_hi[:2], -1))[..., tf.newaxis]
-      below, upto = below[..., tf.newaxis, :], upto[..., tf.newaxis, :]
+      sums = tf.reduce_sum(tf.expand_dims(p, -2) * tf.expand_dims(masks, -3), -1)
+      f_lo, f_hi, g_bar_lo, g_bar_hi = tf.split(sums, 4, axis=-1)
+      a = tf.expand_dims(tf.constant(scale, dtype) * tf.stack(g_lo[:2], -1), -1)
+      b = tf.expand_dims(tf.constant(scale, dtype) * tf.stack(g_hi[:2], -1), -1)
+      below, upto = tf.expand_dims(below, -2), tf.expand_dims(upto, -2)
       knot_columns = p * (tf.where(below > 0, a * g_bar_lo, -a * f_lo)
                           + tf.where(upto > 0, b * g_bar_hi, -b * f_hi))
-      slope_terms = ((tf.stack([g_lo[2], g_hi[2]], -1) * tf.math.sigmoid(logits))
-                     [..., tf.newaxis] * slope_hots)
-      slope_columns = slope_terms[..., 0, :] + slope_terms[..., 1, :]
-      columns = [tf.reshape(knot_columns, tf.concat([batch, [2 * k]], 0)), slope_columns]
+      slope_terms = tf.expand_dims(
+          tf.stack([g_lo[2], g_hi[2]], -1) * tf.math.sigmoid(logits), -1) * slope_hots
+      lo_terms, hi_terms = tf.unstack(slope_terms, axis=-2)
+      slope_columns = lo_terms + hi_terms
+      columns = [tf.reshape(knot_columns, batch_and(2 * k)), slope_columns]
       return g_in, tf.concat(columns, axis=-1)
 
     return (out, log_det), grad
