@@ -609,25 +609,3 @@ def test_closed_form_gradient_has_no_nan_at_infinities_and_huge_params(circular,
       loss = tf.reduce_sum(tf.where(tf.math.is_finite(out), out, 0.0) + log_det)
     for gradient in tape.gradient(loss, [x, params]):
       assert np.all(np.isfinite(gradient.numpy()))
-
-
-@pytest.mark.parametrize("circular", [False, True])
-@pytest.mark.parametrize("direction", ["forward", "inverse"])
-def test_value_and_gradient_compile_to_few_reductions(circular, direction):
-  # Each reduction is an XLA kernel of its own, and the spline's first training step
-  # is mostly compile time (issue 17): the bin search, the knot picks of both rows,
-  # the slope picks and the gradient's cumulative sums are one reduction each (plus
-  # the softmax's max). Before they were combined there were 16 (line) and 17 (circle).
-  t = _transformer(circular)
-  value = tf.zeros([4, 3])
-  params = tf.zeros([4, 3, t.num_params])
-
-  @tf.function(jit_compile=True)
-  def value_and_gradient(value, params):
-    with tf.GradientTape() as tape:
-      tape.watch([value, params])
-      out, log_det = getattr(t, direction)(value, params)
-    return out, log_det, tape.gradient([out, log_det], [value, params])
-
-  hlo = value_and_gradient.experimental_get_compiler_ir(value, params)(stage="hlo")
-  assert hlo.count(" reduce(") <= (6 if circular else 5)

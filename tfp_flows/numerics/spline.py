@@ -271,25 +271,24 @@ def _kernel(spline, direction):
     # equal to the last knot falls in the last bin.
     index = tf.reduce_sum(tf.cast(
         tf.expand_dims(safe, -1) >= knots[..., search_row, 1:-1], tf.int32), axis=-1)
-    # One exact nonzero product per sum: the knots at j = index and index + 1, both
-    # rows and both knots in one reduction (each reduction is a kernel of its own for
-    # XLA, so fewer of them compile faster).
-    hots = tf.one_hot(tf.stack([index, index + 1], -1), k + 1, dtype=dtype)
-    picked = tf.reduce_sum(tf.expand_dims(knots, -2) * tf.expand_dims(hots, -3), -1)
-    (x_lo, x_hi), (y_lo, y_hi) = [tf.unstack(row, axis=-1)
-                                  for row in tf.unstack(picked, axis=-2)]
-    lo, hi = [x_lo, y_lo], [x_hi, y_hi]
+    # One exact nonzero product per sum: the knots at j = index and index + 1.
+    lo_hot = tf.one_hot(index, k + 1, dtype=dtype)
+    hi_hot = tf.one_hot(index + 1, k + 1, dtype=dtype)
+    lo = [tf.reduce_sum(knots[..., row, :] * lo_hot, -1) for row in range(2)]
+    hi = [tf.reduce_sum(knots[..., row, :] * hi_hot, -1) for row in range(2)]
     # Slopes: only the bin's two are constrained. Parameter j is knot j + 1's on the
     # line (knots 0 and K have slope 1, where one_hot gives all zeros) and knot j's on
     # the circle (knot K is knot 0).
     if circular:
-      slope_index = tf.stack([index, tf.math.floormod(index + 1, k)], -1)
+      slope_lo_hot = tf.one_hot(index, num_slopes, dtype=dtype)
+      slope_hi_hot = tf.one_hot(tf.math.floormod(index + 1, k), num_slopes, dtype=dtype)
     else:
-      slope_index = tf.stack([index - 1, index], -1)
-    slope_hots = tf.one_hot(slope_index, num_slopes, dtype=dtype)
-    logits = tf.reduce_sum(tf.expand_dims(slope_logits, -2) * slope_hots, -1) + shift
-    derivatives = spline.min_derivative + tf.math.softplus(logits)
-    d_lo, d_hi = tf.unstack(derivatives, axis=-1)
+      slope_lo_hot = tf.one_hot(index - 1, num_slopes, dtype=dtype)
+      slope_hi_hot = tf.one_hot(index, num_slopes, dtype=dtype)
+    logit_lo = tf.reduce_sum(slope_logits * slope_lo_hot, -1) + shift
+    logit_hi = tf.reduce_sum(slope_logits * slope_hi_hot, -1) + shift
+    d_lo = spline.min_derivative + tf.math.softplus(logit_lo)
+    d_hi = spline.min_derivative + tf.math.softplus(logit_hi)
     if not circular:
       ones = tf.ones_like(d_lo)
       d_lo = tf.where(index > 0, d_lo, ones)
@@ -312,25 +311,24 @@ def _kernel(spline, direction):
       if inside is not None:
         g_in = tf.where(inside, g_in, g_out)
       bins = tf.range(k)
-      below = tf.cast(bins < tf.expand_dims(index, -1), dtype)
-      upto = tf.cast(bins <= tf.expand_dims(index, -1), dtype)
-      # F_k and 1 - F_k (likewise for k + 1) as sums of positive terms, so that
-      # [i < k] - F_k keeps its relative precision when F_k is near 0 or 1; both rows
-      # and all four sums in one reduction.
-      p = exp / total
-      masks = tf.stack([below, upto, 1.0 - below, 1.0 - upto], -2)
-      sums = tf.reduce_sum(tf.expand_dims(p, -2) * tf.expand_dims(masks, -3), -1)
-      f_lo, f_hi, g_bar_lo, g_bar_hi = tf.split(sums, 4, axis=-1)
-      a = tf.expand_dims(tf.constant(scale, dtype) * tf.stack(g_lo[:2], -1), -1)
-      b = tf.expand_dims(tf.constant(scale, dtype) * tf.stack(g_hi[:2], -1), -1)
-      below, upto = tf.expand_dims(below, -2), tf.expand_dims(upto, -2)
-      knot_columns = p * (tf.where(below > 0, a * g_bar_lo, -a * f_lo)
-                          + tf.where(upto > 0, b * g_bar_hi, -b * f_hi))
-      slope_terms = tf.expand_dims(
-          tf.stack([g_lo[2], g_hi[2]], -1) * tf.math.sigmoid(logits), -1) * slope_hots
-      lo_terms, hi_terms = tf.unstack(slope_terms, axis=-2)
-      slope_columns = lo_terms + hi_terms
-      columns = [tf.reshape(knot_columns, batch_and(2 * k)), slope_columns]
+      below = tf.cast(bins < index[..., tf.newaxis], dtype)
+      upto = tf.cast(bins <= index[..., tf.newaxis], dtype)
+      columns = []
+      for row in range(2):
+        # F_k and 1 - F_k (likewise for k + 1) as sums of positive terms, so that
+        # [i < k] - F_k keeps its relative precision when F_k is near 0 or 1.
+        p = exp[..., row, :] / total[..., row, :]
+        f_lo, f_hi = tf.reduce_sum(p * below, -1), tf.reduce_sum(p * upto, -1)
+        g_bar_lo = tf.reduce_sum(p * (1.0 - below), -1)
+        g_bar_hi = tf.reduce_sum(p * (1.0 - upto), -1)
+        a = (scale[row] * g_lo[row])[..., tf.newaxis]
+        b = (scale[row] * g_hi[row])[..., tf.newaxis]
+        columns.append(p * (
+            tf.where(below > 0, a * g_bar_lo[..., tf.newaxis], -a * f_lo[..., tf.newaxis])
+            + tf.where(upto > 0, b * g_bar_hi[..., tf.newaxis], -b * f_hi[..., tf.newaxis])))
+      columns.append(
+          (g_lo[2] * tf.math.sigmoid(logit_lo))[..., tf.newaxis] * slope_lo_hot
+          + (g_hi[2] * tf.math.sigmoid(logit_hi))[..., tf.newaxis] * slope_hi_hot)
       return g_in, tf.concat(columns, axis=-1)
 
     return (out, log_det), grad
