@@ -271,24 +271,27 @@ def _kernel(spline, direction):
     # equal to the last knot falls in the last bin.
     index = tf.reduce_sum(tf.cast(
         tf.expand_dims(safe, -1) >= knots[..., search_row, 1:-1], tf.int32), axis=-1)
-    # One exact nonzero product per sum: the knots at j = index and index + 1.
-    lo_hot = tf.one_hot(index, k + 1, dtype=dtype)
-    hi_hot = tf.one_hot(index + 1, k + 1, dtype=dtype)
-    lo = [tf.reduce_sum(knots[..., row, :] * lo_hot, -1) for row in range(2)]
-    hi = [tf.reduce_sum(knots[..., row, :] * hi_hot, -1) for row in range(2)]
+    # One exact nonzero product per sum: the knots at j = index and index + 1 of both
+    # rows in one reduction, the two slope logits in another. Under XLA each reduction
+    # is a kernel that recomputes the knots it reads: one instead of four made sampling
+    # the 64-D NSF 1.9x faster (benchmarks/RESULTS.md; gathers were slower still).
+    hots = tf.one_hot(tf.stack([index, index + 1], -1), k + 1, dtype=dtype)
+    picked = tf.reduce_sum(tf.expand_dims(knots, -2) * tf.expand_dims(hots, -3), -1)
+    (x_lo, x_hi), (y_lo, y_hi) = [tf.unstack(row, axis=-1)
+                                  for row in tf.unstack(picked, axis=-2)]
+    lo, hi = [x_lo, y_lo], [x_hi, y_hi]
     # Slopes: only the bin's two are constrained. Parameter j is knot j + 1's on the
     # line (knots 0 and K have slope 1, where one_hot gives all zeros) and knot j's on
     # the circle (knot K is knot 0).
     if circular:
-      slope_lo_hot = tf.one_hot(index, num_slopes, dtype=dtype)
-      slope_hi_hot = tf.one_hot(tf.math.floormod(index + 1, k), num_slopes, dtype=dtype)
+      slope_index = tf.stack([index, tf.math.floormod(index + 1, k)], -1)
     else:
-      slope_lo_hot = tf.one_hot(index - 1, num_slopes, dtype=dtype)
-      slope_hi_hot = tf.one_hot(index, num_slopes, dtype=dtype)
-    logit_lo = tf.reduce_sum(slope_logits * slope_lo_hot, -1) + shift
-    logit_hi = tf.reduce_sum(slope_logits * slope_hi_hot, -1) + shift
-    d_lo = spline.min_derivative + tf.math.softplus(logit_lo)
-    d_hi = spline.min_derivative + tf.math.softplus(logit_hi)
+      slope_index = tf.stack([index - 1, index], -1)
+    slope_hots = tf.one_hot(slope_index, num_slopes, dtype=dtype)
+    slope_lo_hot, slope_hi_hot = tf.unstack(slope_hots, axis=-2)
+    logits = tf.reduce_sum(tf.expand_dims(slope_logits, -2) * slope_hots, -1) + shift
+    logit_lo, logit_hi = tf.unstack(logits, axis=-1)
+    d_lo, d_hi = tf.unstack(spline.min_derivative + tf.math.softplus(logits), axis=-1)
     if not circular:
       ones = tf.ones_like(d_lo)
       d_lo = tf.where(index > 0, d_lo, ones)
