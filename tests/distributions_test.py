@@ -16,18 +16,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfp_flows as tff
+from tests.testing import graph_ops
 
 tfd = tfp.distributions
-
-_AUTO_SELECT_OP = "StatelessRandomGetKeyCounter"
-
-
-def _op_types(fn, *args):
-  graph = tf.function(fn).get_concrete_function(*args).graph
-  types = {op.type for op in graph.get_operations()}
-  for function in graph.as_graph_def().library.function:
-    types |= {node.op for node in function.node_def}
-  return types
 
 
 def _run(fn, mode, *args):
@@ -89,9 +80,9 @@ def test_flow_sample_graphs_hold_no_auto_select_key_op():
   seed = tf.constant([1, 2], tf.int32)
   for fn in (lambda s: model.sample(7, seed=s),
              lambda s: model.distribution.sample(7, seed=s)):
-    types = _op_types(fn, seed)
+    types = graph_ops.op_types(fn, seed)
     assert "StatelessRandomNormalV2" in types  # it sees the draw
-    assert _AUTO_SELECT_OP not in types
+    assert graph_ops.AUTO_SELECT_OP not in types
 
 
 @pytest.mark.parametrize("mode", ["eager", "xla"])

@@ -18,16 +18,7 @@ import tensorflow as tf
 
 import tfp_flows as tff
 from tfp_flows.layers import _replica_seed
-
-_AUTO_SELECT_OP = "StatelessRandomGetKeyCounter"
-
-
-def _op_types(fn, *args):
-  graph = tf.function(fn).get_concrete_function(*args).graph
-  types = {op.type for op in graph.get_operations()}
-  for function in graph.as_graph_def().library.function:
-    types |= {node.op for node in function.node_def}
-  return types
+from tests.testing import graph_ops
 
 
 def _dequantize():
@@ -62,9 +53,9 @@ def _flow_matching():
 @pytest.mark.parametrize("make", [_dequantize, _noise_augmentation, _label_dropout,
                                   _flow_matching], ids=lambda f: f.__name__[1:])
 def test_training_draws_name_their_algorithm(make):
-  types = _op_types(make())
+  types = graph_ops.op_types(make())
   assert types & {"StatelessRandomUniformV2", "StatelessRandomNormalV2"}  # it sees them
-  assert _AUTO_SELECT_OP not in types
+  assert graph_ops.AUTO_SELECT_OP not in types
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -78,7 +69,7 @@ def test_layer_seed_equals_keras_randint(jit_compile):
                      jit_compile=jit_compile)
   for _ in range(3):
     np.testing.assert_array_equal(draw().numpy(), reference().numpy())
-  assert _AUTO_SELECT_OP not in _op_types(lambda: _replica_seed.draw_replica_seed(generator))
+  assert graph_ops.AUTO_SELECT_OP not in graph_ops.op_types(lambda: _replica_seed.draw_replica_seed(generator))
 
 
 if __name__ == "__main__":
