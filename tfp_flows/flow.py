@@ -7,6 +7,7 @@ import tensorflow_probability as tfp
 
 from tfp_flows import bijectors as bijectors_lib
 from tfp_flows import callbacks as callbacks_lib
+from tfp_flows import compiled_loop
 from tfp_flows import distributions
 from tfp_flows import flow_inputs
 from tfp_flows import objectives
@@ -303,46 +304,28 @@ class FlowModel(keras.Model):
     return logs
 
   def make_train_function(self, force=False):
-    """Keras' train function; for a data-free objective, one XLA loop per execution.
+    """Keras' train function; with `jit_compile=True`, one XLA loop per execution.
 
-    An objective that draws its own samples (`ReverseKL`) ignores the batch, so with
-    `jit_compile=True` and `steps_per_execution=k > 1` on one replica the k steps run
-    as one `tf.while_loop` inside one XLA computation, as a hand-written TFP loop does,
-    instead of k compiled calls driven by Keras' graph loop over the data iterator
-    (each paying a launch and an iterator read). Same steps, seeds and logs: the logs
-    are the trackers' results after the k-th step, and `on_train_batch_end` runs once
-    per execution, as in Keras. Other cases are Keras' own function.
+    With `steps_per_execution=k > 1` on one replica, the k steps of an execution run
+    as one `tf.while_loop` inside one XLA computation over the execution's k batches
+    (`tfp_flows.compiled_loop`), instead of k compiled calls driven by Keras' graph
+    loop, each paying a launch. Same steps, batches, seeds and logs; the logs are the
+    metrics after the k-th step, and `on_train_batch_end` runs once per execution, as
+    in Keras. Other cases are Keras' own function.
     """
     if self.train_function is not None and not force:
       return self.train_function
     super().make_train_function(force=True)
-    keras_function = self.train_function
-    if (self.objective.requires_data or self.run_eagerly or not self.jit_compile
-        or self.steps_per_execution < 2
+    if (self.run_eagerly or not self.jit_compile or self.steps_per_execution < 2
         or self.distribute_strategy.num_replicas_in_sync > 1):
-      return keras_function
+      return self.train_function
     if not self.optimizer.built:  # its variables cannot be created inside the loop
       self.optimizer.build(self.trainable_variables)
-    steps = self.steps_per_execution
     names = self.objective.metric_names(self, training=True)
-
-    @tf.function(jit_compile=True)
-    def run_steps(data):
-      def body(step):
-        self.train_step(data)
-        return step + 1
-      tf.while_loop(lambda step: step < steps, body, [tf.constant(0)])
-      return self._tracker_logs(names, {"loss_max": self._loss_max_tracker.result()})
-
-    next_and_run = tf.function(lambda iterator: run_steps(next(iterator)))
-
-    def function(iterator):
-      if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
-        return next_and_run(iterator)
-      return keras_function(iterator)  # train_on_batch passes a Python generator
-
-    self.train_function = function
-    return function
+    self.train_function = compiled_loop.make_train_function(
+        self, self.train_function,
+        lambda: self._tracker_logs(names, {"loss_max": self._loss_max_tracker.result()}))
+    return self.train_function
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
           **kwargs):
