@@ -257,14 +257,17 @@ def test_adjoint_backward_solve_out_of_steps_gives_nan_gradients_or_raises():
 
   reference = gradient("backprop", 1000)[1]
   outcomes = []
-  for cap in range(14, 22):
+  # The forward solve needs 16 steps and the backward one 18: caps 16 and 17 starve
+  # only the backward solve. Each cap is a new trace of the written-out solver.
+  for cap in range(16, 20):
     forward_finished, grad = gradient("adjoint", cap)
     if not forward_finished:
       continue
     if np.isnan(grad).all():
+      if "nan" not in outcomes:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="backward ODE solve"):
+          gradient("adjoint", cap, validate_args=True)
       outcomes.append("nan")
-      with pytest.raises(tf.errors.InvalidArgumentError, match="backward ODE solve"):
-        gradient("adjoint", cap, validate_args=True)
     else:
       np.testing.assert_allclose(grad, reference, rtol=1e-4, err_msg=f"cap {cap}")
       outcomes.append("finite")
