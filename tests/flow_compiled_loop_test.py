@@ -190,6 +190,20 @@ def test_block_larger_than_the_buffer_runs_step_by_step(monkeypatch):
   assert _step_counts(model) == [0, 52]
 
 
+def test_a_step_with_convolutions_keeps_keras_loop():
+  # XLA's CPU backend runs a loop body's convolutions off its fast kernels, so a Glow
+  # step keeps Keras' loop, with Keras' numbers.
+  keras.utils.set_random_seed(0)
+  model = tff.FlowModel([tff.layers.Squeeze(2), tff.layers.GlowStep(hidden_channels=4)],
+                        [4, 4, 1])
+  model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True,
+                steps_per_execution=3)
+  counts = _count_steps(model)
+  images = np.random.default_rng(0).normal(size=[6 * 8, 4, 4, 1]).astype(np.float32)
+  model.fit(images, batch_size=8, epochs=1, shuffle=False, verbose=0)
+  assert [int(count) for count in counts] == [0, 6]
+
+
 def test_non_finite_batch_inside_a_data_block_stops_fit():
   data = X.copy()
   data[16 * 3 + 2, 0] = np.nan   # in the fourth batch of the first block

@@ -16,8 +16,11 @@ one launch per block.
 * The loop takes k batches also for a shorter block (the extra ones are not run), so
   XLA compiles it once per batch shape.
 * It applies with `jit_compile=True`, k > 1, one replica and a `tf.data` iterator of
-  dense tensors whose shape is known but for the batch size; otherwise the train
-  function is Keras' own.
+  dense tensors whose shape is known but for the batch size, to steps without
+  convolutions; otherwise the train function is Keras' own. XLA's CPU backend leaves
+  the convolutions of a loop body (their gradients' layouts) off its Eigen kernels:
+  a Glow step ran 5x slower in the loop than as Keras' separate calls
+  (benchmarks/RESULTS.md).
 """
 
 import tensorflow as tf
@@ -36,6 +39,15 @@ def _compilable(element_spec):
     if spec.shape.rank == 0 or not spec.shape[1:].is_fully_defined():
       return False
   return True
+
+
+def _has_convolutions(function, element_spec):
+  """Whether `function` traced for `element_spec` holds a convolution (library included)."""
+  graph = function.get_concrete_function(element_spec).graph
+  types = {op.type for op in graph.get_operations()}
+  for library_function in graph.as_graph_def().library.function:
+    types |= {node.op for node in library_function.node_def}
+  return any(t.startswith(("Conv", "DepthwiseConv")) for t in types)
 
 
 def make_train_function(model, keras_function, logs_fn):
@@ -133,8 +145,17 @@ def make_train_function(model, keras_function, logs_fn):
                      lambda: streamed(iterator, first))
     return tf.cond(optional.has_value(), run, lambda: (tf.constant(0), logs_fn()))
 
+  applies = {}  # element spec -> whether the loop applies, decided at its first batch
+
   def function(iterator):
-    if not (isinstance(iterator, tf.data.Iterator) and _compilable(iterator.element_spec)):
+    if not isinstance(iterator, tf.data.Iterator):
+      return keras_function(iterator)
+    spec = iterator.element_spec
+    key = repr(spec)
+    if key not in applies:
+      # The step traced here is the one the odd-shaped batches reuse.
+      applies[key] = _compilable(spec) and not _has_convolutions(one_step, spec)
+    if not applies[key]:
       return keras_function(iterator)
     count, logs = run_execution(iterator)
     if count == 0:
