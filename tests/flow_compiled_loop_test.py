@@ -169,8 +169,9 @@ def test_a_batch_shaped_differently_mid_block_keeps_the_order():
   reference, reference_logs = _fit_data(dataset(), 1)
   model, logs = _fit_data(dataset(), 4)
   _assert_same_training(model, logs, reference, reference_logs)
-  # Blocks [16 16 7 16] [16 16 3 16]: the first two of each in the loop.
-  assert _step_counts(model) == [2 * 2 * 2, 2 * 2 * 2]
+  # Blocks [16 16 7 16] [16 16 3 16]: in each, a loop over the first two, the odd
+  # batch alone, then a loop over the last.
+  assert _step_counts(model) == [2 * 2 * 3, 2 * 2 * 1]
 
 
 def test_context_batches_equal_keras_loop():
@@ -181,13 +182,14 @@ def test_context_batches_equal_keras_loop():
   assert _step_counts(model) == [50, 2]
 
 
-def test_block_larger_than_the_buffer_runs_step_by_step(monkeypatch):
-  # 10 batches of 16 float32 pairs are 1,280 bytes: over a 1,000-byte buffer.
+def test_block_larger_than_the_buffer_runs_as_loops_that_fit(monkeypatch):
+  # 10 batches of 16 float32 pairs are 1,280 bytes: over a 1,000-byte buffer, which
+  # holds 7 of them.
   monkeypatch.setattr(compiled_loop, "BUFFER_BYTES", 1000)
   reference, reference_logs = _fit_data(X, 1, batch_size=16)
   model, logs = _fit_data(X, 10, batch_size=16)
   _assert_same_training(model, logs, reference, reference_logs)
-  assert _step_counts(model) == [0, 52]
+  assert _step_counts(model) == [50, 2]
 
 
 def test_a_step_with_convolutions_keeps_keras_loop():

@@ -9,12 +9,12 @@ runs the k steps as one `tf.while_loop` inside one XLA computation: the same ste
 the same batches in the same order, so the same weights, seeds, metrics and logs, and
 one launch per block.
 
-* Cost: the block's batches are held at once. A block whose batches would take more
-  than `BUFFER_BYTES` runs one compiled step per batch, as Keras does.
-* A batch whose shape differs from the block's first (the smaller last batch of an
-  epoch) and the batches after it run one compiled step each, in order.
-* The loop takes k batches also for a shorter block (the extra ones are not run), so
-  XLA compiles it once per batch shape.
+* Cost: the block's batches are held at once, at most `BUFFER_BYTES` of them; a
+  larger block runs as several loops over the batches that fit.
+* A batch shaped unlike the run before it (the smaller last batch of an epoch) runs as
+  one compiled step, in order.
+* Python calls the loop, not a graph: an XLA call inside a graph's `tf.cond` cost VI
+  `fit` half its speed.
 * It applies with `jit_compile=True`, k > 1, one replica and a `tf.data` iterator of
   dense tensors whose shape is known but for the batch size, to steps without
   convolutions; otherwise the train function is Keras' own. XLA's CPU backend leaves
@@ -41,25 +41,26 @@ def _compilable(element_spec):
   return True
 
 
-def _has_convolutions(function, element_spec):
-  """Whether `function` traced for `element_spec` holds a convolution (library included)."""
-  graph = function.get_concrete_function(element_spec).graph
+def _has_convolutions(graph):
+  """Whether `graph` holds a convolution, its function library included."""
   types = {op.type for op in graph.get_operations()}
   for library_function in graph.as_graph_def().library.function:
     types |= {node.op for node in library_function.node_def}
   return any(t.startswith(("Conv", "DepthwiseConv")) for t in types)
 
 
-def make_train_function(model, keras_function, logs_fn):
+def make_train_function(model, keras_function, logs_fn, reads_batches=True):
   """A train function running each block of `model.steps_per_execution` steps as one XLA loop.
 
   Args:
     model: a compiled Keras model with `jit_compile=True`, `steps_per_execution` > 1,
       one replica and a built optimizer (no variable may be created inside the loop).
     keras_function: Keras' own train function, used where the loop does not apply
-      (`train_on_batch`'s Python iterator, a block too large to hold, other specs).
+      (`train_on_batch`'s Python iterator, steps with convolutions, other specs).
     logs_fn: returns the logs of the last step from the metrics' states, without
       updating them (the values `model.train_step` returns).
+    reads_batches: False for an objective that ignores its batches (it draws its own
+      samples): each block then reads one batch instead of k.
 
   Returns:
     `function(iterator) -> logs`, raising `StopIteration` when the iterator is empty,
@@ -72,7 +73,7 @@ def make_train_function(model, keras_function, logs_fn):
     raise ValueError("Build the optimizer (optimizer.build(model.trainable_variables)) "
                      "before making the train function: the loop cannot create variables.")
 
-  one_step = tf.function(model.train_step, jit_compile=True, reduce_retracing=True)
+  one_step = tf.function(model.train_step, jit_compile=True)
 
   @tf.function(jit_compile=True)
   def run_block(batches, count):
@@ -82,84 +83,99 @@ def make_train_function(model, keras_function, logs_fn):
     tf.while_loop(lambda step: step < count, body, [tf.constant(0)])
     return logs_fn()
 
-  def stepwise(read, start, stop, logs):
-    """Runs `one_step(read(i))` for i in [start, stop); the logs of the last one."""
-    def body(i, _):
-      return i + 1, one_step(read(i))
-    return tf.while_loop(lambda i, _: i < stop, body, [start, logs])[1]
+  def make_execution(element_spec):
+    """`run(iterator) -> logs` for one block of batches of `element_spec`, or None.
 
-  def buffered(iterator, first):
-    """Reads the block's other batches, then runs the loop and the odd-shaped rest."""
-    structure, flat_first = first, tf.nest.flatten(first)
-    arrays = [tf.TensorArray(t.dtype, size=steps, infer_shape=False,
-                             element_shape=tf.TensorShape([None]).concatenate(t.shape[1:]))
-              .write(0, t) for t in flat_first]
-    rows = tf.shape(flat_first[0])[0]
+    The XLA loop is called from Python, not from a graph: called inside a graph's
+    `tf.cond` branch it cost VI `fit` half its speed (benchmarks/RESULTS.md).
+    """
+    if not _compilable(element_spec):
+      return None
+    # One trace of the step, for the check and for the batches that run alone.
+    step = one_step.get_concrete_function(element_spec)
+    if _has_convolutions(step.graph):
+      return None
+    flat_specs = tf.nest.flatten(element_spec)
 
-    def read_next(count, more, uniform, arrays):
-      optional = iterator.get_next_as_optional()
-      more = optional.has_value()
+    @tf.function
+    def read_block(iterator, remaining):
+      """Reads up to `remaining` batches; the run shaped like the first, padded, and what ended it.
 
-      def write():
-        flat = tf.nest.flatten(optional.get_value())
-        same = tf.equal(tf.shape(flat[0])[0], rows)
-        return [a.write(count, t) for a, t in zip(arrays, flat)], same
-      arrays, same = tf.cond(more, write, lambda: (arrays, tf.constant(False)))
-      # The uniform run is the prefix of batches shaped like the first.
-      uniform = tf.where(same & tf.equal(uniform, count), count + 1, uniform)
-      return count + tf.cast(more, tf.int32), more, uniform, arrays
+      Reading stops at a batch shaped unlike the first (returned as `odd`), at the end
+      of the data, or when one more batch would take the run past `BUFFER_BYTES`. The
+      run is padded to k batches (the extra ones repeat its last and do not run), so
+      XLA compiles the loop once per batch shape; a run cut by the buffer is not.
+      """
+      arrays = [tf.TensorArray(spec.dtype, size=steps, infer_shape=False,
+                               element_shape=spec.shape) for spec in flat_specs]
+      empty = [tf.zeros([0, *spec.shape[1:]], spec.dtype) for spec in flat_specs]
 
-    count, _, uniform, arrays = tf.while_loop(
-        lambda count, more, uniform, arrays: more & (count < steps), read_next,
-        [tf.constant(1), tf.constant(True), tf.constant(1), arrays])
-    # k batches whatever the run's length (the extra ones repeat its last and do not
-    # run), so XLA compiles the loop once per batch shape.
-    indices = tf.minimum(tf.range(steps), uniform - 1)
-    padded = [a.gather(indices) for a in arrays]
-    logs = run_block(tf.nest.pack_sequence_as(structure, padded), uniform)
-    read = lambda i: tf.nest.pack_sequence_as(structure, [a.read(i) for a in arrays])
-    return count, stepwise(read, uniform, count, logs)
+      def read_next(count, more, rows, size, odd, has_odd, ended, arrays):
+        optional = iterator.get_next_as_optional()
+        has_value = optional.has_value()
+        flat = tf.cond(has_value, lambda: tf.nest.flatten(optional.get_value()),
+                       lambda: empty)
+        batch_rows = tf.shape(flat[0])[0]
+        batch_size = tf.add_n([tf.size(t, tf.int64) * t.dtype.size for t in flat])
+        rows = tf.where(tf.equal(count, 0), batch_rows, rows)
+        size = tf.where(tf.equal(count, 0), batch_size, size)
+        in_run = has_value & tf.equal(batch_rows, rows)
+        arrays = tf.cond(in_run, lambda: [a.write(count, t) for a, t in zip(arrays, flat)],
+                         lambda: arrays)
+        has_odd = has_value & ~in_run
+        odd = [tf.cond(has_odd, lambda t=t: t, lambda o=o: o) for t, o in zip(flat, odd)]
+        count += tf.cast(in_run, tf.int32)
+        fits = tf.cast(count + 1, tf.int64) * size <= BUFFER_BYTES
+        more = in_run & fits & (count < remaining)
+        return count, more, rows, size, odd, has_odd, ~has_value, arrays
 
-  def streamed(iterator, first):
-    """One compiled step per batch, reading as it goes: Keras' loop, for large blocks."""
-    logs = one_step(first)
+      zero = tf.constant(0)
+      count, _, _, size, odd, has_odd, ended, arrays = tf.while_loop(
+          lambda count, more, *_: more, read_next,
+          [zero, remaining > 0, zero, tf.constant(0, tf.int64), empty, tf.constant(False),
+           tf.constant(False), arrays],
+          shape_invariants=[tf.TensorShape([])] * 4 +
+          [[tf.TensorShape([None]).concatenate(t.shape[1:]) for t in flat_specs]] +
+          [tf.TensorShape([])] * 2 + [[tf.TensorShape(None)] * len(flat_specs)])
+      padded_length = tf.where(tf.cast(steps, tf.int64) * size <= BUFFER_BYTES, steps, count)
+      indices = tf.minimum(tf.range(padded_length), count - 1)
+      padded = tf.cond(count > 0, lambda: [a.gather(indices) for a in arrays],
+                       lambda: [tf.zeros([steps, *t.shape], t.dtype) for t in empty])
+      return count, padded, odd, has_odd, ended
 
-    def body(count, optional, logs):
-      logs = one_step(optional.get_value())
-      more = count + 1 < steps
-      optional = tf.cond(more, iterator.get_next_as_optional, lambda: optional)
-      return count + 1, optional, logs
-    count, _, logs = tf.while_loop(
-        lambda count, optional, _: (count < steps) & optional.has_value(), body,
-        [tf.constant(1), iterator.get_next_as_optional(), logs])
-    return count, logs
+    def run(iterator):
+      if not reads_batches:  # the objective ignores the batch: read one, run k steps
+        batch = next(iterator)
+        return run_block(tf.nest.map_structure(
+            lambda t: tf.repeat(t[tf.newaxis], steps, axis=0), batch), tf.constant(steps))
+      remaining, logs = steps, None
+      while remaining > 0:
+        count, padded, odd, has_odd, ended = read_block(iterator, tf.constant(remaining))
+        count = int(count)
+        if count:
+          logs = run_block(tf.nest.pack_sequence_as(element_spec, padded), tf.constant(count))
+        if has_odd:
+          logs = step(tf.nest.pack_sequence_as(element_spec, odd))
+          count += 1
+        remaining -= count
+        if ended or not count:
+          break
+      if logs is None:
+        raise StopIteration
+      return logs
 
-  @tf.function
-  def run_execution(iterator):
-    optional = iterator.get_next_as_optional()
+    return run
 
-    def run():
-      first = optional.get_value()
-      size = tf.add_n([tf.size(t, tf.int64) * t.dtype.size for t in tf.nest.flatten(first)])
-      return tf.cond(size * steps <= BUFFER_BYTES, lambda: buffered(iterator, first),
-                     lambda: streamed(iterator, first))
-    return tf.cond(optional.has_value(), run, lambda: (tf.constant(0), logs_fn()))
-
-  applies = {}  # element spec -> whether the loop applies, decided at its first batch
+  executions = {}  # repr(element spec) -> its run function, or None for Keras' loop
 
   def function(iterator):
     if not isinstance(iterator, tf.data.Iterator):
       return keras_function(iterator)
-    spec = iterator.element_spec
-    key = repr(spec)
-    if key not in applies:
-      # The step traced here is the one the odd-shaped batches reuse.
-      applies[key] = _compilable(spec) and not _has_convolutions(one_step, spec)
-    if not applies[key]:
+    key = repr(iterator.element_spec)
+    if key not in executions:
+      executions[key] = make_execution(iterator.element_spec)
+    if executions[key] is None:
       return keras_function(iterator)
-    count, logs = run_execution(iterator)
-    if count == 0:
-      raise StopIteration
-    return logs
+    return executions[key](iterator)
 
   return function

@@ -324,7 +324,8 @@ class FlowModel(keras.Model):
     names = self.objective.metric_names(self, training=True)
     self.train_function = compiled_loop.make_train_function(
         self, self.train_function,
-        lambda: self._tracker_logs(names, {"loss_max": self._loss_max_tracker.result()}))
+        lambda: self._tracker_logs(names, {"loss_max": self._loss_max_tracker.result()}),
+        reads_batches=self.objective.requires_data)
     return self.train_function
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
