@@ -84,11 +84,7 @@ def make_train_function(model, keras_function, logs_fn, reads_batches=True):
     return logs_fn()
 
   def make_execution(element_spec):
-    """`run(iterator) -> logs` for one block of batches of `element_spec`, or None.
-
-    The XLA loop is called from Python, not from a graph: called inside a graph's
-    `tf.cond` branch it cost VI `fit` half its speed (benchmarks/RESULTS.md).
-    """
+    """`run(iterator) -> logs` for one block of batches of `element_spec`, or None."""
     if not _compilable(element_spec):
       return None
     # One trace of the step, for the check and for the batches that run alone.
