@@ -9,6 +9,7 @@ from tfp_flows import nets
 from tfp_flows.bijectors import continuous
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
+from tfp_flows.nets import time_conditioned
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import estimators
 from tfp_flows.numerics import ode
@@ -25,7 +26,7 @@ class FFJORD(flow_layer.FlowLayer):
   The bijector is `tfp_flows.bijectors.ContinuousFlow` over the field
   `f(t, z) = net(z, t)`: `TimeConditionedMLP` for vectors `[D]`,
   `TimeConditionedConvNet` for images `[H, W, C]` (zero last layer: the identity at
-  initialisation). `log_prob` solves the ODE data -> base once, with the log-det
+  initialisation; `time_conditioning` chooses how t enters). `log_prob` solves the ODE data -> base once, with the log-det
   integrated alongside; sampling solves base -> data.
 
   Which trace estimator is in effect depends on the mode (`trace_mode(training)`), by
@@ -71,6 +72,9 @@ class FFJORD(flow_layer.FlowLayer):
     validate_args: also raise when the solver does not finish (eagerly and in graphs;
       the unfinished rows are NaN in every mode, XLA included).
     seed: seed of the layer's SeedGenerator (None: from Keras' global seed).
+    time_conditioning: how t enters the field: "concat_squash" (every layer gated and
+      shifted by t, FFJORD's default) or "concat" (t appended to the field's input,
+      as in the examples of TFP's `tfb.FFJORD`).
   """
 
   def __init__(self, hidden_units=(64, 64, 64), activation="softplus", trace="hutchinson",
@@ -78,8 +82,9 @@ class FFJORD(flow_layer.FlowLayer):
                max_num_steps=1000, num_steps=None, gradient="adjoint", end_time=1.0,
                learn_end_time=False, kinetic_weight=0.0, jacobian_weight=0.0,
                exact_max_dims=32, trace_estimator=None, validate_args=False, seed=None,
-               **kwargs):
+               time_conditioning="concat_squash", **kwargs):
     super().__init__(**kwargs)
+    checks.one_of("time_conditioning", time_conditioning, time_conditioned.TIME_CONDITIONINGS)
     if trace_estimator is None:
       trace_estimator = estimators.TraceEstimator(training=trace, probe=noise,
                                                   exact_max_dims=exact_max_dims)
@@ -95,6 +100,7 @@ class FFJORD(flow_layer.FlowLayer):
                        f"{kinetic_weight!r} and {jacobian_weight!r}.")
     self.hidden_units = tuple(int(u) for u in hidden_units)
     self.activation = activation
+    self.time_conditioning = time_conditioning
     self.solver = solver
     self.rtol = float(rtol)
     self.atol = float(atol)
@@ -115,9 +121,11 @@ class FFJORD(flow_layer.FlowLayer):
     self._event_shape = tuple(int(d) for d in input_shape[1:])
     if len(self._event_shape) == 1:
       self.net = nets.TimeConditionedMLP(self.hidden_units, self.activation,
+                                         time_conditioning=self.time_conditioning,
                                          dtype=self.dtype_policy, name="vector_field")
     elif len(self._event_shape) == 3:
       self.net = nets.TimeConditionedConvNet(self.hidden_units, self.activation,
+                                             time_conditioning=self.time_conditioning,
                                              dtype=self.dtype_policy, name="vector_field")
     else:
       raise ValueError(f"FFJORD takes vectors [D] or images [H, W, C]; got event shape "
@@ -261,7 +269,8 @@ class FFJORD(flow_layer.FlowLayer):
 
   def get_config(self):
     return {**super().get_config(), "hidden_units": list(self.hidden_units),
-            "activation": self.activation, "trace": self.trace, "noise": self.noise,
+            "activation": self.activation, "time_conditioning": self.time_conditioning,
+            "trace": self.trace, "noise": self.noise,
             "solver": self.solver, "rtol": self.rtol, "atol": self.atol,
             "max_num_steps": self.max_num_steps, "num_steps": self.num_steps,
             "gradient": self.gradient, "end_time": self.end_time,

@@ -15,7 +15,8 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
                training=None, optimal_transport=False,
                gradient="adjoint", max_num_steps=1000, num_steps=None,
                kinetic_weight=0.0, jacobian_weight=0.0, learn_end_time=False,
-               end_time=1.0, activation="softplus", name="ffjord_flow", *, objective=None):
+               end_time=1.0, activation="softplus", name="ffjord_flow", *, objective=None,
+               time_conditioning="concat_squash"):
   """A continuous normalizing flow (FFJORD, Grathwohl et al. 2019) as a `FlowModel`.
 
   Data side first: optionally `Dequantize(num_bits)` for integer data, then
@@ -63,6 +64,8 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
     name: model name.
     objective: "maximum_likelihood" (default) or "flow_matching", or a
       `tfp_flows.objectives.Objective` (see `FlowModel`).
+    time_conditioning: how t enters each field, "concat_squash" or "concat" (see
+      `tfp_flows.layers.FFJORD`).
 
   Raises:
     ValueError: for bad shapes, counts, flow matching with several blocks, or both
@@ -90,7 +93,8 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
     if actnorm:
       flow_layers.append(layers.ActNorm())
     flow_layers.append(layers.FFJORD(
-        hidden_units=hidden_units, activation=activation, trace=trace, solver=solver,
+        hidden_units=hidden_units, activation=activation,
+        time_conditioning=time_conditioning, trace=trace, solver=solver,
         rtol=rtol, atol=atol, max_num_steps=max_num_steps, num_steps=num_steps,
         gradient=gradient, end_time=end_time, learn_end_time=learn_end_time,
         kinetic_weight=kinetic_weight, jacobian_weight=jacobian_weight))

@@ -11,9 +11,12 @@ from tfp_flows.nets.spectral_norm_conv import SpectralNormConv2D
 from tfp_flows.nets.spectral_norm_dense import SpectralNormDense
 from tfp_flows.nets.time_conditioned import ConcatSquashConv2D
 from tfp_flows.nets.time_conditioned import ConcatSquashDense
+from tfp_flows.nets.time_conditioned import TimeConcatConv2D
+from tfp_flows.nets.time_conditioned import TimeConcatDense
 from tfp_flows.nets.time_conditioned import TimeConditionedConvNet
 from tfp_flows.nets.time_conditioned import TimeConditionedMLP
 
 __all__ = ["CausalTransformer", "ConcatSquashConv2D", "ConcatSquashDense", "GlowConvNet",
            "LipSwish", "MADE", "MLP", "SpectralNormConv2D", "SpectralNormDense",
-           "TimeConditionedConvNet", "TimeConditionedMLP", "lip_swish", "spectral_norm_exact"]
+           "TimeConcatConv2D", "TimeConcatDense", "TimeConditionedConvNet",
+           "TimeConditionedMLP", "lip_swish", "spectral_norm_exact"]

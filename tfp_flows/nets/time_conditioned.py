@@ -1,9 +1,13 @@
-"""Time-conditioned vector fields `f(t, z)` for continuous flows (concat-squash layers).
+"""Time-conditioned vector fields `f(t, z)` for continuous flows.
+
+Two ways for time to enter (`time_conditioning`): "concat_squash" (FFJORD's default
+layer: every layer gated and shifted by t) and "concat" (t appended to the field's
+input, then plain layers: the field of TFP's `tfb.FFJORD` examples).
 
 Besides `call(z, t)`, each net computes Jacobian-vector products in forward mode,
 `call_with_tangents(z, t, tangents) -> (f, J_f(z) v for each tangent v)`, by carrying
 the tangents through the layers with the primal: every layer is linear in z before a
-per-unit gate, so a tangent goes through the same kernel (without bias or time shift)
+per-unit gate (or none), so a tangent goes through the same kernel (without bias or time shift)
 and the activation multiplies it by the activation's derivative. f and K tangents cost
 about 1 + K passes of the net and no backward pass: the continuous flows' traces use
 this (see `tfp_flows.bijectors.ContinuousFlow`, `jvp_fn`). The activations with a
@@ -14,8 +18,13 @@ reverse-mode autodiff in the flow.
 import keras
 from keras import ops
 
-__all__ = ["ConcatSquashDense", "ConcatSquashConv2D", "TimeConditionedMLP",
-           "TimeConditionedConvNet"]
+from tfp_flows.numerics import checks
+
+__all__ = ["ConcatSquashDense", "ConcatSquashConv2D", "TimeConcatDense",
+           "TimeConcatConv2D", "TimeConditionedMLP", "TimeConditionedConvNet",
+           "TIME_CONDITIONINGS"]
+
+TIME_CONDITIONINGS = ("concat_squash", "concat")
 
 
 def _softplus_and_derivative(h):
@@ -187,28 +196,145 @@ class ConcatSquashConv2D(keras.layers.Layer):
             "kernel_size": self.kernel_size, "zero_init": self.zero_init}
 
 
-class _TimeConditionedNet(keras.layers.Layer):
-  """Concat-squash layers with a smooth activation between them, zero output at init.
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class TimeConcatDense(keras.layers.Layer):
+  """`W [z, t] + b` (with `with_time`) or `W z + b`: a dense layer, time as an input.
 
-  Subclasses set `_layer` (the concat-squash layer class) and pass their widths.
+  With time the kernel is `[D + 1, units]`, its last row the time's: the first layer
+  of an MLP on `[z, t]`. The time row is applied as a broadcast product `t w_t`
+  rather than through a concatenation (see `_gate_and_shift` for why). With
+  `zero_init` the output is exactly 0.
+
+  Args:
+    units: output size.
+    with_time: whether t is an input.
+    zero_init: start W and b at zero.
   """
 
-  _layer = None
+  def __init__(self, units, with_time=False, zero_init=False, **kwargs):
+    super().__init__(**kwargs)
+    if int(units) < 1:
+      raise ValueError(f"units must be positive; got {units!r}.")
+    self.units = int(units)
+    self.with_time = bool(with_time)
+    self.zero_init = bool(zero_init)
 
-  def __init__(self, widths, widths_name, activation, **kwargs):
+  def build(self, input_shape):
+    self.kernel = self.add_weight(
+        shape=(input_shape[-1] + int(self.with_time), self.units),
+        initializer="zeros" if self.zero_init else "glorot_uniform", name="kernel")
+    self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+  def _linear(self, z):
+    return ops.matmul(z, self.kernel[:ops.shape(z)[-1]])
+
+  def call(self, z, t):
+    out = self._linear(z) + self.bias
+    if self.with_time:
+      out = out + _column(t, z) * self.kernel[-1:]
+    return out
+
+  def call_with_tangents(self, z, t, tangents):
+    """`call(z, t)` and its Jacobian-vector products `W_z v`, `tangents [K, B, D]`."""
+    num = ops.shape(tangents)[0]
+    flat = ops.reshape(tangents, (-1, ops.shape(tangents)[-1]))
+    return self.call(z, t), ops.reshape(self._linear(flat), (num, -1, self.units))
+
+  def compute_output_shape(self, input_shape, t_shape=None):
+    return (*input_shape[:-1], self.units)
+
+  def get_config(self):
+    return {**super().get_config(), "units": self.units, "with_time": self.with_time,
+            "zero_init": self.zero_init}
+
+
+@keras.saving.register_keras_serializable(package="tfp_flows")
+class TimeConcatConv2D(keras.layers.Layer):
+  """`conv([z, t 1]) + b` (with `with_time`) or `conv(z) + b`: t as an input channel.
+
+  With time the kernel has `C + 1` input channels, the last one convolving a constant
+  plane of t ("same" zero padding included, as a concatenated channel would).
+
+  Args:
+    filters: output channels.
+    kernel_size: square kernel size ("same" padding, stride 1).
+    with_time: whether t is an input channel.
+    zero_init: start the kernel and bias at zero.
+  """
+
+  def __init__(self, filters, kernel_size=3, with_time=False, zero_init=False, **kwargs):
+    super().__init__(**kwargs)
+    if int(filters) < 1 or int(kernel_size) < 1:
+      raise ValueError(f"filters and kernel_size must be positive; got {filters!r}, "
+                       f"{kernel_size!r}.")
+    self.filters = int(filters)
+    self.kernel_size = int(kernel_size)
+    self.with_time = bool(with_time)
+    self.zero_init = bool(zero_init)
+
+  def build(self, input_shape):
+    self.kernel = self.add_weight(
+        shape=(self.kernel_size, self.kernel_size, input_shape[-1] + int(self.with_time),
+               self.filters),
+        initializer="zeros" if self.zero_init else "glorot_uniform", name="kernel")
+    self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
+
+  def call(self, z, t):
+    if self.with_time:
+      plane = ops.ones_like(z[..., :1]) * ops.reshape(_column(t, z[:, 0, 0, :]),
+                                                      (-1, 1, 1, 1))
+      z = ops.concatenate([z, plane], axis=-1)
+    return ops.conv(z, self.kernel, padding="same") + self.bias
+
+  def call_with_tangents(self, z, t, tangents):
+    """`call(z, t)` and its products `conv_z(v)`, `tangents [K, B, H, W, C]`."""
+    shape = ops.shape(tangents)
+    flat = ops.reshape(tangents, (-1,) + tuple(shape[2:]))
+    moved = ops.conv(flat, self.kernel[:, :, :shape[-1]], padding="same")
+    moved = ops.reshape(moved, (shape[0], -1) + tuple(ops.shape(moved)[1:]))
+    return self.call(z, t), moved
+
+  def compute_output_shape(self, input_shape, t_shape=None):
+    return (*input_shape[:-1], self.filters)
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "kernel_size": self.kernel_size, "with_time": self.with_time,
+            "zero_init": self.zero_init}
+
+
+class _TimeConditionedNet(keras.layers.Layer):
+  """Time-conditioned layers with a smooth activation between them, zero output at init.
+
+  Subclasses set `_layer_classes`, the layer class of each `time_conditioning`, and pass
+  their widths.
+  """
+
+  _layer_classes = {}
+
+  def __init__(self, widths, widths_name, activation, time_conditioning, **kwargs):
     super().__init__(**kwargs)
     widths = tuple(int(w) for w in widths)
     if not widths or min(widths) < 1:
       raise ValueError(f"{widths_name} must be positive sizes; got {widths!r}.")
+    checks.one_of("time_conditioning", time_conditioning, TIME_CONDITIONINGS)
     self.activation = activation
+    self.time_conditioning = time_conditioning
     self._activation = keras.activations.get(activation)
-    self._hidden = [self._layer(w, dtype=self.dtype_policy, name=f"hidden_{i}")
+    self._hidden = [self._make_layer(w, first=i == 0, name=f"hidden_{i}")
                     for i, w in enumerate(widths)]
     self._output = None
 
+  def _make_layer(self, width, first, name, zero_init=False):
+    layer = self._layer_classes[self.time_conditioning]
+    if self.time_conditioning == "concat":
+      return layer(width, with_time=first, zero_init=zero_init, dtype=self.dtype_policy,
+                   name=name)
+    return layer(width, zero_init=zero_init, dtype=self.dtype_policy, name=name)
+
   def build(self, input_shape):
-    self._output = self._layer(input_shape[-1], zero_init=True, dtype=self.dtype_policy,
-                               name="output")
+    self._output = self._make_layer(input_shape[-1], first=False, name="output",
+                                    zero_init=True)
     shape = tuple(input_shape)
     for layer in self._hidden:
       layer.build(shape)
@@ -252,7 +378,7 @@ class _TimeConditionedNet(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
 class TimeConditionedMLP(_TimeConditionedNet):
-  """Vector field `f(t, z)` on `[B, D]`: concat-squash dense layers, zero output at init.
+  """Vector field `f(t, z)` on `[B, D]`: a time-conditioned MLP, zero output at init.
 
   `call(z, t)` with `t` a scalar or `[B]`. Smooth activations (softplus, tanh) keep the
   field Lipschitz and differentiable, which the ODE solver and the trace need; the
@@ -261,34 +387,41 @@ class TimeConditionedMLP(_TimeConditionedNet):
   Args:
     hidden_units: hidden sizes.
     activation: hidden activation (a smooth one).
+    time_conditioning: "concat_squash" (`ConcatSquashDense` layers) or "concat" (an
+      MLP on `[z, t]`, `TimeConcatDense` layers).
   """
 
-  _layer = ConcatSquashDense
+  _layer_classes = {"concat_squash": ConcatSquashDense, "concat": TimeConcatDense}
 
-  def __init__(self, hidden_units=(64, 64, 64), activation="softplus", **kwargs):
-    super().__init__(hidden_units, "hidden_units", activation, **kwargs)
+  def __init__(self, hidden_units=(64, 64, 64), activation="softplus",
+               time_conditioning="concat_squash", **kwargs):
+    super().__init__(hidden_units, "hidden_units", activation, time_conditioning, **kwargs)
     self.hidden_units = tuple(int(u) for u in hidden_units)
 
   def get_config(self):
     return {**super().get_config(), "hidden_units": list(self.hidden_units),
-            "activation": self.activation}
+            "activation": self.activation, "time_conditioning": self.time_conditioning}
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
 class TimeConditionedConvNet(_TimeConditionedNet):
-  """Vector field `f(t, z)` on images `[B, H, W, C]`: concat-squash 3x3 convolutions.
+  """Vector field `f(t, z)` on images `[B, H, W, C]`: time-conditioned 3x3 convolutions.
 
   Args:
     hidden_channels: channels of the hidden convolutions.
     activation: hidden activation (a smooth one).
+    time_conditioning: "concat_squash" (`ConcatSquashConv2D` layers) or "concat" (t
+      as an extra input channel, `TimeConcatConv2D` layers).
   """
 
-  _layer = ConcatSquashConv2D
+  _layer_classes = {"concat_squash": ConcatSquashConv2D, "concat": TimeConcatConv2D}
 
-  def __init__(self, hidden_channels=(64, 64, 64), activation="softplus", **kwargs):
-    super().__init__(hidden_channels, "hidden_channels", activation, **kwargs)
+  def __init__(self, hidden_channels=(64, 64, 64), activation="softplus",
+               time_conditioning="concat_squash", **kwargs):
+    super().__init__(hidden_channels, "hidden_channels", activation, time_conditioning,
+                     **kwargs)
     self.hidden_channels = tuple(int(c) for c in hidden_channels)
 
   def get_config(self):
     return {**super().get_config(), "hidden_channels": list(self.hidden_channels),
-            "activation": self.activation}
+            "activation": self.activation, "time_conditioning": self.time_conditioning}
