@@ -24,7 +24,7 @@ NFE=1 one tf_ffjord2d_fn ffjord2d tfp fn 900 $TF tf_bench.py ffjord2d fn
 for m in nsf2d nsf64 glow glowl res2d res64 ffjord2d tarflow; do for mode in fn xla fit fit_spe; do
   one tff_${m}_${mode} $m tfp_flows $mode 900 $TF tfpflows_bench.py $m $mode
 done; done
-for mode in fn xla; do FFJORD_INIT=random one tff_ffjord2d_${mode}_randinit ffjord2d tfp_flows $mode-randinit 900 $TF tfpflows_bench.py ffjord2d $mode; done
+for mode in fn xla; do FFJORD_FIELD=concat_squash one tff_ffjord2d_${mode}_concat_squash ffjord2d tfp_flows $mode-concat_squash 900 $TF tfpflows_bench.py ffjord2d $mode; done
 for m in nsf2d nsf64; do for lib in normflows zuko nflows; do one pt_${m}_${lib} $m $lib eager 900 $PT torch_bench.py $m $lib; done; done
 one pt_glow glow normflows eager 900 $PT torch_bench.py glow normflows
 one pt_res2d res2d normflows eager 900 $PT torch_bench.py res2d normflows

@@ -28,9 +28,9 @@ for r in recs:
 OURS = "tfp_flows"
 PEER_BENCH = {"glowl": "glow", "tarflow": "glow"}          # ours-only variants compared with the peers of another bench
 ORDER = ["nsf2d", "nsf64", "glow", "glowl", "tarflow", "res2d", "res64", "ffjord2d"]
-MODE_ORDER = ["fn", "xla", "fit", "fit_spe", "fn-randinit", "xla-randinit", "fit-randinit"]
-STOCK_MODE = {"fn": "fn", "xla": "xla", "fit": "xla", "fit_spe": "xla", "fn-randinit": "fn", "xla-randinit": "xla",
-              "fit-randinit": "xla"}
+MODE_ORDER = ["fn", "xla", "fit", "fit_spe", "fn-concat_squash", "xla-concat_squash"]
+STOCK_MODE = {"fn": "fn", "xla": "xla", "fit": "xla", "fit_spe": "xla", "fn-concat_squash": "fn",
+              "xla-concat_squash": "xla"}
 latest, latest_ok = {}, {}   # last record / last record with a steps/s, per (bench, framework, mode)
 for r in recs:
     if not r["bench"].startswith("matmul"):

@@ -15,14 +15,15 @@
           Keras' iterator and callbacks is in the figure), steps/s from the epoch-end timestamps (the first epoch,
           with the compile, is the warm-up)
 Env: STEPS (20) REPEATS (5) EPOCH_BATCHES (100, fit_spe) NSAMP (10000) SAMPLE_REPEATS (5) BENCH_OUT (jsonl path);
-  FFJORD_INIT=random (ffjord2d only): re-draw the field's zero-initialised output weights so that training starts from a
-  random field like stock's (the library starts at the identity flow, which can change the solver's step count;
-  in the smoke tests both gave 20 field evaluations per forward solve); mode "<MODE>-randinit".
+  ffjord2d is the peers' model: time_conditioning="concat" (an MLP on [z, t], 8,706 weights as stock's) starting
+  from common.ffjord_field_init's weights, as stock TFP and torchdiffeq do (equal model, equal initialisation).
+  FFJORD_FIELD=concat_squash (ffjord2d only): the library's default field instead (concat-squash layers, 9,224
+  weights, zero last layer: the identity flow at step 0); mode "<MODE>-concat_squash".
 Public tfp_flows API only (tff.models.*, tff.FlowModel, tff.layers.*)."""
 import os, sys, time, statistics, subprocess
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from common import report, moons, digits, dequant_batch, time_train_steps, timeit_repeats
+from common import report, moons, digits, dequant_batch, time_train_steps, timeit_repeats, ffjord_field_init
 import numpy as np
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(2)
@@ -41,9 +42,10 @@ EPOCH_BATCHES = int(os.environ.get("EPOCH_BATCHES", 100))
 NSAMP = int(os.environ.get("NSAMP", 10000)); SREP = int(os.environ.get("SAMPLE_REPEATS", 5))
 BATCH, K, B, HID = 256, 8, 3.0, 128
 keras.utils.set_random_seed(0); tf.random.set_seed(0); rng = np.random.default_rng(0)
-RANDINIT = os.environ.get("FFJORD_INIT") == "random"   # ffjord2d only; recorded as mode "<MODE>-randinit"
-if RANDINIT and MODEL != "ffjord2d":
-    raise SystemExit("FFJORD_INIT=random applies to ffjord2d only")
+FFJORD_FIELD = os.environ.get("FFJORD_FIELD", "concat")   # ffjord2d only; other than concat: mode "<MODE>-<field>"
+if FFJORD_FIELD != "concat" and MODEL != "ffjord2d":
+    raise SystemExit("FFJORD_FIELD applies to ffjord2d only")
+MODE_SUFFIX = "" if FFJORD_FIELD == "concat" else "-" + FFJORD_FIELD
 
 # ---------------------------------------------------------------- data: the same pools as tf_bench.py / torch_bench.py
 if MODEL in ("nsf2d", "res2d", "ffjord2d"):
@@ -96,17 +98,14 @@ def resflow(d, L):
 def ffjord():
     m = tff.FlowModel([tff.layers.FFJORD(hidden_units=(64, 64, 64), activation="tanh", trace="hutchinson",
                                          noise="gaussian", solver="dopri5", rtol=1e-5, atol=1e-5,
-                                         gradient="adjoint")], event_shape=[2])
-    cfg = ("FFJORD concat-squash MLP64x3 tanh, Hutchinson(normal), dopri5 rtol=atol=1e-5, adjoint; "
-           "tff.FlowModel([tff.layers.FFJORD(noise='gaussian')]) (the FFJORDFlow preset has no noise= and "
+                                         gradient="adjoint", time_conditioning=FFJORD_FIELD)], event_shape=[2])
+    cfg = (f"FFJORD MLP64x3 tanh, time_conditioning={FFJORD_FIELD}, Hutchinson(normal), dopri5 rtol=atol=1e-5, "
+           "adjoint; tff.FlowModel([tff.layers.FFJORD(noise='gaussian')]) (the FFJORDFlow preset has no noise= and "
            "defaults to actnorm=True); ")
-    if RANDINIT:   # public Keras API only: re-draw the all-zero kernels (last layer's W and time shift)
-        init = keras.initializers.GlorotUniform(seed=0)
-        for v in m.trainable_variables:
-            if len(v.shape) == 2 and not np.any(v.numpy()):
-                v.assign(init(v.shape))
-        return m, cfg + "FFJORD_INIT=random: zero-initialised output kernel/time shift re-drawn Glorot (random field at step 0, like stock)"
-    return m, cfg + "library default init: zero last layer = identity flow at step 0 (stock: random field)"
+    if FFJORD_FIELD == "concat":   # public Keras API: the field's weights in Keras order, as common.py draws them
+        m.set_weights(ffjord_field_init())
+        return m, cfg + "common.ffjord_field_init weights (as stock and torchdiffeq)"
+    return m, cfg + "library default init: zero last layer = identity flow at step 0"
 
 if MODEL == "nsf2d": model, cfg = nsf(2, 4)
 elif MODEL == "nsf64": model, cfg = nsf(64, 8)
@@ -160,7 +159,7 @@ try:
                              "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
 except Exception:
     commit = ""
-rec = dict(bench=MODEL, framework="tfp_flows", mode=MODE + ("-randinit" if RANDINIT else ""), tf=tf.__version__, tfp=tfp.__version__,
+rec = dict(bench=MODEL, framework="tfp_flows", mode=MODE + MODE_SUFFIX, tf=tf.__version__, tfp=tfp.__version__,
            keras=keras.__version__, tfp_flows=tff.__version__, commit=commit, cfg=cfg,
            batch=BATCH, params=nparams, params_stock=STOCK_PARAMS[MODEL], steps=STEPS, repeats=REPEATS)
 err = None
