@@ -193,7 +193,7 @@ elif MODE == "fit_spe":
     stamps = []
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            stamps.append((time.perf_counter(), float(logs["nll"])))
+            stamps.append((time.perf_counter(), float(logs["nll"]), float(logs.get("nfe", 0.0))))
     try:
         model.compile(optimizer=opt, jit_compile=True, steps_per_execution=STEPS)
         t0 = time.perf_counter()
@@ -203,6 +203,8 @@ elif MODE == "fit_spe":
         rec["steps_per_s"] = round(statistics.median(rates), 2)
         rec["steps_per_s_all"] = [round(r, 2) for r in rates]
         rec["nll_first_and_last_epoch_mean"] = [round(stamps[0][1], 3), round(stamps[-1][1], 3)]
+        if MODEL == "ffjord2d":   # the forward solve's field evaluations, epoch means: the cost grows as the field trains
+            rec["nfe_train_forward_epoch_means"] = [round(st[2], 1) for st in stamps]
     except Exception as e:
         import traceback; traceback.print_exc()
         err = f"fit_spe: {type(e).__name__}: {str(e)[:400]}"
