@@ -9,6 +9,7 @@ from tfp_flows import bijectors as bijectors_lib
 from tfp_flows import callbacks as callbacks_lib
 from tfp_flows import compiled_loop
 from tfp_flows import distributions
+from tfp_flows import fit_data
 from tfp_flows import flow_inputs
 from tfp_flows import objectives
 from tfp_flows import step_guard
@@ -336,6 +337,10 @@ class FlowModel(keras.Model):
     `fit(epochs=..., steps_per_epoch=...)`. With a `tfp_flows.callbacks.BackupAndRestore`
     among the callbacks and no `initial_epoch`, the fit starts at the backup's epoch,
     so `fit(..., callbacks=[backup])` alone resumes an interrupted run.
+
+    Arrays (`x`, and a conditional flow's context as `y`) are batched and shuffled as
+    Keras does, by a pipeline without tf.data's autotuning (`fit_data`), which on small
+    machines can take compute threads from the training step.
     """
     if "initial_epoch" not in kwargs:
       given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
@@ -353,6 +358,11 @@ class FlowModel(keras.Model):
       x = tf.data.Dataset.from_tensors(
           tf.zeros([replicas, 1], self.compute_dtype)).repeat()
       kwargs.setdefault("shuffle", False)
+    elif fit_data.takes_arrays(x, y, kwargs):
+      x = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
+                                 kwargs.get("shuffle", True))
+      # The dataset shuffles itself; Keras would warn that it cannot.
+      y, batch_size, kwargs["shuffle"] = None, None, False
     guard = step_guard.NonFiniteStop(self._step_guard)
     if isinstance(callbacks, keras.callbacks.CallbackList):
       guard.set_model(self)

@@ -1,0 +1,102 @@
+"""`fit` on arrays: Keras' batches and shuffling, from a pipeline without autotuning.
+
+The defect: with Keras' own array pipeline, tf.data's autotuner took compute threads
+from the training step on a 2-core machine, and whole epochs ran on one core (0.52x
+the steps/s; benchmarks/RESULTS.md). Speed is measured in benchmarks, not here; these
+tests pin the pipeline `fit` uses for arrays and check that it trains on exactly what
+Keras' would.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfp_flows as tff
+from tfp_flows import fit_data
+
+
+def _model(conditional=False):
+  keras.utils.set_random_seed(0)
+  return tff.FlowModel(
+      [tff.layers.AffineCoupling(hidden_units=(8,), conditional=conditional),
+       tff.layers.AffineCoupling(hidden_units=(8,), reverse=True, conditional=conditional)],
+      [2], context_shape=[1] if conditional else None)
+
+
+def _data(rows=200, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=[rows, 2]).astype("float32")
+  return x, (x[:, :1] * 2.0).astype("float32")
+
+
+def _weights(model):
+  return [w.numpy() for w in model.weights]
+
+
+def test_arrays_train_exactly_as_the_same_batches_through_keras_under_xla():
+  x, _ = _data()
+  ours, reference = _model(), _model()
+  for model in (ours, reference):
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
+  history = ours.fit(x, batch_size=64, epochs=2, shuffle=False, verbose=0).history
+  keras_history = reference.fit(tf.data.Dataset.from_tensor_slices(x).batch(64), epochs=2,
+                                shuffle=False, verbose=0).history
+  # 200 rows in batches of 64: three full batches and one of 8, in order, each epoch.
+  np.testing.assert_allclose(history["nll"], keras_history["nll"], rtol=1e-6)
+  for got, expected in zip(_weights(ours), _weights(reference)):
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(_weights(ours)[0], _weights(_model())[0])
+
+
+def test_shuffled_epochs_are_fresh_permutations_with_context_rows_kept_paired():
+  x, context = _data(rows=23)
+  dataset = fit_data.array_dataset((x, context), batch_size=5, shuffle=True)
+  orders = []
+  for _ in range(2):
+    batches = list(dataset)
+    assert [int(b[0].shape[0]) for b in batches] == [5, 5, 5, 5, 3]
+    rows = np.concatenate([b[0].numpy() for b in batches])
+    paired = np.concatenate([b[1].numpy() for b in batches])
+    np.testing.assert_array_equal(paired, rows[:, :1] * 2.0)
+    order = [int(np.flatnonzero((x == row).all(1))[0]) for row in rows]
+    assert sorted(order) == list(range(23))
+    orders.append(order)
+  assert orders[0] != orders[1]
+
+
+def test_the_pipeline_runs_without_autotuning_and_fit_uses_it_for_arrays(monkeypatch):
+  x, context = _data()
+  assert fit_data.array_dataset((x,), 32, False).options().autotune.enabled is False
+  built = []
+  original = fit_data.array_dataset
+  monkeypatch.setattr(fit_data, "array_dataset",
+                      lambda *args: built.append(args[1:]) or original(*args))
+  model = _model(conditional=True)
+  model.compile(optimizer="adam")
+  model.fit(x, context, batch_size=50, epochs=1, verbose=0)
+  assert built == [(50, True)]
+  # Arguments only Keras' array path handles keep it.
+  history = model.fit(x, context, epochs=1, validation_split=0.25, verbose=0).history
+  model.fit(x, context, epochs=1, sample_weight=np.ones(len(x)), verbose=0)
+  assert built == [(50, True)] and "val_nll" in history
+
+
+def test_shuffled_fits_repeat_under_one_seed():
+  x, _ = _data()
+  results = []
+  for _ in range(2):
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, batch_size=32, epochs=2, verbose=0)
+    results.append(_weights(model))
+  for first, second in zip(*results):
+    np.testing.assert_array_equal(first, second)
+
+
+def test_bad_arrays_are_clear_errors():
+  x, context = _data()
+  with pytest.raises(ValueError, match="same number of rows"):
+    fit_data.array_dataset((x, context[:10]), 8, True)
+  with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    fit_data.array_dataset((x,), 0, True)

@@ -1,0 +1,78 @@
+"""In-memory arrays as the tf.data pipeline `FlowModel.fit` trains on.
+
+Keras turns arrays given to `fit` into a tf.data pipeline whose parallelism and buffers
+tf.data's autotuner sizes while training runs. On a small machine the autotuner's
+choices can take compute threads from the training step: on 2 cores, whole epochs ran
+on one core (CPU time / wall time 0.95 against 1.75), at 0.52x the steps/s of the
+other epochs, for residual flows, NSF and Glow alike (benchmarks/RESULTS.md). Slicing
+batches out of arrays already in memory needs no tuning, so the pipeline here is the
+same computation as Keras' (a fresh permutation of the row indices every epoch, one
+gather per batch) with autotuning off and a fixed prefetch of two batches.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["array_dataset", "takes_arrays"]
+
+_KERAS_ONLY = ("sample_weight", "class_weight", "steps_per_epoch")
+
+
+def takes_arrays(x, y, fit_kwargs):
+  """Whether `fit(x, y, **fit_kwargs)` is arrays that `array_dataset` serves as Keras would.
+
+  True for a NumPy array or tensor `x` (and `y`, a conditional flow's context, likewise
+  or None) with `shuffle` True or False and none of the arguments that Keras' own array
+  path handles (`sample_weight`, `class_weight`, `validation_split`, `steps_per_epoch`).
+  """
+  arrays = (x,) if y is None else (x, y)
+  if not all(isinstance(a, np.ndarray) or tf.is_tensor(a) for a in arrays):
+    return False
+  if any(isinstance(a, tf.SparseTensor) or isinstance(a, tf.RaggedTensor) for a in arrays):
+    return False
+  if any(fit_kwargs.get(name) is not None for name in _KERAS_ONLY):
+    return False
+  if fit_kwargs.get("validation_split"):
+    return False
+  return fit_kwargs.get("shuffle", True) in (True, False)
+
+
+def array_dataset(arrays, batch_size, shuffle):
+  """Batches of `arrays` (a tuple sliced together along the first axis), one epoch each.
+
+  With `shuffle`, every iteration (epoch) draws a new uniform permutation of the rows,
+  from TensorFlow's global seed when one is set (`keras.utils.set_random_seed`);
+  otherwise the rows keep their order. The last batch has the remainder. The arrays
+  ride along as one dataset element rather than graph constants, so their size is not
+  bound by the 2 GB graph limit. Sharded by data under `tf.distribute`, as Keras does.
+
+  Args:
+    arrays: tuple of arrays or tensors with the same number of rows.
+    batch_size: rows per batch (the global batch under a distribution strategy).
+    shuffle: whether to permute the rows every epoch.
+
+  Returns:
+    A `tf.data.Dataset` of tuples of batches.
+
+  Raises:
+    ValueError: for a non-positive `batch_size` or arrays with different row counts.
+  """
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+  arrays = tuple(tf.convert_to_tensor(a) for a in arrays)
+  rows = {int(a.shape[0]) for a in arrays}
+  if len(rows) != 1:
+    raise ValueError("x and the context passed to fit must have the same number of rows; "
+                     f"got {[int(a.shape[0]) for a in arrays]}.")
+  num_rows = rows.pop()
+  indices = tf.data.Dataset.range(num_rows)
+  if shuffle:
+    indices = indices.shuffle(num_rows, reshuffle_each_iteration=True)
+  batches = tf.data.Dataset.zip(
+      (indices.batch(batch_size), tf.data.Dataset.from_tensors(arrays).repeat()))
+  dataset = batches.map(lambda index, data: tuple(tf.gather(a, index) for a in data))
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return dataset.prefetch(2).with_options(options)
