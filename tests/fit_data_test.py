@@ -68,6 +68,9 @@ def test_shuffled_epochs_are_fresh_permutations_with_context_rows_kept_paired():
 def test_the_pipeline_runs_without_autotuning_and_fit_uses_it_for_arrays(monkeypatch):
   x, context = _data()
   assert fit_data.array_dataset((x,), 32, False).options().autotune.enabled is False
+  assert tf.data.Dataset.range(3).options().autotune.enabled is not False
+  assert fit_data.without_autotuning(
+      tf.data.Dataset.range(3)).options().autotune.enabled is False
   built = []
   original = fit_data.array_dataset
   monkeypatch.setattr(fit_data, "array_dataset",

@@ -13,7 +13,7 @@ gather per batch) with autotuning off and a fixed prefetch of two batches.
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["array_dataset", "takes_arrays"]
+__all__ = ["array_dataset", "takes_arrays", "without_autotuning"]
 
 _KERAS_ONLY = ("sample_weight", "class_weight", "steps_per_epoch")
 
@@ -52,7 +52,9 @@ def array_dataset(arrays, batch_size, shuffle):
     shuffle: whether to permute the rows every epoch.
 
   Returns:
-    A `tf.data.Dataset` of tuples of batches.
+    A `tf.data.Dataset` of batches: tensors for one array, tuples for several (as
+    Keras packs `x` alone and `(x, y)`; a one-element tuple would not reduce under a
+    multi-worker strategy).
 
   Raises:
     ValueError: for a non-positive `batch_size` or arrays with different row counts.
@@ -70,9 +72,20 @@ def array_dataset(arrays, batch_size, shuffle):
     indices = indices.shuffle(num_rows, reshuffle_each_iteration=True)
   batches = tf.data.Dataset.zip(
       (indices.batch(batch_size), tf.data.Dataset.from_tensors(arrays).repeat()))
-  dataset = batches.map(lambda index, data: tuple(tf.gather(a, index) for a in data))
+  dataset = batches.map(lambda index, data: _rows(data, index))
   options = tf.data.Options()
-  options.autotune.enabled = False
   options.experimental_distribute.auto_shard_policy = (
       tf.data.experimental.AutoShardPolicy.DATA)
-  return dataset.prefetch(2).with_options(options)
+  return without_autotuning(dataset.prefetch(2).with_options(options))
+
+
+def _rows(arrays, index):
+  rows = tuple(tf.gather(a, index) for a in arrays)
+  return rows[0] if len(rows) == 1 else rows
+
+
+def without_autotuning(dataset):
+  """`dataset` with tf.data's autotuning off, for in-memory pipelines (see the module)."""
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)

@@ -20,6 +20,7 @@ import pytest
 from absl import flags
 
 import tfp_flows
+from tfp_flows import fit_data
 from tfp_flows.cli import app
 from tfp_flows.cli import backup as backup_lib
 
@@ -53,6 +54,20 @@ def test_steps_per_epoch_longer_than_the_data_runs_as_announced(capsys, tmp_path
   assert status == 0, err
   assert "for 2 epochs of 7 steps." in out
   assert _saved_steps(run_dir) == 14  # was 6: Keras stopped when the arrays ran out
+
+
+def test_training_data_runs_without_tf_data_autotuning(capsys, tmp_path, monkeypatch):
+  # On 2 cores the autotuner left whole epochs on one core (tfp_flows.fit_data): both
+  # the arrays path and the --steps_per_epoch stream go through `without_autotuning`.
+  tuned = []
+  original = fit_data.without_autotuning
+  monkeypatch.setattr(fit_data, "without_autotuning",
+                      lambda dataset: tuned.append(dataset) or original(dataset))
+  for i, extra in enumerate([(), ("--steps_per_epoch=3",)]):
+    status, _, err = _cli(capsys, "train", *_SMALL, "--epochs=1", *extra,
+                          f"--output_dir={tmp_path / str(i)}")
+    assert status == 0, err
+    assert len(tuned) == i + 1
 
 
 def _ctrl_c_at(step):

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_flows import data
+from tfp_flows import fit_data
 from tfp_flows.cli import backup as backup_lib
 from tfp_flows.cli import datasets
 from tfp_flows.cli import diagnostics
@@ -104,9 +105,10 @@ def _training_data(x, config):
   """
   if config.steps_per_epoch is None:
     return {"x": x, "batch_size": config.batch_size, "shuffle": True}
-  stream = (tf.data.Dataset.from_tensor_slices(x)
-            .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-            .repeat().batch(config.batch_size))
+  stream = fit_data.without_autotuning(
+      tf.data.Dataset.from_tensor_slices(x)
+      .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
+      .repeat().batch(config.batch_size).prefetch(2))
   return {"x": stream, "shuffle": False}  # shuffled by the stream itself
 
 
