@@ -71,6 +71,25 @@ def _column(t, like):
   return ops.reshape(t, [-1, 1])
 
 
+def _conv_sizes(filters, kernel_size):
+  """`(filters, kernel_size)` as ints, or a ValueError when either is not positive."""
+  if int(filters) < 1 or int(kernel_size) < 1:
+    raise ValueError(f"filters and kernel_size must be positive; got {filters!r}, "
+                     f"{kernel_size!r}.")
+  return int(filters), int(kernel_size)
+
+
+def _add_time_weights(layer, units):
+  """A concat-squash layer's time weights g, c and h (after its kernel and bias, the
+  order its saved files hold them in); h starts at zero with `zero_init`."""
+  layer.gate_kernel = layer.add_weight(shape=(1, units), initializer="glorot_uniform",
+                                       name="gate_kernel")
+  layer.gate_bias = layer.add_weight(shape=(units,), initializer="zeros", name="gate_bias")
+  layer.time_bias = layer.add_weight(
+      shape=(1, units), initializer="zeros" if layer.zero_init else "glorot_uniform",
+      name="time_bias")
+
+
 def _gate_and_shift(layer, t):
   """`sigmoid(t g + c)` and `t h` per row, `[B, units]`, from the time column `t` `[B, 1]`.
 
@@ -111,13 +130,7 @@ class ConcatSquashDense(keras.layers.Layer):
     self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer=init,
                                   name="kernel")
     self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
-    self.gate_kernel = self.add_weight(shape=(1, self.units), initializer="glorot_uniform",
-                                       name="gate_kernel")
-    self.gate_bias = self.add_weight(shape=(self.units,), initializer="zeros",
-                                     name="gate_bias")
-    self.time_bias = self.add_weight(shape=(1, self.units),
-                                     initializer="zeros" if self.zero_init else
-                                     "glorot_uniform", name="time_bias")
+    _add_time_weights(self, self.units)
 
   def call(self, z, t):
     gate, shift = _gate_and_shift(self, _column(t, z))
@@ -151,11 +164,7 @@ class ConcatSquashConv2D(keras.layers.Layer):
 
   def __init__(self, filters, kernel_size=3, zero_init=False, **kwargs):
     super().__init__(**kwargs)
-    if int(filters) < 1 or int(kernel_size) < 1:
-      raise ValueError(f"filters and kernel_size must be positive; got {filters!r}, "
-                       f"{kernel_size!r}.")
-    self.filters = int(filters)
-    self.kernel_size = int(kernel_size)
+    self.filters, self.kernel_size = _conv_sizes(filters, kernel_size)
     self.zero_init = bool(zero_init)
 
   def build(self, input_shape):
@@ -164,13 +173,7 @@ class ConcatSquashConv2D(keras.layers.Layer):
         shape=(self.kernel_size, self.kernel_size, input_shape[-1], self.filters),
         initializer=init, name="kernel")
     self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
-    self.gate_kernel = self.add_weight(shape=(1, self.filters),
-                                       initializer="glorot_uniform", name="gate_kernel")
-    self.gate_bias = self.add_weight(shape=(self.filters,), initializer="zeros",
-                                     name="gate_bias")
-    self.time_bias = self.add_weight(shape=(1, self.filters),
-                                     initializer="zeros" if self.zero_init else
-                                     "glorot_uniform", name="time_bias")
+    _add_time_weights(self, self.filters)
 
   def call(self, z, t):
     gate, shift = _gate_and_shift(self, _column(t, z[:, 0, 0, :]))
@@ -264,11 +267,7 @@ class TimeConcatConv2D(keras.layers.Layer):
 
   def __init__(self, filters, kernel_size=3, with_time=False, zero_init=False, **kwargs):
     super().__init__(**kwargs)
-    if int(filters) < 1 or int(kernel_size) < 1:
-      raise ValueError(f"filters and kernel_size must be positive; got {filters!r}, "
-                       f"{kernel_size!r}.")
-    self.filters = int(filters)
-    self.kernel_size = int(kernel_size)
+    self.filters, self.kernel_size = _conv_sizes(filters, kernel_size)
     self.with_time = bool(with_time)
     self.zero_init = bool(zero_init)
 
