@@ -355,8 +355,8 @@ class FlowModel(keras.Model):
       # A placeholder stream: each step's batch is ignored by the objective. One row
       # per replica, as a distribution strategy splits each batch over replicas.
       replicas = self.distribute_strategy.num_replicas_in_sync
-      x = tf.data.Dataset.from_tensors(
-          tf.zeros([replicas, 1], self.compute_dtype)).repeat()
+      x = fit_data.without_autotuning(tf.data.Dataset.from_tensors(
+          tf.zeros([replicas, 1], self.compute_dtype)).repeat())
       kwargs.setdefault("shuffle", False)
     elif fit_data.takes_arrays(x, y, kwargs):
       x = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
