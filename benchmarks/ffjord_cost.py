@@ -26,7 +26,8 @@ library's solver, so the field is the one the peer benchmark times.
 
 Usage:
   git show REV:tfp_flows/numerics/ode.py > /tmp/ode_rev.py
-  git show REV:tfp_flows/nets/time_conditioned.py > /tmp/net_rev.py
+  git show REV:tfp_flows/nets/time_layers.py > /tmp/net_rev.py
+  (before 2026-12-07 the layers were in tfp_flows/nets/time_conditioned.py)
   python benchmarks/ffjord_cost.py --hlo --compare=before=/tmp/ode_rev.py+/tmp/net_rev.py
 """
 
@@ -51,8 +52,8 @@ _HLO = flags.DEFINE_boolean("hlo", False, "Count the XLA step's HLO per loop bod
 _COMPARE = flags.DEFINE_list(
     "compare", [], "Variants to A/B against the library, each LABEL=ODE_PATH or "
     "LABEL=ODE_PATH+NET_PATH: a copy of another tfp_flows/numerics/ode.py, and optionally "
-    "of tfp_flows/nets/time_conditioned.py, whose ConcatSquashDense methods the variant "
-    "traces with.")
+    "of the module holding ConcatSquashDense (tfp_flows/nets/time_layers.py, "
+    "time_conditioned.py before 2026-12-07), whose methods the variant traces with.")
 _RANDINIT = flags.DEFINE_boolean("random_init", False,
                                  "Start from a random field (re-drawn zero kernels).")
 _BATCH = 256

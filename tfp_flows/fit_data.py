@@ -28,7 +28,7 @@ def takes_arrays(x, y, fit_kwargs):
   arrays = (x,) if y is None else (x, y)
   if not all(isinstance(a, np.ndarray) or tf.is_tensor(a) for a in arrays):
     return False
-  if any(isinstance(a, tf.SparseTensor) or isinstance(a, tf.RaggedTensor) for a in arrays):
+  if any(isinstance(a, (tf.SparseTensor, tf.RaggedTensor)) for a in arrays):
     return False
   if any(fit_kwargs.get(name) is not None for name in _KERAS_ONLY):
     return False

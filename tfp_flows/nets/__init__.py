@@ -9,12 +9,12 @@ from tfp_flows.nets.mlp import MLP
 from tfp_flows.nets.spectral_norm import spectral_norm_exact
 from tfp_flows.nets.spectral_norm_conv import SpectralNormConv2D
 from tfp_flows.nets.spectral_norm_dense import SpectralNormDense
-from tfp_flows.nets.time_conditioned import ConcatSquashConv2D
-from tfp_flows.nets.time_conditioned import ConcatSquashDense
-from tfp_flows.nets.time_conditioned import TimeConcatConv2D
-from tfp_flows.nets.time_conditioned import TimeConcatDense
 from tfp_flows.nets.time_conditioned import TimeConditionedConvNet
 from tfp_flows.nets.time_conditioned import TimeConditionedMLP
+from tfp_flows.nets.time_layers import ConcatSquashConv2D
+from tfp_flows.nets.time_layers import ConcatSquashDense
+from tfp_flows.nets.time_layers import TimeConcatConv2D
+from tfp_flows.nets.time_layers import TimeConcatDense
 
 __all__ = ["CausalTransformer", "ConcatSquashConv2D", "ConcatSquashDense", "GlowConvNet",
            "LipSwish", "MADE", "MLP", "SpectralNormConv2D", "SpectralNormDense",
