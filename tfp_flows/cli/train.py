@@ -6,7 +6,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tfp_flows import data
 from tfp_flows import fit_data
@@ -100,15 +99,13 @@ def _training_data(x, config):
 
   With `--steps_per_epoch`, Keras stops at the end of arrays ("ran out of data"), so
   an epoch longer than the data would run fewer steps than it announced. The data
-  then comes as an endless stream, reshuffled every pass, and each epoch runs exactly
+  then comes as an endless stream of `fit`'s own array batches, reshuffled every pass
+  (from the global seed `config.seed` set), and each epoch runs exactly
   `steps_per_epoch` batches, continuing where the last one stopped.
   """
   if config.steps_per_epoch is None:
     return {"x": x, "batch_size": config.batch_size, "shuffle": True}
-  stream = fit_data.without_autotuning(
-      tf.data.Dataset.from_tensor_slices(x)
-      .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-      .repeat().batch(config.batch_size).prefetch(2))
+  stream = fit_data.array_dataset((x,), config.batch_size, shuffle=True).repeat()
   return {"x": stream, "shuffle": False}  # shuffled by the stream itself
 
 
