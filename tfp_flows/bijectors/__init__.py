@@ -9,7 +9,6 @@ from tfp_flows.bijectors.coupling import Coupling, checkerboard_mask
 from tfp_flows.bijectors.factor_out import FactorOut
 from tfp_flows.bijectors.invertible_conv1x1 import InvertibleConv1x1
 from tfp_flows.bijectors.network_bijector import NetworkBijector
-from tfp_flows.bijectors.permute import Permute
 from tfp_flows.bijectors.preprocessing import Logit
 from tfp_flows.bijectors.spline import (CircularRationalQuadraticTransformer,
                                         RationalQuadraticTransformer)
@@ -25,7 +24,7 @@ __all__ = [
     "ActNorm", "AdditiveTransformer", "AffineTransformer", "Autoregressive",
     "CircularRationalQuadraticTransformer", "ConditionalAffine", "ContinuousFlow",
     "ContinuousFlowResult", "Coupling", "NetworkBijector",
-    "FactorOut", "InvertibleConv1x1", "Logit", "Permute", "RationalQuadraticTransformer",
+    "FactorOut", "InvertibleConv1x1", "Logit", "RationalQuadraticTransformer",
     "ResidualBlock", "Squeeze", "TokenSolveResult", "Transformer", "TransformerAutoregressive",
     "checkerboard_mask",
     "conditional_kwargs", "fixed_point_solve", "is_conditional", "stable_name",

@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
+import tensorflow_probability as tfp
 
-from tfp_flows.bijectors import permute
 from tfp_flows.layers import flow_layer
 
 __all__ = ["Permute"]
@@ -13,7 +13,7 @@ _ORDERS = ("reversed", "random")
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
 class Permute(flow_layer.FlowLayer):
-  """Fixed permutation of the last axis between flow transforms (`bijectors.Permute`).
+  """Fixed permutation of the last axis between flow transforms: `tfb.Permute`.
 
   Volume preserving (log-det 0), no trainable weights; the permutation is saved in the
   config. A cheaper alternative to a learned LU linear layer (`InvertibleConv1x1`).
@@ -52,7 +52,7 @@ class Permute(flow_layer.FlowLayer):
     super().build(input_shape)
 
   def make_bijector(self):
-    return permute.Permute(self._indices, name=self.bijector_name())
+    return tfp.bijectors.Permute(self._indices, name=self.bijector_name())
 
   def get_config(self):
     return {**super().get_config(), "permutation": self.permutation, "seed": self.seed}
