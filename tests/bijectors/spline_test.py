@@ -425,8 +425,10 @@ def test_a_flows_layers_share_one_trace_of_the_kernel():
   rng = np.random.default_rng(16)
   weights = [tf.Variable(rng.normal(size=[2, 2 * t.num_params]).astype(np.float32))
              for _ in range(3)]
+  # Each layer holds its own, equal, transformer, as a flow's layers do.
   chain = tfp.bijectors.Chain([
-      tffb.Coupling(lambda x_a, w=w: tf.tanh(tf.tensordot(x_a, w, 1)), t, num_channels=4)
+      tffb.Coupling(lambda x_a, w=w: tf.tanh(tf.tensordot(x_a, w, 1)),
+                    tffb.RationalQuadraticTransformer(**t.get_config()), num_channels=4)
       for w in weights])
 
   @tf.function(jit_compile=True)
@@ -435,20 +437,20 @@ def test_a_flows_layers_share_one_trace_of_the_kernel():
       log_det = tf.reduce_sum(chain.inverse_log_det_jacobian(y, event_ndims=1))
     return log_det, tape.gradient(log_det, weights)
 
+  traced = spline_lib._traced_kernel(  # pylint: disable=protected-access
+      t._spline, spline_lib._INVERSE, tf.float32, 2)  # pylint: disable=protected-access
   for batch in (3, 5):
     log_det, gradients = value_and_gradient(tf.constant(rng.normal(size=[batch, 4]),
                                                         tf.float32))
     assert np.isfinite(log_det.numpy()) and all(
         np.all(np.isfinite(g.numpy())) for g in gradients)
+  assert traced.experimental_get_tracing_count() == 1  # the layers' equal splines share it
   graph_inverse = tf.function(t.inverse)
   for batch in (7, 4):
     y = tf.constant(rng.uniform(-3.0, 3.0, size=[batch, 2]), tf.float32)
     params = tf.constant(_random_params(rng, [batch, 2], t.num_params, 1.0, np.float32))
     for got, want in zip(graph_inverse(y, params), t.inverse(y, params)):
       np.testing.assert_array_equal(got.numpy(), want.numpy())
-  traced = spline_lib._traced_kernel(  # pylint: disable=protected-access
-      (5, 2.5, 1e-3, 1e-3, 0.0123, False), spline_lib._INVERSE,  # pylint: disable=protected-access
-      tf.float32, 2)
   assert traced.experimental_get_tracing_count() == 1
 
 

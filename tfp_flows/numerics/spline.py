@@ -340,25 +340,22 @@ def _kernel(spline, direction):
 
 
 @functools.lru_cache(maxsize=None)
-def _traced_kernel(configuration, direction, dtype, rank):
-  """`_kernel` of the spline with these constructor arguments as one `tf.function` of
-  `(value, params)` of this dtype and rank.
+def _traced_kernel(spline, direction, dtype, rank):
+  """`_kernel` of `spline` as one `tf.function` of `(value, params)` of this dtype and rank.
 
-  A flow's layers share the spline's configuration, so the kernel and its closed-form
-  gradient are traced once per configuration, direction, dtype and rank instead of
-  once per layer: the first XLA step of the 8-layer 64-D NSF traces in about 1.2 s
-  instead of 2.1 s (benchmarks/RESULTS.md). Graph mode and XLA inline the call with the
-  caller's static shapes, so the compiled step is the same. The signature leaves every
-  dimension open (but the parameters'), so no batch shape retraces it; flattening to
-  one dimension instead made XLA copy the coupling's strided half of the input.
+  A flow's layers hold equal splines, so the kernel and its closed-form gradient are
+  traced once per configuration, direction, dtype and rank instead of once per layer:
+  the first XLA step of the 8-layer 64-D NSF traces in about 1.2 s instead of 2.1 s
+  (benchmarks/RESULTS.md). Graph mode and XLA inline the call with the caller's static
+  shapes, so the compiled step is the same. The signature leaves every dimension open
+  (but the parameters'), so no batch shape retraces it; flattening to one dimension
+  instead made XLA copy the coupling's strided half of the input.
   """
-  spline = RationalQuadraticSpline(*configuration)
   batch = None if rank is None else [None] * rank
-  return tf.function(
-      _kernel(spline, direction), autograph=False,
-      input_signature=[tf.TensorSpec(batch, dtype),
-                       tf.TensorSpec(None if rank is None else batch + [spline.num_params],
-                                     dtype)])
+  params = None if rank is None else batch + [spline.num_params]
+  return tf.function(_kernel(spline, direction), autograph=False,
+                     input_signature=[tf.TensorSpec(batch, dtype),
+                                      tf.TensorSpec(params, dtype)])
 
 
 class RationalQuadraticSpline:
@@ -421,10 +418,18 @@ class RationalQuadraticSpline:
     value, params = self._prepare(value, params)
     if not tf.inside_function():  # eager calls would pay a trace for each configuration
       return _kernel(self, direction)(value, params)
-    configuration = (self.num_bins, self.bound, self.min_bin_width, self.min_bin_height,
-                     self.min_derivative, self.circular)
-    return _traced_kernel(configuration, direction, value.dtype, value.shape.rank)(
-        value, params)
+    return _traced_kernel(self, direction, value.dtype, value.shape.rank)(value, params)
+
+  def _configuration(self):
+    return (self.num_bins, self.bound, self.min_bin_width, self.min_bin_height,
+            self.min_derivative, self.circular)
+
+  def __eq__(self, other):
+    return (type(other) is type(self)
+            and other._configuration() == self._configuration())  # pylint: disable=protected-access
+
+  def __hash__(self):
+    return hash(self._configuration())
 
   def _prepare(self, value, params):
     """`value` (wrapped on the circle) and `params` with one dtype and one batch shape."""
