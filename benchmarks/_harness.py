@@ -24,7 +24,8 @@ from absl import app
 
 __all__ = [
     "median", "sync", "timed_calls", "calls_for_duration", "timed_rates", "peak_rss_mb",
-    "keras_train_step", "fit_rates", "eval_functions", "vector_data", "check_choices",
+    "keras_train_step", "fit_rates", "eval_functions", "vector_data", "nsf_coupling_preset",
+    "check_choices",
     "warn_if_changed",
     "emit", "parse_result", "worker_command", "worker_env", "cpu_jiffies", "busy_cores",
     "wait_for_quiet", "load_average", "CpuMeter", "fingerprint", "ratio", "spread",
@@ -154,6 +155,21 @@ def eval_functions(distribution, batch_size, xla):
     return distribution.log_prob(x)
 
   return sample_fn, log_prob_fn
+
+
+# The coupling NSF that the step profiles (xla_profile.py, nsf_floor.py) time, as the peer
+# comparison's own step builds it: K = 8 bins on [-3, 3], MLPs 128 x 2, fixed reversals.
+NSF_NUM_BINS = 8
+NSF_HIDDEN = 128
+
+
+def nsf_coupling_preset(dims, num_layers):
+  """`tfp_flows.models.NeuralSplineFlow` as the step profiles time it (no ActNorm)."""
+  import tfp_flows as tff  # pylint: disable=import-outside-toplevel
+  return tff.models.NeuralSplineFlow(
+      dims, num_layers=num_layers, num_bins=NSF_NUM_BINS, bound=3.0,
+      hidden_units=(NSF_HIDDEN, NSF_HIDDEN), autoregressive=False, linear="permute",
+      actnorm=False)
 
 
 def vector_data(dims, batch_size):

@@ -26,8 +26,6 @@ _LAYERS = flags.DEFINE_integer("layers", 8, "Coupling layers.")
 _ROUNDS = flags.DEFINE_integer("rounds", 9, "Round-robin rounds.")
 
 BATCH = 256
-NUM_BINS = 8
-HIDDEN = 128
 
 
 def _floor_step(dims, layers):
@@ -35,11 +33,11 @@ def _floor_step(dims, layers):
   import keras  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   half = dims // 2
-  params = 3 * NUM_BINS - 1
+  params = 3 * _harness.NSF_NUM_BINS - 1
   nets = []
   for _ in range(layers):
-    net = keras.Sequential([keras.layers.Dense(HIDDEN, activation="relu"),
-                            keras.layers.Dense(HIDDEN, activation="relu"),
+    net = keras.Sequential([keras.layers.Dense(_harness.NSF_HIDDEN, activation="relu"),
+                            keras.layers.Dense(_harness.NSF_HIDDEN, activation="relu"),
                             keras.layers.Dense((dims - half) * params)])
     net.build((None, half))
     nets.append(net)
@@ -68,14 +66,10 @@ def main(argv):
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  import tfp_flows as tff  # pylint: disable=import-outside-toplevel
-
   dims, layers = _DIMS.value, _LAYERS.value
   if dims < 2 or layers < 1:
     raise app.UsageError(f"--dims must be >= 2 and --layers >= 1; got {dims}, {layers}.")
-  model = tff.models.NeuralSplineFlow(
-      dims, num_layers=layers, num_bins=NUM_BINS, bound=3.0, hidden_units=(HIDDEN, HIDDEN),
-      autoregressive=False, linear="permute", actnorm=False)
+  model = _harness.nsf_coupling_preset(dims, layers)
   steps = {
       "NSF preset step": _harness.keras_train_step(
           model, keras.optimizers.Adam(1e-3), model.trainable_variables, xla=True),

@@ -87,12 +87,8 @@ def main(argv):
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  import tfp_flows as tff  # pylint: disable=import-outside-toplevel
-
   dims = _DIMS.value
-  model = tff.models.NeuralSplineFlow(
-      dims, num_layers=_LAYERS.value, num_bins=8, bound=3.0, hidden_units=(128, 128),
-      autoregressive=False, linear="permute", actnorm=False)
+  model = _harness.nsf_coupling_preset(dims, _LAYERS.value)
   if _MODE.value == "train":
     fn = _harness.keras_train_step(model, keras.optimizers.Adam(1e-3),
                                    model.trainable_variables, xla=True)
