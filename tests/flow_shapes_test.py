@@ -103,6 +103,49 @@ def test_contexts_follow_the_sample_shape():
   assert model.log_prob(x[:0], context[:0]).shape == (0,)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("name", sorted(_FAMILIES))
+def test_a_wrong_event_shape_is_an_error_when_shapes_are_known_only_at_run_time(
+    name, jit_compile):
+  # Keras' predict and evaluate retrace with relaxed shapes: the points then arrive as
+  # [None, None, ...], and a reshape alone would score the wrong points.
+  model = _FAMILIES[name]()
+  x = _points(model)
+  rank = len(x.shape)
+  log_prob = tf.function(model.log_prob, jit_compile=jit_compile,
+                         input_signature=[tf.TensorSpec([None] * rank, tf.float32)])
+  np.testing.assert_allclose(log_prob(x).numpy(), model.log_prob(x).numpy(), rtol=1e-5)
+  # Same number of values, another event shape: [6, 2] as [3, 4], [6, 4, 4, 1] as
+  # [6, 2, 8, 1].
+  bad = x.reshape(3, 4) if rank == 2 else x.reshape(x.shape[0], 2, 8, 1)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="not compatible with expected"):
+    log_prob(bad)
+
+
+def test_keras_predict_rejects_a_wrong_event_shape_after_a_good_call():
+  model = _FAMILIES["glow"]()
+  x = _points(model)
+  model.predict(x, verbose=0)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="not compatible with expected"):
+    model.predict(x.reshape(6, 2, 8, 1), verbose=0)
+
+
+def test_a_context_row_count_is_checked_when_known_only_at_run_time():
+  model = tff.models.NeuralSplineFlow(2, num_layers=1, hidden_units=(4,), context_dims=3)
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(6, 2)).astype("float32")
+  context = rng.normal(size=(6, 3)).astype("float32")
+  signature = [tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None, 3], tf.float32)]
+  for jit_compile in (False, True):
+    log_prob = tf.function(model.log_prob, jit_compile=jit_compile,
+                           input_signature=signature)
+    np.testing.assert_allclose(log_prob(x, context).numpy(),
+                               model.log_prob(x, context).numpy(), rtol=1e-5)
+    # One row for six points would broadcast in the layers: a run-time error instead.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+      log_prob(x, context[:1])
+
+
 def test_sample_count_must_be_a_non_negative_int():
   model = _FAMILIES["coupling"]()
   for n in (-1, 2.5):

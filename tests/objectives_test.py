@@ -55,6 +55,23 @@ def test_strings_and_objects_train_alike():
                     objectives.MaximumLikelihood)
 
 
+def test_flow_matching_rejects_a_context_as_maximum_likelihood_does():
+  # An unconditional flow given fit(x, y) must not train on x alone.
+  x, y = _data(), np.zeros([64, 1], "float32")
+  for training in ("flow_matching", "maximum_likelihood"):
+    model = _ffjord(training=training)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    with pytest.raises(ValueError, match="has no context_shape, so it takes no context"):
+      model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+
+
+def test_flow_matching_rejects_points_of_another_event_shape():
+  model = _ffjord(training="flow_matching")
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  with pytest.raises(ValueError, match="log_prob takes points of event_shape"):
+    model.fit(np.zeros([64, 3], "float32"), batch_size=32, epochs=1, verbose=0)
+
+
 def test_flow_matching_val_loss_is_the_seeded_regression_loss():
   # Evaluation uses a fixed seed: val_loss repeats, and it is the layer's own
   # flow-matching loss with that seed; nll is the exact likelihood.

@@ -189,8 +189,8 @@ class FlowModel(keras.Model):
     As in TFP any leading sample shape works (one point gives a scalar); the points
     walk the layers as one batch `[N, *event_shape]`, and so does the context.
     """
-    x = tf.convert_to_tensor(inputs)
-    sample_shape = flow_inputs.sample_shape_of(x, self.event_shape)
+    x, sample_shape = flow_inputs.checked_points(tf.convert_to_tensor(inputs),
+                                                 self.event_shape)
     context = self._check_context(context, x, sample_shape)
     if not x.dtype.is_floating:
       x = tf.cast(x, self.compute_dtype)
@@ -218,23 +218,7 @@ class FlowModel(keras.Model):
       temperature: scales the standard-normal base (Glow's temperature); needs the
         default base.
     """
-    if temperature != 1.0 and self._custom_base:
-      raise ValueError("temperature needs the default standard-normal base distribution.")
-    if not temperature > 0:
-      raise ValueError(f"temperature must be positive; got {temperature!r}.")
-    if not tf.is_tensor(n) and (not isinstance(n, (int, np.integer)) or n < 0):
-      raise ValueError(f"n must be a non-negative int; got {n!r}.")
-    context = self._check_context(context)
-    rows = []
-    if context is not None:
-      rows = context.shape[:context.shape.rank - len(self.context_shape)].as_list()
-      context = tf.reshape(context, [-1, *self.context_shape])
-      num_rows = int(np.prod(rows)) if rows else 1
-      context = tf.tile(context[tf.newaxis], [n] + [1] * context.shape.rank)
-      context = tf.reshape(context, [n * num_rows, *self.context_shape])
-      total = n * num_rows
-    else:
-      total = n
+    context, rows, total = self._sample_context(n, context, temperature)
     if not tf.is_tensor(total) and total == 0:  # no draws: nothing to map (and some layers cannot map none)
       return tf.zeros([n, *rows, *self.event_shape], self.base_distribution.dtype)
     z = self.base_distribution.sample(total, seed=probes.stateless_seed(seed)) * temperature
@@ -242,6 +226,28 @@ class FlowModel(keras.Model):
     x = bijector.forward(z, **bijectors_lib.conditional_kwargs(bijector, context))
     x = self.flow.postprocess_sample(x)
     return tf.reshape(x, [n, *rows, *self.event_shape])
+
+  def _sample_context(self, n, context, temperature):
+    """`sample`'s arguments checked: `(context, rows, total)`.
+
+    The context is repeated for `n` samples per row (`[n * m, *context_shape]`, or None),
+    `rows` is the shape of its rows (`[m]`, or `[]` for one row or none) and `total` the
+    number of base draws.
+    """
+    if temperature != 1.0 and self._custom_base:
+      raise ValueError("temperature needs the default standard-normal base distribution.")
+    if not temperature > 0:
+      raise ValueError(f"temperature must be positive; got {temperature!r}.")
+    if not tf.is_tensor(n) and (not isinstance(n, (int, np.integer)) or n < 0):
+      raise ValueError(f"n must be a non-negative int; got {n!r}.")
+    context = self._check_context(context)
+    if context is None:
+      return None, [], n
+    rows = context.shape[:context.shape.rank - len(self.context_shape)].as_list()
+    context = tf.reshape(context, [-1, *self.context_shape])
+    num_rows = int(np.prod(rows)) if rows else 1
+    context = tf.tile(context[tf.newaxis], [n] + [1] * context.shape.rank)
+    return tf.reshape(context, [n * num_rows, *self.context_shape]), rows, n * num_rows
 
   def train_step(self, data):
     """One step of the objective, applied only if its loss and gradients are finite.

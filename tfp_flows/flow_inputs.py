@@ -1,12 +1,16 @@
 """Checks of what a caller passes to a FlowModel: points and their context rows.
 
-A wrong shape is a clear `ValueError` at trace time (also under XLA), never a
-broadcast that quietly returns numbers for the wrong points.
+A wrong static shape is a clear `ValueError` at trace time, never a broadcast that
+quietly returns numbers for the wrong points. Where a shape is only known when the call
+runs (a `tf.function` traced with relaxed shapes, as Keras' `predict` and `evaluate`
+retrace), the check runs then: an `InvalidArgumentError` eagerly and in graphs, and under
+XLA a compile-time error from `tf.ensure_shape` or from reshaping the context to one
+row per point.
 """
 
 import tensorflow as tf
 
-__all__ = ["checked_context", "sample_shape_of"]
+__all__ = ["checked_context", "checked_points"]
 
 
 def checked_context(context, context_shape, context_dtype, x=None, sample_shape=None):
@@ -17,14 +21,15 @@ def checked_context(context, context_shape, context_dtype, x=None, sample_shape=
     context_shape: the shape of one context row, or None for an unconditional flow.
     context_dtype: the dtype the flow layers take.
     x: the points of a `log_prob` call, or None (sampling).
-    sample_shape: the leading shape of `x` (`sample_shape_of`).
+    sample_shape: the leading shape of `x` (`checked_points`).
 
   Returns:
     The context as a tensor of `context_dtype`, or None for an unconditional flow. Its
     rows must have shape `context_shape`; with `x` there must be one row per point of
     x, `[*sample_shape, *context_shape]` (no broadcasting). A float context for integer
-    labels keeps its whole numbers; any other value becomes -1, a label every layer
-    rejects, rather than being truncated.
+    labels keeps its whole numbers; any other value becomes the integer dtype's
+    minimum, a label every layer rejects, rather than being truncated (-1 would not do:
+    TarFlow reads it as "no label").
 
   Raises:
     ValueError: for a context given to an unconditional flow, a missing one, or one of
@@ -48,18 +53,34 @@ def checked_context(context, context_shape, context_dtype, x=None, sample_shape=
       raise ValueError(f"log_prob takes one context row per row of x: a context of "
                        f"shape {sample_shape.as_list() + list(context_shape)}; got "
                        f"{shape} for x of shape {x.shape}.")
-  if context.dtype.is_floating and not tf.as_dtype(context_dtype).is_floating:
+  if x is not None and not (shape.is_fully_defined() and x.shape.is_fully_defined()):
+    expected = tf.concat([tf.shape(x)[:sample_shape.rank],
+                          tf.constant(list(context_shape), tf.int32)], 0)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.shape(context), expected,
+        message="log_prob takes one context row per row of x")]):
+      context = tf.reshape(context, expected)
+  context_dtype = tf.as_dtype(context_dtype)
+  if context.dtype.is_floating and not context_dtype.is_floating:
     whole = tf.math.is_finite(context) & tf.equal(context, tf.floor(context))
-    context = tf.where(whole, context, -tf.ones_like(context))
+    context = tf.where(whole, context, tf.fill(tf.shape(context), tf.constant(
+        context_dtype.min, context.dtype)))
   return tf.cast(context, context_dtype)
 
 
-def sample_shape_of(x, event_shape):
-  """The leading (sample) shape of `x`, after checking that it ends in `event_shape`."""
+def checked_points(x, event_shape):
+  """`(x, sample_shape)`: `x` checked to end in `event_shape`, and its leading shape.
+
+  Raises:
+    ValueError: for a static shape that does not end in `event_shape`.
+  """
   rank, size = x.shape.rank, len(event_shape)
   if rank is None or rank < size or not x.shape[rank - size:].is_compatible_with(
       event_shape):
     raise ValueError(f"log_prob takes points of event_shape {event_shape} after any "
                      f"sample shape, [..., {str(list(event_shape))[1:-1]}]; got x of "
                      f"shape {x.shape}.")
-  return x.shape[:rank - size]
+  sample_shape = x.shape[:rank - size]
+  if not x.shape[rank - size:].is_fully_defined():
+    x = tf.ensure_shape(x, sample_shape.concatenate(event_shape))
+  return x, sample_shape

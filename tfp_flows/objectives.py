@@ -22,6 +22,7 @@ import typing
 import keras
 import tensorflow as tf
 
+from tfp_flows import flow_inputs
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import dequantize as dequantize_lib
 from tfp_flows.layers import residual_block as residual_block_lib
@@ -150,8 +151,11 @@ class FlowMatching(Objective):
     return ("flow_matching_loss",) + MaximumLikelihood().metric_names(model, training)
 
   def compute(self, model, data, training):
-    x, _ = unpack(data)
-    x = tf.convert_to_tensor(x)
+    x, context = unpack(data)
+    # The flow is unconditional (`check`): a context is an error, not dropped.
+    flow_inputs.checked_context(context, model.context_shape, model.context_dtype)
+    x, _ = flow_inputs.checked_points(tf.convert_to_tensor(x), model.event_shape)
+    x = tf.reshape(x, [-1, *model.event_shape])
     if not x.dtype.is_floating:
       x = tf.cast(x, model.compute_dtype)
     for layer in model.flow_layers[:-1]:

@@ -215,6 +215,52 @@ def test_composes_with_chain_and_transformed_distribution():
       block.inverse(x, conditional_input=labels).numpy())
 
 
+def test_labels_broadcast_to_the_batch_shape_as_tfp_broadcasts():
+  bijector = _bijector(_net(tf.float64, num_classes=3), tf.float64, conditional=True)
+  x = tf.constant(np.random.default_rng(8).normal(size=[2, 3, *IMAGE]))
+  labels = tf.constant([0, 2, 1])
+  expected = bijector.inverse_log_det_jacobian(
+      x, 3, conditional_input=tf.broadcast_to(labels, [2, 3])).numpy()
+  np.testing.assert_allclose(
+      bijector.inverse_log_det_jacobian(x, 3, conditional_input=labels).numpy(), expected,
+      rtol=1e-12)
+  # [3, 2] labels hold as many entries as the [2, 3] batch; flattening would pair them
+  # with the wrong images.
+  with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="ncompatible"):
+    bijector.inverse(x, conditional_input=tf.reshape(tf.range(6) % 3, [3, 2]))
+
+
+def test_labels_outside_the_classes_are_an_error_or_nan_never_the_no_label_row():
+  bijector = _bijector(_net(tf.float64, num_classes=3), tf.float64, conditional=True)
+  x = _images(tf.float64)
+  no_label = bijector.inverse_log_det_jacobian(x, 3, conditional_input=tf.constant(
+      [-1, -1, -1])).numpy()
+  compiled = tf.function(lambda x, labels: bijector.inverse_log_det_jacobian(
+      x, 3, conditional_input=labels), jit_compile=True)
+  for bad in ([0, 3, 1], [0, -7, 1], [0.0, 2.5, 1.0], [0.0, np.nan, 1.0]):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"integers in \[0, 3\)"):
+      bijector.inverse(x, conditional_input=tf.constant(bad))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"integers in \[0, 3\)"):
+      bijector.forward(x, conditional_input=tf.constant(bad))
+    ildj = compiled(x, tf.constant(bad)).numpy()
+    assert np.isnan(ildj[1]) and np.all(np.isfinite(ildj[[0, 2]])), ildj
+    assert not np.isclose(ildj[1], no_label[1])
+
+
+def test_kv_cache_sampling_maps_an_empty_batch():
+  bijector = _bijector(_net(tf.float32), tf.float32)
+  for jit_compile in (None, False, True):
+    forward = bijector.forward if jit_compile is None else tf.function(
+        bijector.forward, jit_compile=jit_compile,
+        input_signature=[tf.TensorSpec([None, *IMAGE], tf.float32)])
+    assert forward(tf.zeros([0, *IMAGE])).shape == [0, *IMAGE]
+  z = _images(tf.float32, n=2)
+  compiled = tf.function(bijector.forward, input_signature=[
+      tf.TensorSpec([None, *IMAGE], tf.float32)])
+  np.testing.assert_allclose(compiled(z).numpy(), bijector.forward(z).numpy(), rtol=1e-5,
+                             atol=1e-6)
+
+
 def test_batch_shapes_flatten_and_restore():
   bijector = _bijector(_net(tf.float64), tf.float64)
   x = tf.constant(np.random.default_rng(8).normal(size=[2, 3, *IMAGE]))

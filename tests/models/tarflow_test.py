@@ -180,6 +180,48 @@ def test_float64_model_samples_and_trains():
     keras.config.set_dtype_policy(policy)
 
 
+def test_sample_zero_draws_with_every_option():
+  model = _model(num_classes=3)
+  for options in ({}, {"sampling": "jacobi"}, {"guidance": 1.0}, {"denoise": True}):
+    assert model.sample(0, seed=1, context=1, **options).shape == (0, *IMAGE)
+    assert model.sample(tf.constant(0), seed=1, context=1, **options).shape == (0, *IMAGE)
+  assert model.sample(tf.constant(2), seed=1, context=1, sampling="jacobi").shape == (
+      2, *IMAGE)
+
+
+def test_a_bad_label_is_an_error_never_the_no_label_density():
+  model = _model(num_classes=3)
+  _perturb(model)
+  x = _pixels(3)
+  good = model.log_prob(x, [0, 1, -1]).numpy()
+  compiled = tf.function(model.log_prob, jit_compile=True)
+  for bad in ([0, 1, 3], [0, 1, -7], [0.0, 1.0, 2.5], [0.0, 1.0, np.nan]):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="class labels must be"):
+      model.log_prob(x, np.array(bad))
+    value = compiled(x, tf.constant(bad, tf.float32)).numpy()
+    assert np.isnan(value[2]) and np.allclose(value[:2], good[:2], rtol=1e-5), value
+  with pytest.raises(tf.errors.InvalidArgumentError, match="class labels must be"):
+    model.sample(1, seed=1, context=3)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="class labels must be"):
+    model.sample(1, seed=1, context=3, guidance=1.0)
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="class labels must be"):
+    model.fit(x, np.array([0, 1, 5]), batch_size=3, epochs=1, verbose=0)
+
+
+def test_an_unconditional_block_with_a_class_table_keeps_its_flag(tmp_path):
+  block = tff.layers.TarFlowBlock(channels=8, heads=2, num_classes=3, conditional=False)
+  model = tff.models.TarFlowModel([block], event_shape=IMAGE)
+  _perturb(model)
+  x = _pixels(2) / 32.0
+  path = str(tmp_path / "block.keras")
+  model.save(path)
+  loaded = keras.saving.load_model(path)
+  assert loaded.flow_layers[0].conditional is False
+  np.testing.assert_allclose(loaded.log_prob(x).numpy(), model.log_prob(x).numpy(),
+                             rtol=1e-6)
+
+
 def test_errors():
   model = _model()
   with pytest.raises(ValueError, match="needs a class-conditional model"):

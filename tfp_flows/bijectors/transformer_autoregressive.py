@@ -74,8 +74,8 @@ class TransformerAutoregressive(_tfp_glue.OnePassLogDet, network_bijector.Networ
   shapes, and `step(cache, index, previous_token[, conditional_input]) -> (params_i,
   cache)` giving `[N, d, num_params]` for token `index` after reading token `index - 1`
   (`previous_token [N, d]`, ignored at index 0). `tfp_flows.nets.CausalTransformer`
-  provides both. The conditional input (class labels, one per event) is flattened with
-  the batch dimensions.
+  provides both. The conditional input (class labels, one per event) is broadcast to the
+  events' batch shape (as TFP broadcasts batch shapes) and flattened with it.
 
   All-zero conditioner output gives the identity.
 
@@ -167,10 +167,12 @@ class TransformerAutoregressive(_tfp_glue.OnePassLogDet, network_bijector.Networ
     """`[..., H, W, C]` -> `([N, T, d], batch_shape)` in this block's token order."""
     height, width, channels = self._image_shape
     p = self._patch_size
-    if x.shape.rank is not None and x.shape[-3:].is_fully_defined() and (
-        x.shape[-3:].as_list() != self._image_shape):
-      raise ValueError(f"{self.name} expects images of shape {self._image_shape}; got "
-                       f"shape {x.shape.as_list()}.")
+    if x.shape.rank is not None:
+      if x.shape.rank < 3 or not x.shape[-3:].is_compatible_with(self._image_shape):
+        raise ValueError(f"{self.name} expects images of shape {self._image_shape}; got "
+                         f"shape {x.shape}.")
+      if not x.shape[-3:].is_fully_defined():  # known only when the call runs
+        x = tf.ensure_shape(x, x.shape[:-3].concatenate(self._image_shape))
     if self.validate_args:
       x = tf.debugging.assert_all_finite(x, f"{self.name}: input is not finite.")
     batch_shape = tf.shape(x)[:-3]
@@ -187,11 +189,12 @@ class TransformerAutoregressive(_tfp_glue.OnePassLogDet, network_bijector.Networ
     x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
     return tf.reshape(x, tf.concat([batch_shape, self._image_shape], 0))
 
-  def _flat_conditional_input(self, conditional_input):
+  def _flat_conditional_input(self, conditional_input, batch_shape):
+    """The labels broadcast to the events' batch shape and flattened with it."""
     self._check_conditional_input(conditional_input)
     if conditional_input is None:
       return ()
-    return (tf.reshape(conditional_input, [-1]),)
+    return (tf.reshape(tf.broadcast_to(conditional_input, batch_shape), [-1]),)
 
   # --- density direction: one parallel pass -----------------------------------------
 
@@ -208,7 +211,7 @@ class TransformerAutoregressive(_tfp_glue.OnePassLogDet, network_bijector.Networ
 
   def _inverse_and_log_det(self, x, conditional_input):
     tokens, batch_shape = self._to_tokens(x)
-    context = self._flat_conditional_input(conditional_input)
+    context = self._flat_conditional_input(conditional_input, batch_shape)
     z, log_det = self._transformer.inverse(tokens, self._params(tokens, context))
     ildj = tf.reshape(tf.reduce_sum(log_det, axis=[1, 2]), batch_shape)
     return self._from_tokens(z, batch_shape), ildj
@@ -219,7 +222,7 @@ class TransformerAutoregressive(_tfp_glue.OnePassLogDet, network_bijector.Networ
     """Samples `x = forward(z)` and reports the solve: a `TokenSolveResult`."""
     z = tf.convert_to_tensor(z, self.dtype)
     tokens, batch_shape = self._to_tokens(z)
-    context = self._flat_conditional_input(conditional_input)
+    context = self._flat_conditional_input(conditional_input, batch_shape)
     solve = {"kv_cache": self._solve_kv_cache, "jacobi": self._solve_jacobi,
              "naive": self._solve_naive}[self._sampling]
     x, log_det, converged, num_iterations = solve(tokens, context)
@@ -232,6 +235,22 @@ class TransformerAutoregressive(_tfp_glue.OnePassLogDet, network_bijector.Networ
                             tf.reshape(converged, batch_shape), num_iterations)
 
   def _solve_kv_cache(self, z, context):
+    if z.shape[0] is not None and z.shape[0] > 0:
+      return self._decode_kv_cache(z, context)
+    # The decoder writes its cache with scatters, which cannot address an empty batch
+    # (not even in an untaken branch, under XLA): a batch that may be empty is decoded
+    # with one extra row of zeros, dropped afterwards.
+    size = tf.shape(z)[0]
+    pad = tf.maximum(1 - size, 0)
+
+    def padded(t):
+      return tf.pad(t, tf.concat([[[0, pad]], tf.zeros([t.shape.rank - 1, 2], tf.int32)], 0))
+
+    x, log_det, converged, num_iterations = self._decode_kv_cache(
+        padded(z), tuple(padded(c) for c in context))
+    return x[:size], log_det[:size], converged[:size], num_iterations
+
+  def _decode_kv_cache(self, z, context):
     num_tokens = self._num_tokens
     batch_size = tf.shape(z)[0]
     z_by_token = tf.transpose(z, [1, 0, 2])

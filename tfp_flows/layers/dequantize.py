@@ -5,7 +5,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_flows.bijectors import preprocessing
-from tfp_flows.layers import _integer_check
+from tfp_flows.numerics import integer_check
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import flow_layer
 from tfp_flows.numerics import probes
@@ -67,7 +67,7 @@ class Dequantize(flow_layer.FlowLayer):
 
   def call(self, inputs, context=None, training=None):
     inputs = tf.cast(inputs, self.compute_dtype)
-    ok = _integer_check.integers_in_range(
+    ok = integer_check.integers_in_range(
         inputs, self.num_levels,
         f"{self.name}: pixel values must be integers in [0, {self.num_levels}) "
         f"(num_bits={self.num_bits}). Pass the raw integer pixels, not pixels scaled to "
@@ -80,7 +80,7 @@ class Dequantize(flow_layer.FlowLayer):
     else:
       noise = tf.constant(0.5, inputs.dtype)
     z, ildj = super().call(inputs + noise, context=context, training=training)
-    return _integer_check.nan_where_not(row_ok, z), _integer_check.nan_where_not(row_ok, ildj)
+    return integer_check.nan_where_not(row_ok, z), integer_check.nan_where_not(row_ok, ildj)
 
   def postprocess_sample(self, x):
     return tf.clip_by_value(tf.floor(x), tf.constant(0, x.dtype),

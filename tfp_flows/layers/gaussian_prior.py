@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfp_flows.bijectors import conditional_affine
-from tfp_flows.layers import _integer_check
+from tfp_flows.numerics import integer_check
 from tfp_flows.layers import flow_layer
 
 __all__ = ["GaussianPrior"]
@@ -51,12 +51,12 @@ class GaussianPrior(flow_layer.FlowLayer):
       row = self.table[0]
     else:
       labels = tf.convert_to_tensor(labels)
-      ok = _integer_check.integers_in_range(
+      ok = integer_check.integers_in_range(
           labels, self.num_classes,
           f"{self.name}: class labels must be integers in [0, {self.num_classes}) "
           f"(num_classes={self.num_classes}); pass each example's class index.")
       index = tf.cast(tf.where(ok, labels, tf.zeros_like(labels)), tf.int32)
-      row = _integer_check.nan_where_not(ok, tf.gather(self.table, index))
+      row = integer_check.nan_where_not(ok, tf.gather(self.table, index))
       row = tf.reshape(row, tf.concat(
           [tf.shape(index), [1] * (self.event_ndims - 1) + [2 * self._channels]], axis=0))
     return row[..., :self._channels], row[..., self._channels:]

@@ -27,9 +27,10 @@ class TarFlowBlock(flow_layer.FlowLayer):
   identity.
 
   Class-conditional blocks (`num_classes` set) read int labels from the flow's context;
-  a label < 0 means "no label". In training each label is dropped (set to -1) with
-  probability `label_dropout`, so the same net also learns the unconditional model that
-  classifier-free guidance needs: `make_bijector(guidance=w)` uses the parameters
+  a label of -1 means "no label", and any other outside `[0, num_classes)` is an error.
+  In training each valid label is dropped (set to -1) with probability `label_dropout`,
+  so the same net also learns the unconditional model that classifier-free guidance
+  needs: `make_bijector(guidance=w)` uses the parameters
   `h_w = h(x, c) + w (h(x, c) - h(x, none))` (TarFlow's guidance; w = 0 is the
   conditional model, w = -1 the unconditional one). A guided bijector is a bijector of
   its own (forward and inverse agree), of the guided density.
@@ -123,17 +124,17 @@ class TarFlowBlock(flow_layer.FlowLayer):
 
   def call(self, inputs, context=None, training=None):
     if training and self.conditional and self.label_dropout > 0.0 and context is not None:
-      labels = tf.cast(context, tf.int32)
+      labels = tf.convert_to_tensor(context)
       draw = tf.random.stateless_uniform(
           tf.shape(labels), _replica_seed.draw_replica_seed(self.seed_generator),
           alg=probes.RNG_ALGORITHM)
-      context = tf.where(draw < self.label_dropout, -tf.ones_like(labels), labels)
+      # Only valid labels are dropped, so that a bad one still reaches the net's check.
+      drop = (draw < self.label_dropout) & (labels >= 0) & (labels < self.num_classes)
+      context = tf.where(drop, -tf.ones_like(labels), labels)
     return super().call(inputs, context=context, training=training)
 
   def get_config(self):
-    config = super().get_config()
-    config.pop("conditional")
-    return {**config, "patch_size": self.patch_size, "channels": self.channels,
+    return {**super().get_config(), "patch_size": self.patch_size, "channels": self.channels,
             "num_layers": self.num_layers, "heads": self.heads,
             "expansion": self.expansion, "reverse": self.reverse,
             "num_classes": self.num_classes, "label_dropout": self.label_dropout,

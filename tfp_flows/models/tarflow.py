@@ -1,7 +1,6 @@
 """The TarFlow preset: Transformer autoregressive blocks over image patches, and its sampler."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -66,17 +65,13 @@ class TarFlowModel(flow.FlowModel):
     """
     if float(guidance) == 0.0 and sampling is None and not denoise:
       return super().sample(n, seed=seed, context=context, temperature=temperature)
-    if temperature != 1.0 and self._custom_base:
-      raise ValueError("temperature needs the default standard-normal base distribution.")
-    if not temperature > 0:
-      raise ValueError(f"temperature must be positive; got {temperature!r}.")
-    if not isinstance(n, (int, np.integer)) or n < 1:
-      raise ValueError(f"n must be a positive int; got {n!r}.")
     if float(guidance) != 0.0 and self.context_shape is None:
       raise ValueError(f"guidance={guidance} needs a class-conditional model "
                        "(num_classes set) and labels as context.")
     split = self._noise_layer_index() if denoise else 0
-    context, rows, total = self._tile_context(n, context)
+    context, rows, total = self._sample_context(n, context, temperature)
+    if not tf.is_tensor(total) and total == 0:
+      return tf.zeros([n, *rows, *self.event_shape], self.base_distribution.dtype)
     z = self.base_distribution.sample(
         total, seed=probes.stateless_seed(seed)) * temperature
     tail = self.sampling_bijector(guidance, sampling, start=split)
@@ -97,17 +92,6 @@ class TarFlowModel(flow.FlowModel):
         return i
     raise ValueError("denoise=True needs a NoiseAugmentation layer (noise_std > 0 in "
                      "training); this model has none.")
-
-  def _tile_context(self, n, context):
-    """The context repeated for `n` samples per row, its row shape, and the sample count."""
-    context = self._check_context(context)
-    if context is None:
-      return None, [], n
-    rows = context.shape[:context.shape.rank - len(self.context_shape)].as_list()
-    context = tf.reshape(context, [-1, *self.context_shape])
-    num_rows = int(np.prod(rows)) if rows else 1
-    context = tf.tile(context[tf.newaxis], [n] + [1] * context.shape.rank)
-    return tf.reshape(context, [n * num_rows, *self.context_shape]), rows, n * num_rows
 
   def sampling_bijector(self, guidance=0.0, sampling=None, start=0):
     """`tfb.Chain` of the bijectors of `flow_layers[start:]` as `sample` uses them.

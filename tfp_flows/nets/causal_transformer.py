@@ -4,8 +4,10 @@ import math
 
 import keras
 from keras import ops
+import tensorflow as tf
 
 from tfp_flows.numerics import checks
+from tfp_flows.numerics import integer_check
 
 __all__ = ["CausalTransformer", "checked_architecture"]
 
@@ -45,8 +47,9 @@ class CausalTransformer(keras.layers.Layer):
   ```
 
   `s` (start token), `p` (positions) and the class table `c` (`num_classes + 1` rows, the
-  last the "no label" row that labels < 0 select, for classifier-free guidance) are
-  learned. `W_out` and `b_out` start at zero, so the output is 0 and the flow built on it
+  last the "no label" row that label -1 selects, for classifier-free guidance) are
+  learned. Labels must be integers (or whole floats) in `[-1, num_classes)`; any other
+  is an `InvalidArgumentError` eagerly and in graphs, and makes its row NaN under XLA. `W_out` and `b_out` start at zero, so the output is 0 and the flow built on it
   starts as the identity. Every sublayer gets this layer's dtype policy (float64 works;
   under a mixed policy the weights are float32 and `call` and `step` both compute in the
   16-bit type).
@@ -120,16 +123,21 @@ class CausalTransformer(keras.layers.Layer):
     super().build(tokens_shape)
 
   def _class_embedding(self, labels):
-    """`[N, C]` rows of the class table; labels < 0 (or no labels) take the no-label row."""
+    """`[N, C]` rows of the class table; label -1 (or no labels) takes the no-label row."""
     if self.num_classes is None:
       if labels is not None:
         raise ValueError("This CausalTransformer has num_classes=None: it takes no labels.")
       return 0.0
     if labels is None:
       return self.class_table[self.num_classes]
-    labels = ops.reshape(ops.cast(labels, "int32"), [-1])
-    rows = ops.where(labels < 0, self.num_classes, labels)
-    return ops.take(self.class_table, rows, axis=0)
+    labels = tf.reshape(labels, [-1])
+    ok = integer_check.integers_in_range(
+        labels, self.num_classes, lower=-1, message=(
+            f"{self.name}: class labels must be integers in [0, {self.num_classes}), or -1 "
+            "for no label; pass labels in that range."))
+    labels = tf.cast(tf.where(ok, labels, -tf.ones_like(labels)), tf.int32)
+    rows = tf.where(labels < 0, self.num_classes, labels)
+    return integer_check.nan_where_not(ok, ops.take(self.class_table, rows, axis=0))
 
   def _mlp(self, l, e):
     hidden = ops.gelu(self.mlp_ins[l](self.mlp_norms[l](e)), approximate=False)

@@ -1,12 +1,12 @@
-"""The check of discrete inputs (pixel values, class labels): integers in [0, upper)."""
+"""The check of discrete inputs (pixel values, class labels): integers in [lower, upper)."""
 
 import tensorflow as tf
 
 __all__ = ["integers_in_range", "nan_where_not"]
 
 
-def integers_in_range(values, upper, message):
-  """Whether each entry of `values` is an integer in `[0, upper)`, asserted.
+def integers_in_range(values, upper, message, lower=0):
+  """Whether each entry of `values` is an integer in `[lower, upper)`, asserted.
 
   Float entries must be whole numbers (`1.5`, NaN and inf fail); integer entries need
   only the range. Eagerly and in graphs, a failing entry raises `InvalidArgumentError`
@@ -17,12 +17,13 @@ def integers_in_range(values, upper, message):
     values: a real tensor.
     upper: the exclusive upper bound (a Python int).
     message: what was expected and what to do, for the error.
+    lower: the inclusive lower bound (a Python int).
 
   Returns:
     A bool tensor of `values`' shape, True where the entry is valid.
   """
   values = tf.convert_to_tensor(values)
-  ok = (values >= 0) & (values < upper)
+  ok = (values >= lower) & (values < upper)
   if values.dtype.is_floating:
     ok &= tf.equal(values, tf.floor(values))
   with tf.control_dependencies([tf.debugging.assert_equal(
