@@ -79,6 +79,24 @@ def test_a_non_finite_batch_is_not_applied_and_fit_stops(mode, value):
   assert int(model.optimizer.iterations.numpy()) == 6
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_steps_after_a_non_finite_one_in_the_same_execution_are_not_applied(jit_compile):
+  # steps_per_execution=3: steps 1-3 run as one execution; the NaN is in step 2, so the
+  # state must stay that after step 1 although step 3's batch is finite.
+  reference = _model()
+  reference.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile)
+  reference.fit(_data(9, np.nan)[:BATCH], batch_size=BATCH, epochs=1, shuffle=False,
+                verbose=0)
+  model = _model()
+  model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile,
+                steps_per_execution=3)
+  with pytest.raises(FloatingPointError, match="at training step 2"):
+    model.fit(_data(9, np.nan), batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+  assert int(model.optimizer.iterations.numpy()) == 1
+  for expected, now in zip(_state(reference), _state(model)):
+    np.testing.assert_array_equal(now, expected)
+
+
 def test_a_non_finite_first_batch_leaves_act_norm_uninitialised():
   # ActNorm initialises from the first training batch; a NaN there must not become its
   # statistics, or every later (clean) fit would stay NaN.
@@ -166,6 +184,19 @@ _MIRRORED = textwrap.dedent("""
     assert len(states) == 1 and int(model.optimizer.iterations.numpy()) == 1
     for before, now in zip(states[0], state()):
       np.testing.assert_array_equal(now, before)
+    # 33 rows in batches of 16 end in a batch of one row: one replica would get none
+    # and report NaN as a non-finite step. A clear error instead, before training.
+    clean = np.random.default_rng(1).normal(size=(33, 2)).astype("float32")
+    for run in (lambda: model.fit(clean, batch_size=16, verbose=0),
+                lambda: model.fit(clean[:32], batch_size=16, verbose=0,
+                                  validation_data=(clean,)),
+                lambda: model.evaluate(clean, batch_size=16, verbose=0)):
+      try:
+        run()
+      except ValueError as error:
+        assert "end in a batch of 1 row(s), fewer than the 2 replicas" in str(error), error
+      else:
+        raise AssertionError("no error for a replica without rows")
     print("GUARDED")
 """)
 

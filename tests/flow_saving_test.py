@@ -47,5 +47,35 @@ def test_training_continues_identically_after_a_reload(name, tmp_path):
                                rtol=1e-6, atol=1e-6, err_msg=a.path)
 
 
+def _set_precision(dtype):
+  keras.config.set_floatx(dtype)
+  keras.config.set_dtype_policy(dtype)
+
+
+@pytest.mark.parametrize("saved, loading", [("float64", "float32"), ("float32", "float64")])
+def test_a_file_loads_in_its_own_dtype_whatever_the_floatx(saved, loading, tmp_path):
+  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+  path = str(tmp_path / "model.keras")
+  x = np.random.default_rng(0).normal(size=(5, 2))
+  try:
+    _set_precision(saved)
+    keras.utils.set_random_seed(0)
+    model = tff.models.NeuralSplineFlow(2, num_layers=1, hidden_units=(4,))
+    for weight in model.trainable_weights:
+      weight.assign(weight + 0.1)
+    expected = model.log_prob(x).numpy()
+    model.save(path)
+    _set_precision(loading)
+    loaded = keras.saving.load_model(path)
+    assert loaded.dtype_policy.name == saved
+    assert loaded.base_distribution.dtype == saved
+    np.testing.assert_allclose(loaded.log_prob(x).numpy(), expected, rtol=1e-6)
+    assert loaded.sample(3, seed=1).dtype == saved
+    tff.export.save(loaded, str(tmp_path / "export"))
+  finally:
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
+
+
 if __name__ == "__main__":
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

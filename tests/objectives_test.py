@@ -72,6 +72,22 @@ def test_flow_matching_rejects_points_of_another_event_shape():
     model.fit(np.zeros([64, 3], "float32"), batch_size=32, epochs=1, verbose=0)
 
 
+def test_example_weights_are_an_error_not_dropped():
+  # Keras drops sample_weight when y is None: fit would train unweighted, silently.
+  model = tff.models.NeuralSplineFlow(2, num_layers=1, hidden_units=(4,))
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  x, weights = _data(), np.zeros([64], "float32")
+  with pytest.raises(ValueError, match="sample_weight is not supported"):
+    model.fit(x, sample_weight=weights, batch_size=32, verbose=0)
+  with pytest.raises(ValueError, match="class_weight is not supported"):
+    model.fit(x, class_weight={0: 1.0}, batch_size=32, verbose=0)
+  with pytest.raises(ValueError, match="sample_weight is not supported"):
+    model.evaluate(x, sample_weight=weights, verbose=0)
+  triples = tf.data.Dataset.from_tensor_slices((x, x[:, :1], weights)).batch(32)
+  with pytest.raises(ValueError, match="got a third element"):
+    model.fit(triples, verbose=0)
+
+
 def test_flow_matching_val_loss_is_the_seeded_regression_loss():
   # Evaluation uses a fixed seed: val_loss repeats, and it is the layer's own
   # flow-matching loss with that seed; nll is the exact likelihood.

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 __all__ = ["array_dataset", "takes_arrays", "without_autotuning"]
 
-_KERAS_ONLY = ("sample_weight", "class_weight", "steps_per_epoch")
+_KERAS_ONLY = ("steps_per_epoch",)
 
 
 def takes_arrays(x, y, fit_kwargs):
@@ -23,7 +23,8 @@ def takes_arrays(x, y, fit_kwargs):
 
   True for a NumPy array or tensor `x` (and `y`, a conditional flow's context, likewise
   or None) with `shuffle` True or False and none of the arguments that Keras' own array
-  path handles (`sample_weight`, `class_weight`, `validation_split`, `steps_per_epoch`).
+  path handles (`validation_split`, `steps_per_epoch`; `FlowModel.fit` rejects per-example
+  weights before).
   """
   arrays = (x,) if y is None else (x, y)
   if not all(isinstance(a, np.ndarray) or tf.is_tensor(a) for a in arrays):

@@ -269,7 +269,11 @@ class FlowModel(keras.Model):
     finite = step_guard.all_finite([loss] + (list(gradients) if check_gradients else []))
     if not self.optimizer.built:  # as Keras does, but before the update becomes conditional
       self.optimizer.build(self.trainable_variables)
-    step_guard.apply_if(finite, self.optimizer, gradients, variables)
+    # The host raises after the execution that held a non-finite step; the steps after
+    # it in that execution (steps_per_execution > 1) are skipped too, so the weights
+    # stay those before it, as the error says.
+    step_guard.apply_if(finite & self._step_guard.clean(), self.optimizer, gradients,
+                        variables)
     self._step_guard.record(finite)
     # The largest step loss of the epoch shows a spike that the epoch mean hides.
     self._loss_max_tracker.update_state(step_guard.global_mean(loss, result.num_examples))
@@ -335,6 +339,30 @@ class FlowModel(keras.Model):
         reads_batches=self.objective.requires_data)
     return self.train_function
 
+  def evaluate(self, x=None, y=None, **kwargs):
+    """`keras.Model.evaluate`; like `fit`, it takes no `sample_weight`.
+
+    An objective that draws its own samples takes no data: `evaluate(steps=...)`.
+    """
+    _reject_example_weights(kwargs)
+    if x is None and not self.objective.requires_data:
+      if kwargs.get("steps") is None:
+        raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
+                         "steps= (the batches to evaluate) to evaluate.")
+      x = self._placeholder_batches()
+    _check_replica_shards(x, kwargs.get("batch_size"),
+                          self.distribute_strategy.num_replicas_in_sync, "evaluate")
+    return super().evaluate(x, y, **kwargs)
+
+  def _placeholder_batches(self):
+    """Batches for objectives that draw their own samples, which ignore them.
+
+    One row per replica, as a distribution strategy splits each batch over replicas.
+    """
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    return fit_data.without_autotuning(tf.data.Dataset.from_tensors(
+        tf.zeros([replicas, 1], self.compute_dtype)).repeat())
+
   def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
           **kwargs):
     """`keras.Model.fit`, stopping with an error at a non-finite step (see `train_step`).
@@ -348,6 +376,13 @@ class FlowModel(keras.Model):
     Keras does, by a pipeline without tf.data's autotuning (`fit_data`), which on small
     machines can take compute threads from the training step.
     """
+    _reject_example_weights(kwargs)
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    _check_replica_shards(x, batch_size, replicas, "fit")
+    validation = kwargs.get("validation_data")
+    _check_replica_shards(validation[0] if isinstance(validation, (tuple, list)) else
+                          validation, kwargs.get("validation_batch_size") or batch_size,
+                          replicas, "validation_data")
     if "initial_epoch" not in kwargs:
       given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
                else callbacks or ())
@@ -358,11 +393,7 @@ class FlowModel(keras.Model):
       if kwargs.get("steps_per_epoch") is None:
         raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
                          "steps_per_epoch= (the steps of one epoch) to fit.")
-      # A placeholder stream: each step's batch is ignored by the objective. One row
-      # per replica, as a distribution strategy splits each batch over replicas.
-      replicas = self.distribute_strategy.num_replicas_in_sync
-      x = fit_data.without_autotuning(tf.data.Dataset.from_tensors(
-          tf.zeros([replicas, 1], self.compute_dtype)).repeat())
+      x = self._placeholder_batches()
       kwargs.setdefault("shuffle", False)
     elif fit_data.takes_arrays(x, y, kwargs):
       x = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
@@ -422,13 +453,17 @@ class FlowModel(keras.Model):
             "flow_layers": [keras.saving.serialize_keras_object(l) for l in self.flow_layers],
             "event_shape": self.event_shape, "context_shape": self.context_shape,
             "context_dtype": self.context_dtype,
-            "objective": keras.saving.serialize_keras_object(self.objective)}
+            "objective": keras.saving.serialize_keras_object(self.objective),
+            "dtype": self.dtype_policy.name}
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
     config = dict(config)
     config["flow_layers"] = [keras.saving.deserialize_keras_object(c, custom_objects)
                              for c in config["flow_layers"]]
+    # Files saved before the model kept its dtype: the layers' is the model's, whatever
+    # the loading process' floatx.
+    config.setdefault("dtype", config["flow_layers"][0].dtype_policy.name)
     if isinstance(config.get("objective"), dict):  # a string in configs of version 0.1
       config["objective"] = keras.saving.deserialize_keras_object(
           config["objective"], custom_objects)
@@ -450,3 +485,29 @@ def _is_multi_worker(strategy):
     return False
   spec = strategy.cluster_resolver.cluster_spec()
   return sum(spec.num_tasks(job) for job in spec.jobs) > 1
+
+
+def _reject_example_weights(kwargs):
+  """Raises for Keras' per-example weights, which Keras would drop without `y`."""
+  for name in ("sample_weight", "class_weight"):
+    if kwargs.get(name) is not None:
+      raise ValueError(
+          f"{name} is not supported: a FlowModel's objective weights every example "
+          "alike. To weight examples, repeat or subsample their rows.")
+
+
+def _check_replica_shards(x, batch_size, replicas, what):
+  """Raises if arrays `x` end in a batch too small to give every replica a row.
+
+  A strategy splits each batch over its replicas; a replica given no rows computes the
+  mean log-density of nothing (NaN), and some layers cannot walk an empty batch.
+  """
+  if replicas < 2 or not (isinstance(x, np.ndarray) or tf.is_tensor(x)) or len(x.shape) == 0:
+    return
+  rows, size = int(x.shape[0]), int(batch_size or 32)
+  last = rows % size
+  if 0 < last < replicas:
+    raise ValueError(
+        f"{what}: {rows} rows in batches of {size} end in a batch of {last} row(s), "
+        f"fewer than the {replicas} replicas, so a replica would get none. Pick a "
+        "batch size whose last batch has a row per replica, or drop the last rows.")

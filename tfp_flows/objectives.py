@@ -390,5 +390,9 @@ def unpack(data):
   if isinstance(data, (tuple, list)):
     if len(data) == 1:
       return data[0], None
+    if len(data) > 2 and any(part is not None for part in data[2:]):
+      raise ValueError("A FlowModel batch is x or (x, context); got a third element "
+                       "(Keras' sample weights?), which no objective supports. To weight "
+                       "examples, repeat or subsample their rows.")
     return data[0], data[1]
   return data, None

@@ -104,6 +104,10 @@ class StepGuard:
     self.steps = tf.Variable(0, dtype=tf.int64, name="steps", **options)
     self.first_bad = tf.Variable(-1, dtype=tf.int64, name="first_non_finite", **options)
 
+  def clean(self):
+    """Whether no step since the last `reset` was non-finite (a bool tensor)."""
+    return self.first_bad < 0
+
   def record(self, finite):
     self.first_bad.assign(tf.where(
         tf.logical_and(self.first_bad < 0, tf.logical_not(finite)), self.steps,

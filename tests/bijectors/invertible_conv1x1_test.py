@@ -50,6 +50,20 @@ def test_lu_matrix_equals_p_l_u_and_log_det_equals_slogdet():
                              np.full([2, 3, 3], -log_abs_det), rtol=1e-12)
 
 
+def test_lu_takes_a_permutation_of_any_integer_dtype():
+  # NumPy's default integers are int64, as tfb.Permute accepts; the bijector slices too.
+  rng = np.random.default_rng(0)
+  parts = _lu_parts(rng, batch=[2])
+  x = rng.normal(size=[2, 4])  # one point per bijector of the batch
+  expected = tffb.InvertibleConv1x1(**parts).forward(x).numpy()
+  for permutation in (np.array(PERMUTATION), tf.constant(PERMUTATION, tf.int64)):
+    bijector = tffb.InvertibleConv1x1(**{**parts, "permutation": permutation})
+    np.testing.assert_array_equal(bijector.forward(x).numpy(), expected)
+    np.testing.assert_array_equal(bijector[1].forward(x[1]).numpy(), expected[1])
+  with pytest.raises(TypeError, match="permutation must hold integers"):
+    tffb.InvertibleConv1x1(**{**parts, "permutation": np.array(PERMUTATION, float)})
+
+
 def test_lu_reads_only_the_strict_triangles():
   rng = np.random.default_rng(1)
   parts = _lu_parts(rng)

@@ -85,13 +85,53 @@ def test_elementwise_bijectors_give_one_log_prob_per_chain(bijector):
   # log-det per coordinate ([chains, 3] against the target's [chains]).
   flow = tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), [3]), bijector)
   target = tfd.Sample(tfd.Gamma(2.0, 1.0), [3])
+  # Started inside the Gamma's support (the identity's own draws are half outside it).
   run = tff.inference.neutra_sample(target.log_prob, flow, num_results=5, num_chains=2,
                                     num_burnin_steps=5, kernel="hmc",
-                                    num_leapfrog_steps=2, seed=1, jit_compile=False)
+                                    num_leapfrog_steps=2, seed=1, jit_compile=False,
+                                    initial_state=tf.fill([2, 3], 1.5))
   assert run.samples.shape == (5, 2, 3) and run.target_log_prob.shape == (5, 2)
   expected = target.log_prob(run.samples) - bijector.inverse_log_det_jacobian(
       run.samples, event_ndims=1)
   np.testing.assert_allclose(run.target_log_prob, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_reverse_kl_models_constraining_bijector_is_applied():
+  # Positive target: log theta_i ~ N(-1, 0.5^2). The flow lives on R^2 and the model's
+  # ReverseKL objective maps it on by tfb.Exp(); chains run without it would start at
+  # negative theta, where the target is -inf, and never move.
+  target = tfd.Sample(tfd.LogNormal(-1.0, 0.5), [2])
+  keras.utils.set_random_seed(0)
+  model = tff.FlowModel([tff.layers.AffineCoupling(hidden_units=(8,), scale="exp")], [2],
+                        objective=tff.objectives.ReverseKL(
+                            target.log_prob, constraining_bijector=tfb.Exp()))
+  model.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=50)
+  model.fit(epochs=1, steps_per_epoch=100, verbose=0)
+  result = tff.inference.neutra_sample(target.log_prob, model, num_results=300,
+                                       num_chains=4, num_burnin_steps=150, seed=3)
+  samples = result.samples.numpy().reshape(-1, 2)
+  assert samples.min() > 0
+  ess = tfp.mcmc.effective_sample_size(result.samples, cross_chain_dims=1).numpy()
+  mean, sd = np.exp(-1.0 + 0.125), np.exp(-1.0 + 0.125) * np.sqrt(np.expm1(0.25))
+  np.testing.assert_array_less(np.abs(samples.mean(0) - mean), 4 * sd / np.sqrt(ess))
+  assert result.acceptance_rate.numpy() > 0.5
+
+
+def test_a_target_that_is_not_finite_at_the_start_is_an_error():
+  flow = tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), [2]), tfb.Shift(-5.0))
+  target = tfd.Sample(tfd.LogNormal(0.0, 1.0), [2])
+  with pytest.raises(ValueError, match="not finite at 4 of the 4 chains' starting points"):
+    tff.inference.neutra_sample(target.log_prob, flow, num_results=5, num_chains=4,
+                                seed=1)
+
+
+def test_an_int_seed_repeats_the_chains():
+  flow = tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), [3]),
+                                     tfb.Shift(MEAN.astype("float32")))
+  runs = [tff.inference.neutra_sample(TARGET.log_prob, flow, num_results=20,
+                                      num_chains=2, kernel="hmc", seed=1).samples.numpy()
+          for _ in range(2)]
+  np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_bad_arguments_are_clear_errors():

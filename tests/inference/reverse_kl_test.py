@@ -151,6 +151,10 @@ def test_unsupported_models_and_calls_are_clear_errors():
   second = model.evaluate(tf.zeros([1, 1]), verbose=0, return_dict=True)
   assert math.isfinite(first["loss"]) and first == second
   np.testing.assert_allclose(first["elbo"], -first["loss"], rtol=1e-6)
+  # Without data, as fit: evaluate(steps=) (a KeyError from Keras before).
+  assert model.evaluate(steps=1, verbose=0, return_dict=True) == first
+  with pytest.raises(ValueError, match="pass steps="):
+    model.evaluate(verbose=0)
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows_tests")

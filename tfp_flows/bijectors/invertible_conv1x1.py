@@ -74,7 +74,7 @@ class InvertibleConv1x1(tfb.AutoCompositeTensorBijector):
 
     Args:
       weight: float tensor `[..., C, C]`; give this alone for the plain variant.
-      permutation: int tensor `[C]`, a permutation of `range(C)` (LU variant).
+      permutation: integer tensor `[C]`, a permutation of `range(C)` (LU variant).
       lower: float tensor `[..., C, C]`; its strict lower triangle is L's.
       upper: float tensor `[..., C, C]`; its strict upper triangle is U's.
       log_abs_diag: float tensor `[..., C]`, log of |U's diagonal|.
@@ -110,9 +110,13 @@ class InvertibleConv1x1(tfb.AutoCompositeTensorBijector):
       self._upper = convert(upper, "upper")
       self._log_abs_diag = convert(log_abs_diag, "log_abs_diag")
       self._sign = convert(sign, "sign")
-      self._permutation = (None if permutation is None else
-                           tf.convert_to_tensor(permutation, dtype=tf.int32,
-                                                name="permutation"))
+      self._permutation = None
+      if permutation is not None:
+        # Any integer dtype, as tfb.Permute takes (NumPy's default is int64).
+        permutation = tf.convert_to_tensor(permutation, name="permutation")
+        if not permutation.dtype.is_integer:
+          raise TypeError(f"permutation must hold integers; got {permutation.dtype.name}.")
+        self._permutation = tf.cast(permutation, tf.int32)
       square = self._weight if weight is not None else self._lower
       if square.shape.rank is not None and (
           square.shape.rank < 2 or square.shape[-1] != square.shape[-2]):

@@ -15,9 +15,13 @@ the second by `hold_variables(bijector, layer.weights)`. No Keras import: a Kera
 is recognised by the `tf.Variable` it wraps.
 """
 
+import itertools
+
 import tensorflow as tf
 
 __all__ = ["hold_variables", "unwrap_variable"]
+
+_BUILDS = itertools.count()
 
 # The attribute under which a bijector holds its layer's variables (a tuple, which
 # `tf.Module`'s attribute walk flattens).
@@ -44,6 +48,16 @@ def hold_variables(bijector, variables):
   Afterwards `bijector.trainable_variables` (and those of any `tfb.Chain`, `tfb.Invert`
   or `tfd.TransformedDistribution` around it) include the trainable ones, as the
   `tf.Variable`s a `tf.GradientTape` watches and optimizers update in place.
+
+  Each call also makes `bijector` equal only to itself. TFP shares one cache of
+  computed values among equal bijectors (equal `parameters`), and a layer's builds
+  hold the same variables and networks, so a build made after the weights changed would
+  be served what an earlier build computed for the same input tensor: stale values
+  without gradients. (A bijector object kept across weight updates keeps its own cache
+  of the inputs it has seen, as every TFP bijector over variables does.)
   """
   setattr(bijector, _ATTRIBUTE, tuple(unwrap_variable(v) for v in variables))
+  build = ("tfp_flows build", next(_BUILDS))
+  # TFP's __eq__ and __hash__ compare this; counter values, unlike ids, are never reused.
+  bijector._get_parameterization = lambda: build  # pylint: disable=protected-access
   return bijector

@@ -31,6 +31,8 @@ import typing
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_flows.numerics import probes
+
 __all__ = ["NeuTraResult", "neutra_sample"]
 
 tfb = tfp.bijectors
@@ -57,10 +59,18 @@ class NeuTraResult(typing.NamedTuple):
 
 
 def _flow_parts(flow):
-  """(base, bijector) of a FlowModel or of a transformed distribution."""
+  """(base, bijector) of a FlowModel or of a transformed distribution.
+
+  A FlowModel trained by `ReverseKL` with a `constraining_bijector` approximates the
+  target through that bijector, so it is appended: the chains then live on the target's
+  support, as the fitted approximation does.
+  """
   distribution = getattr(flow, "distribution", None)
   if not isinstance(flow, tfd.Distribution) and isinstance(distribution, tfd.Distribution):
+    constraining = getattr(getattr(flow, "objective", None), "constraining_bijector", None)
     flow = distribution  # a FlowModel: its live model.distribution
+    if constraining is not None:
+      return flow.distribution, tfb.Chain([constraining, flow.bijector])
   # tfd.TransformedDistribution builds a private subclass for non-composite bijectors
   # (ours hold callables), so check the parts rather than the class.
   if isinstance(flow, tfd.Distribution) and hasattr(flow, "bijector") and isinstance(
@@ -83,7 +93,8 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
   Args:
     target_log_prob_fn: unnormalised log-density of the target over x
       `[num_chains, *event_shape] -> [num_chains]`.
-    flow: the fitted flow: a `tfp_flows.FlowModel`, or a `tfd.TransformedDistribution`
+    flow: the fitted flow: a `tfp_flows.FlowModel` (with its `ReverseKL` objective's
+      `constraining_bijector`, if any, appended), or a `tfd.TransformedDistribution`
       (e.g. `model.distribution`, or one with a stock bijector such as `tfb.Exp`
       appended for constrained parameters).
     num_results: kept steps per chain.
@@ -104,7 +115,8 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
     A `NeuTraResult`.
 
   Raises:
-    ValueError: for an unknown `kernel` or non-positive counts.
+    ValueError: for an unknown `kernel` or non-positive counts, or a target that is not
+      finite at the chains' starting points (chains started there could never move).
   """
   if kernel not in ("nuts", "hmc"):
     raise ValueError(f"kernel must be 'nuts' or 'hmc'; got {kernel!r}.")
@@ -119,12 +131,22 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
     # rank: an elementwise bijector (tfb.Identity, tfb.Exp) would give one log-det per
     # coordinate. An identity Reshape of the whole latent event fixes the rank.
     bijector = tfb.Chain([bijector, tfb.Reshape(latent_shape, latent_shape)])
-  seed = tfp.random.sanitize_seed(seed)
+  # TFP reads a Python int seed as a stateful one, which would not repeat the chains.
+  seed = tfp.random.sanitize_seed(probes.stateless_seed(seed))
   init_seed, chain_seed = tfp.random.split_seed(seed)
   dtype = base.dtype
   if initial_state is None:
     initial_state = bijector.forward(base.sample(num_chains, seed=init_seed))
   initial_state = tf.convert_to_tensor(initial_state, dtype)
+  start = target_log_prob_fn(initial_state)
+  bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(start), tf.int32)))
+  if bad:
+    raise ValueError(
+        f"target_log_prob_fn is not finite at {bad} of the {num_chains} chains' starting "
+        "points, where the chains could never move. The flow's draws lie outside the "
+        "target's support, or the target fails there: append a constraining bijector to "
+        "the flow (e.g. tfb.Exp() for positive parameters; a FlowModel trained with "
+        "ReverseKL(constraining_bijector=...) brings its own) or pass initial_state=.")
 
   if kernel == "nuts":
     inner = tfp.mcmc.NoUTurnSampler(target_log_prob_fn, tf.cast(step_size, dtype),
