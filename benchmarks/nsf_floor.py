@@ -11,7 +11,8 @@ Times, round-robin in one process, two XLA train steps of batch 256 with Keras' 
 
 The second is a floor for what any spline kernel can reach with these conditioners on
 this machine. A speed target above the floor (RESULTS.md, issue 17) cannot be met by
-the spline alone.
+the spline alone. A third step, the same MLPs' value and gradient without Adam's
+update, splits the floor into the matmuls and the optimizer.
 
 Usage: python benchmarks/nsf_floor.py [--dims=64] [--layers=8] [--rounds=9]
 """
@@ -28,8 +29,11 @@ _ROUNDS = flags.DEFINE_integer("rounds", 9, "Round-robin rounds.")
 BATCH = 256
 
 
-def _floor_step(dims, layers):
-  """The XLA train step of the conditioner MLPs alone, chained like the couplings."""
+def _floor_step(dims, layers, update=True):
+  """The XLA train step of the conditioner MLPs alone, chained like the couplings.
+
+  With `update=False` the step returns the gradients instead of applying them.
+  """
   import keras  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   half = dims // 2
@@ -54,7 +58,10 @@ def _floor_step(dims, layers):
         out = tf.reshape(net(kept), [-1, dims - half, params])
         kept, changed = changed + tf.reduce_mean(out, -1), kept
         loss += tf.reduce_mean(kept * kept)
-    optimizer.apply(tape.gradient(loss, variables), variables)
+    gradients = tape.gradient(loss, variables)
+    if not update:
+      return loss, gradients
+    optimizer.apply(gradients, variables)
     return loss
 
   return step
@@ -74,6 +81,7 @@ def main(argv):
       "NSF preset step": _harness.keras_train_step(
           model, keras.optimizers.Adam(1e-3), model.trainable_variables, xla=True),
       "MLPs and Adam, no spline": _floor_step(dims, layers),
+      "MLPs' gradient, no Adam": _floor_step(dims, layers, update=False),
   }
   x = tf.constant(np.random.default_rng(0).normal(size=(BATCH, dims)), tf.float32)
   calls = {}
