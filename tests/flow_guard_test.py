@@ -97,11 +97,14 @@ def test_steps_after_a_non_finite_one_in_the_same_execution_are_not_applied(jit_
     np.testing.assert_array_equal(now, expected)
 
 
-def test_a_non_finite_first_batch_leaves_act_norm_uninitialised():
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_a_non_finite_first_batch_leaves_act_norm_uninitialised(steps_per_execution):
   # ActNorm initialises from the first training batch; a NaN there must not become its
-  # statistics, or every later (clean) fit would stay NaN.
+  # statistics, or every later (clean) fit would stay NaN. With 3 steps an execution,
+  # the finite second batch must not initialise it either: the fit stops at step 1.
   model = _model()
-  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                steps_per_execution=steps_per_execution)
   model.optimizer.build(model.trainable_variables)
   initial = _state(model)
   with pytest.raises(FloatingPointError, match="at training step 1 "):
@@ -185,12 +188,14 @@ _MIRRORED = textwrap.dedent("""
     for before, now in zip(states[0], state()):
       np.testing.assert_array_equal(now, before)
     # 33 rows in batches of 16 end in a batch of one row: one replica would get none
-    # and report NaN as a non-finite step. A clear error instead, before training.
-    clean = np.random.default_rng(1).normal(size=(33, 2)).astype("float32")
-    for run in (lambda: model.fit(clean, batch_size=16, verbose=0),
+    # and report NaN as a non-finite step. A clear error instead, before training. With
+    # validation_split=0.5, 130 rows train as 65: batches of 64 and one row.
+    clean = np.random.default_rng(1).normal(size=(130, 2)).astype("float32")
+    for run in (lambda: model.fit(clean[:33], batch_size=16, verbose=0),
                 lambda: model.fit(clean[:32], batch_size=16, verbose=0,
-                                  validation_data=(clean,)),
-                lambda: model.evaluate(clean, batch_size=16, verbose=0)):
+                                  validation_data=(clean[:33],)),
+                lambda: model.fit(clean, batch_size=64, verbose=0, validation_split=0.5),
+                lambda: model.evaluate(clean[:33], batch_size=16, verbose=0)):
       try:
         run()
       except ValueError as error:

@@ -144,6 +144,18 @@ def test_a_context_row_count_is_checked_when_known_only_at_run_time():
     # One row for six points would broadcast in the layers: a run-time error instead.
     with pytest.raises(tf.errors.InvalidArgumentError):
       log_prob(x, context[:1])
+  # Rows of another shape but as many: [3, 2] rows for [2, 3] points. XLA drops
+  # assertions, so the check must fail to compile there.
+  signature = [tf.TensorSpec([None, None, 2], tf.float32),
+               tf.TensorSpec([None, None, 3], tf.float32)]
+  for jit_compile in (False, True):
+    log_prob = tf.function(model.log_prob, jit_compile=jit_compile,
+                           input_signature=signature)
+    np.testing.assert_allclose(
+        log_prob(x.reshape(2, 3, 2), context.reshape(2, 3, 3)).numpy(),
+        model.log_prob(x, context).numpy().reshape(2, 3), rtol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+      log_prob(x.reshape(2, 3, 2), context.reshape(3, 2, 3))
 
 
 def test_sample_count_must_be_a_non_negative_int():

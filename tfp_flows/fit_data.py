@@ -90,3 +90,48 @@ def without_autotuning(dataset):
   options = tf.data.Options()
   options.autotune.enabled = False
   return dataset.with_options(options)
+
+
+def reject_example_weights(fit_kwargs):
+  """Raises for Keras' per-example weights, which Keras would drop without `y`."""
+  for name in ("sample_weight", "class_weight"):
+    if fit_kwargs.get(name) is not None:
+      raise ValueError(
+          f"{name} is not supported: a FlowModel's objective weights every example "
+          "alike. To weight examples, repeat or subsample their rows.")
+
+
+def check_replica_shards(x, batch_size, fit_kwargs, replicas):
+  """Raises if arrays end in a batch too small to give every replica a row.
+
+  A strategy splits each batch over its replicas; a replica given no rows computes the
+  mean log-density of nothing (NaN), and some layers cannot walk an empty batch. Checks
+  `x` as `fit` or `evaluate` batches it: after Keras' `validation_split`, and the
+  validation rows by `validation_batch_size` (default `batch_size`, default 32).
+  """
+  if replicas < 2:
+    return
+  size = batch_size or 32
+  parts = {"fit": (x, size)}
+  split = fit_kwargs.get("validation_split") or 0.0
+  if _is_array(x) and split:
+    cut = int(int(x.shape[0]) * (1.0 - split))  # Keras' split point
+    parts = {"fit": (x[:cut], size), "validation_split": (x[cut:], size)}
+  validation = fit_kwargs.get("validation_data")
+  if isinstance(validation, (tuple, list)):
+    validation = validation[0]
+  parts["validation_data"] = (validation, fit_kwargs.get("validation_batch_size") or size)
+  for what, (rows, size) in parts.items():
+    if not _is_array(rows):
+      continue
+    last = int(rows.shape[0]) % int(size)
+    if 0 < last < replicas:
+      raise ValueError(
+          f"{what}: {int(rows.shape[0])} rows in batches of {size} end in a batch of "
+          f"{last} row(s), fewer than the {replicas} replicas, so a replica would get "
+          "none. Pick a batch size whose last batch has a row per replica, or drop the "
+          "last rows.")
+
+
+def _is_array(x):
+  return (isinstance(x, np.ndarray) or tf.is_tensor(x)) and len(x.shape) > 0

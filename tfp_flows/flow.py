@@ -126,6 +126,9 @@ class FlowModel(keras.Model):
     self._trackers = {name: keras.metrics.Mean(name=name) for name in dict.fromkeys(names)}
     self._loss_max_tracker = step_guard.Maximum(name="loss_max")
     self._step_guard = step_guard.StepGuard()
+    for layer in self.flow._flatten_layers():  # pylint: disable=protected-access
+      if hasattr(layer, "watch_steps"):
+        layer.watch_steps(self._step_guard.clean)
     self._create_weights()
     # Every weight exists now. Keras callbacks (BackupAndRestore) refuse unbuilt models.
     self.built = True
@@ -339,20 +342,24 @@ class FlowModel(keras.Model):
         reads_batches=self.objective.requires_data)
     return self.train_function
 
-  def evaluate(self, x=None, y=None, **kwargs):
+  def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+               steps=None, **kwargs):
     """`keras.Model.evaluate`; like `fit`, it takes no `sample_weight`.
 
     An objective that draws its own samples takes no data: `evaluate(steps=...)`.
     """
-    _reject_example_weights(kwargs)
-    if x is None and not self.objective.requires_data:
-      if kwargs.get("steps") is None:
-        raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
-                         "steps= (the batches to evaluate) to evaluate.")
-      x = self._placeholder_batches()
-    _check_replica_shards(x, kwargs.get("batch_size"),
-                          self.distribute_strategy.num_replicas_in_sync, "evaluate")
-    return super().evaluate(x, y, **kwargs)
+    fit_data.reject_example_weights({"sample_weight": sample_weight})
+    if not self.objective.requires_data:
+      if x is None:
+        if steps is None:
+          raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
+                           "steps= (the batches to evaluate) to evaluate.")
+        x = self._placeholder_batches()
+    else:
+      fit_data.check_replica_shards(x, batch_size, {},
+                                    self.distribute_strategy.num_replicas_in_sync)
+    return super().evaluate(x, y, batch_size=batch_size, verbose=verbose, steps=steps,
+                            **kwargs)
 
   def _placeholder_batches(self):
     """Batches for objectives that draw their own samples, which ignore them.
@@ -376,13 +383,10 @@ class FlowModel(keras.Model):
     Keras does, by a pipeline without tf.data's autotuning (`fit_data`), which on small
     machines can take compute threads from the training step.
     """
-    _reject_example_weights(kwargs)
-    replicas = self.distribute_strategy.num_replicas_in_sync
-    _check_replica_shards(x, batch_size, replicas, "fit")
-    validation = kwargs.get("validation_data")
-    _check_replica_shards(validation[0] if isinstance(validation, (tuple, list)) else
-                          validation, kwargs.get("validation_batch_size") or batch_size,
-                          replicas, "validation_data")
+    fit_data.reject_example_weights(kwargs)
+    if self.objective.requires_data:
+      fit_data.check_replica_shards(x, batch_size, kwargs,
+                                    self.distribute_strategy.num_replicas_in_sync)
     if "initial_epoch" not in kwargs:
       given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
                else callbacks or ())
@@ -398,6 +402,8 @@ class FlowModel(keras.Model):
     elif fit_data.takes_arrays(x, y, kwargs):
       x = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
                                  kwargs.get("shuffle", True))
+      # Keras batches validation arrays by validation_batch_size or batch_size.
+      kwargs.setdefault("validation_batch_size", batch_size)
       # The dataset shuffles itself; Keras would warn that it cannot.
       y, batch_size, kwargs["shuffle"] = None, None, False
     guard = step_guard.NonFiniteStop(self._step_guard)
@@ -486,28 +492,3 @@ def _is_multi_worker(strategy):
   spec = strategy.cluster_resolver.cluster_spec()
   return sum(spec.num_tasks(job) for job in spec.jobs) > 1
 
-
-def _reject_example_weights(kwargs):
-  """Raises for Keras' per-example weights, which Keras would drop without `y`."""
-  for name in ("sample_weight", "class_weight"):
-    if kwargs.get(name) is not None:
-      raise ValueError(
-          f"{name} is not supported: a FlowModel's objective weights every example "
-          "alike. To weight examples, repeat or subsample their rows.")
-
-
-def _check_replica_shards(x, batch_size, replicas, what):
-  """Raises if arrays `x` end in a batch too small to give every replica a row.
-
-  A strategy splits each batch over its replicas; a replica given no rows computes the
-  mean log-density of nothing (NaN), and some layers cannot walk an empty batch.
-  """
-  if replicas < 2 or not (isinstance(x, np.ndarray) or tf.is_tensor(x)) or len(x.shape) == 0:
-    return
-  rows, size = int(x.shape[0]), int(batch_size or 32)
-  last = rows % size
-  if 0 < last < replicas:
-    raise ValueError(
-        f"{what}: {rows} rows in batches of {size} end in a batch of {last} row(s), "
-        f"fewer than the {replicas} replicas, so a replica would get none. Pick a "
-        "batch size whose last batch has a row per replica, or drop the last rows.")

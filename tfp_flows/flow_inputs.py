@@ -28,8 +28,8 @@ def checked_context(context, context_shape, context_dtype, x=None, sample_shape=
     rows must have shape `context_shape`; with `x` there must be one row per point of
     x, `[*sample_shape, *context_shape]` (no broadcasting). A float context for integer
     labels keeps its whole numbers; any other value becomes the integer dtype's
-    minimum, a label every layer rejects, rather than being truncated (-1 would not do:
-    TarFlow reads it as "no label").
+    minimum (maximum if unsigned), a label every layer rejects, rather than being
+    truncated (-1 would not do: TarFlow reads it as "no label").
 
   Raises:
     ValueError: for a context given to an unconditional flow, a missing one, or one of
@@ -59,12 +59,16 @@ def checked_context(context, context_shape, context_dtype, x=None, sample_shape=
     with tf.control_dependencies([tf.debugging.assert_equal(
         tf.shape(context), expected,
         message="log_prob takes one context row per row of x")]):
-      context = tf.reshape(context, expected)
+      # XLA drops the assertion: there, broadcasting to the expected shape fails to
+      # compile for any other shape but one with 1s, and the reshape back to the
+      # context's own shape then fails for those.
+      context = tf.reshape(tf.broadcast_to(context, expected), tf.shape(context))
   context_dtype = tf.as_dtype(context_dtype)
   if context.dtype.is_floating and not context_dtype.is_floating:
     whole = tf.math.is_finite(context) & tf.equal(context, tf.floor(context))
+    invalid = context_dtype.min if context_dtype.min < 0 else context_dtype.max
     context = tf.where(whole, context, tf.fill(tf.shape(context), tf.constant(
-        context_dtype.min, context.dtype)))
+        invalid, context.dtype)))
   return tf.cast(context, context_dtype)
 
 

@@ -75,7 +75,8 @@ class TransformerAutoregressive(_tfp_glue.OnePassLogDet, network_bijector.Networ
   cache)` giving `[N, d, num_params]` for token `index` after reading token `index - 1`
   (`previous_token [N, d]`, ignored at index 0). `tfp_flows.nets.CausalTransformer`
   provides both. The conditional input (class labels, one per event) is broadcast to the
-  events' batch shape (as TFP broadcasts batch shapes) and flattened with it.
+  events' batch shape (a label shape that does not broadcast to it is an error) and
+  flattened with it.
 
   All-zero conditioner output gives the identity.
 

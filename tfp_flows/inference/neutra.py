@@ -16,7 +16,7 @@ only preconditions), however good or bad the fit.
 
 ```python
 posterior = tff.inference.neutra_sample(
-    target_log_prob_fn, model.distribution, num_results=500, num_chains=4, seed=1)
+    target_log_prob_fn, model, num_results=500, num_chains=4, seed=1)
 posterior.samples            # [500, 4, *event_shape], in the original space
 tfp.mcmc.potential_scale_reduction(posterior.samples)   # R-hat over the 4 chains
 ```
@@ -108,7 +108,8 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
     max_tree_depth: NUTS' maximum tree depth (at most 2**depth - 1 leapfrogs a step).
     target_accept_prob: the acceptance rate step-size adaptation aims at.
     initial_state: optional `[num_chains, *event_shape]` start in the original space.
-    seed: int or stateless seed; the same seed gives the same chains.
+    seed: an int in [0, 2**31) or a `[2]` stateless seed; the same seed gives the same
+      chains.
     jit_compile: compile the whole run with XLA.
 
   Returns:
@@ -138,15 +139,17 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
   if initial_state is None:
     initial_state = bijector.forward(base.sample(num_chains, seed=init_seed))
   initial_state = tf.convert_to_tensor(initial_state, dtype)
-  start = target_log_prob_fn(initial_state)
-  bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(start), tf.int32)))
-  if bad:
-    raise ValueError(
-        f"target_log_prob_fn is not finite at {bad} of the {num_chains} chains' starting "
-        "points, where the chains could never move. The flow's draws lie outside the "
-        "target's support, or the target fails there: append a constraining bijector to "
-        "the flow (e.g. tfb.Exp() for positive parameters; a FlowModel trained with "
-        "ReverseKL(constraining_bijector=...) brings its own) or pass initial_state=.")
+  if tf.executing_eagerly():  # inside a tf.function the chains' results must tell
+    start = tf.math.is_finite(target_log_prob_fn(initial_state))
+    bad = int(tf.reduce_sum(tf.cast(~start, tf.int32)))
+    if bad:
+      raise ValueError(
+          f"target_log_prob_fn is not finite at {bad} of the {start.shape[0]} chains' "
+          "starting points, where the chains could never move. The flow's draws lie "
+          "outside the target's support, or the target fails there: append a "
+          "constraining bijector to the flow (e.g. tfb.Exp() for positive parameters), "
+          "pass the FlowModel itself rather than model.distribution if it was trained "
+          "with ReverseKL(constraining_bijector=...), or pass initial_state=.")
 
   if kernel == "nuts":
     inner = tfp.mcmc.NoUTurnSampler(target_log_prob_fn, tf.cast(step_size, dtype),

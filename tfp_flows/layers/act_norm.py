@@ -42,6 +42,12 @@ class ActNorm(flow_layer.FlowLayer):
       raise ValueError(f"epsilon must be positive; got {epsilon!r}.")
     self.data_init = bool(data_init)
     self.epsilon = float(epsilon)
+    self._steps_clean = None
+
+  def watch_steps(self, clean):
+    """Initialise only while `clean()` (a bool tensor) holds: FlowModel's step guard."""
+    # Set past Keras' attribute tracking: a callable of the model's bookkeeping, not state.
+    object.__setattr__(self, "_steps_clean", clean)
 
   def build(self, input_shape):
     channels = input_shape[-1]
@@ -77,6 +83,10 @@ class ActNorm(flow_layer.FlowLayer):
     # and the layer must not keep NaN statistics for the next, clean fit.
     finite = tf.reduce_all(tf.math.is_finite(mean)) & tf.reduce_all(
         tf.math.is_finite(variance))
+    # After a skipped step of the same execution (steps_per_execution > 1) nothing is
+    # applied either: the model's guard says so (set by FlowModel, see `watch_steps`).
+    clean = self._steps_clean() if self._steps_clean is not None else True
+    finite &= clean
     done = (self.initialized > 0) | ~finite
     self.loc.assign(tf.where(done, self.loc, mean))
     informative = variance > self.epsilon

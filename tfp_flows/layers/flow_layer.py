@@ -14,7 +14,10 @@ class FlowLayer(keras.layers.Layer):
   """Base class: a Keras layer that owns weights and builds a bijector from them.
 
   `.bijector` is a fresh `tfp.bijectors.Bijector` built from the current weights on every
-  access (so it always sees trained values and is never stale). Its forward maps
+  access (so it always sees trained values and is never stale). Each build equals only
+  itself, so TFP's cache never serves one build what another computed; where TFP needs
+  two equal bijectors (a KL between two transformed distributions, a `tf.function`
+  traced once for a bijector argument), hold one build. Its forward maps
   base -> data, as TFP expects. It reads the weights when called, not when built, and
   holds them: `layer.bijector.trainable_variables` are the layer's (as `tf.Variable`s),
   so TFP's optimisation loops train the layer through its bijector.

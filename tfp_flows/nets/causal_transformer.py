@@ -49,7 +49,8 @@ class CausalTransformer(keras.layers.Layer):
   `s` (start token), `p` (positions) and the class table `c` (`num_classes + 1` rows, the
   last the "no label" row that label -1 selects, for classifier-free guidance) are
   learned. Labels must be integers (or whole floats) in `[-1, num_classes)`; any other
-  is an `InvalidArgumentError` eagerly and in graphs, and makes its row NaN under XLA. `W_out` and `b_out` start at zero, so the output is 0 and the flow built on it
+  is an `InvalidArgumentError` eagerly and in graphs, and makes its row NaN under XLA.
+  `W_out` and `b_out` start at zero, so the output is 0 and the flow built on it
   starts as the identity. Every sublayer gets this layer's dtype policy (float64 works;
   under a mixed policy the weights are float32 and `call` and `step` both compute in the
   16-bit type).

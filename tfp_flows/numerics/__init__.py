@@ -7,5 +7,6 @@ Philox), `trace` (exact and Hutchinson traces, dense Jacobians), `log_det_series
 training/evaluation rule), `ode` (ODE solvers and the adjoint), `fixed_point`
 (fixed-point solves), `spline` (the rational-quadratic spline kernel and its gradient),
 `norm_bounds` (spectral-norm estimates and certified bounds), `optimal_transport`
-(minibatch OT pairing), `aliases` (arguments that also take an older spelling).
+(minibatch OT pairing), `integer_check` (discrete inputs: pixel values and class
+labels), `aliases` (arguments that also take an older spelling).
 """
