@@ -491,4 +491,3 @@ def _is_multi_worker(strategy):
     return False
   spec = strategy.cluster_resolver.cluster_spec()
   return sum(spec.num_tasks(job) for job in spec.jobs) > 1
-
