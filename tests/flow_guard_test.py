@@ -135,6 +135,31 @@ def test_a_later_epoch_names_its_batch():
     model.fit(dataset, epochs=2, steps_per_epoch=4, shuffle=False, verbose=0)
 
 
+def test_a_resumed_epoch_names_the_batch_counting_the_skipped_ones(tmp_path):
+  # Interrupted after step 12 (epoch 2, batch 4 of 8) with a backup there; the resumed
+  # fit skips epoch 2's first 4 batches, and its bad batch is epoch 2's 7th.
+  class Interrupt(keras.callbacks.Callback):
+
+    def on_train_batch_end(self, batch, logs=None):
+      if int(self.model.optimizer.iterations.numpy()) >= 12:
+        raise KeyboardInterrupt
+
+  x = np.random.default_rng(0).normal(size=(8 * BATCH, 2)).astype("float32")
+  model = _model()
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  backup = str(tmp_path / "backup")
+  with pytest.raises(KeyboardInterrupt):
+    model.fit(x, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[
+        tff.callbacks.BackupAndRestore(backup, save_freq=2), Interrupt()])
+  bad = x.copy()
+  bad[6 * BATCH + 3, 0] = np.nan
+  model = _model()
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  with pytest.raises(FloatingPointError, match=r"\(epoch 2, batch 7\)"):
+    model.fit(bad, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,
+              callbacks=[tff.callbacks.BackupAndRestore(backup, save_freq=2)])
+
+
 def test_train_on_batch_skips_and_raises_too():
   model = _model()
   model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)

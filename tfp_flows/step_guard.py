@@ -118,12 +118,23 @@ class StepGuard:
     self.steps.assign(0)
     self.first_bad.assign(-1)
 
-  def raise_if_non_finite(self, first_step_of_epoch=0, epoch=None):
+  def raise_if_non_finite(self, first_step_of_epoch=0, epoch=None, batches_done=None):
+    """Raises `FloatingPointError` if a step since the last `reset` was not finite.
+
+    Args:
+      first_step_of_epoch: the step count when the epoch began.
+      epoch: the 0-based epoch, to name it and the batch in it; None names the step only.
+      batches_done: the batches of the epoch Keras has gone through, counting those a
+        resumed fit skipped without a step (`tfp_flows.callbacks.BackupAndRestore`).
+    """
     bad = int(self.first_bad.numpy())
     if bad < 0:
       return
-    where = "" if epoch is None else (
-        f" (epoch {epoch + 1}, batch {bad - first_step_of_epoch + 1})")
+    where = ""
+    if epoch is not None:
+      skipped = 0 if batches_done is None else max(
+          batches_done - (int(self.steps.numpy()) - first_step_of_epoch), 0)
+      where = f" (epoch {epoch + 1}, batch {bad - first_step_of_epoch + skipped + 1})"
     raise FloatingPointError(
         f"non-finite loss or gradient at training step {bad + 1}{where}: check the data "
         "for NaN/inf. The step was not applied: the weights and optimizer state are "
@@ -146,4 +157,5 @@ class NonFiniteStop(keras.callbacks.Callback):
     self.epoch, self.first_step_of_epoch = epoch, int(self.guard.steps.numpy())
 
   def on_train_batch_end(self, batch, logs=None):
-    self.guard.raise_if_non_finite(self.first_step_of_epoch, self.epoch)
+    self.guard.raise_if_non_finite(self.first_step_of_epoch, self.epoch,
+                                   batches_done=batch + 1)
