@@ -192,7 +192,21 @@ class FlowModel(keras.Model):
     As in TFP any leading sample shape works (one point gives a scalar); the points
     walk the layers as one batch `[N, *event_shape]`, and so does the context.
     """
-    x, sample_shape = flow_inputs.checked_points(tf.convert_to_tensor(inputs),
+    x, context, output_shape = self.flat_batch(inputs, context)
+    if x.shape[0] == 0:  # no points: nothing to walk (and some layers cannot walk none)
+      return tf.zeros(output_shape, self.base_distribution.dtype)
+    z, ildj = self.flow(x, context=context, training=training)
+    return tf.reshape(self.base_distribution.log_prob(z) + ildj, output_shape)
+
+  def flat_batch(self, x, context=None):
+    """`(x, context, sample_shape)`: points and context checked, as one flat batch.
+
+    `x` `[*sample_shape, *event_shape]` becomes `[N, *event_shape]` (integer pixels cast
+    to the compute dtype) and the context `[N, *context_shape]`, after the checks of
+    `flow_inputs` (shapes, one context row per point, none for an unconditional flow).
+    `sample_shape` is a shape tensor, to restore per-point results.
+    """
+    x, sample_shape = flow_inputs.checked_points(tf.convert_to_tensor(x),
                                                  self.event_shape)
     context = self._check_context(context, x, sample_shape)
     if not x.dtype.is_floating:
@@ -201,10 +215,7 @@ class FlowModel(keras.Model):
     x = tf.reshape(x, [-1, *self.event_shape])
     if context is not None:
       context = tf.reshape(context, [-1, *self.context_shape])
-    if x.shape[0] == 0:  # no points: nothing to walk (and some layers cannot walk none)
-      return tf.zeros(output_shape, self.base_distribution.dtype)
-    z, ildj = self.flow(x, context=context, training=training)
-    return tf.reshape(self.base_distribution.log_prob(z) + ildj, output_shape)
+    return x, context, output_shape
 
   def log_prob(self, x, context=None):
     """Evaluation-mode log-density (nats) of each row of `x`; deterministic."""

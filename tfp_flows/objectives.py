@@ -22,7 +22,6 @@ import typing
 import keras
 import tensorflow as tf
 
-from tfp_flows import flow_inputs
 from tfp_flows.layers import _replica_seed
 from tfp_flows.layers import dequantize as dequantize_lib
 from tfp_flows.layers import residual_block as residual_block_lib
@@ -151,13 +150,8 @@ class FlowMatching(Objective):
     return ("flow_matching_loss",) + MaximumLikelihood().metric_names(model, training)
 
   def compute(self, model, data, training):
-    x, context = unpack(data)
     # The flow is unconditional (`check`): a context is an error, not dropped.
-    flow_inputs.checked_context(context, model.context_shape, model.context_dtype)
-    x, _ = flow_inputs.checked_points(tf.convert_to_tensor(x), model.event_shape)
-    x = tf.reshape(x, [-1, *model.event_shape])
-    if not x.dtype.is_floating:
-      x = tf.cast(x, model.compute_dtype)
+    x, _, _ = model.flat_batch(*unpack(data))
     for layer in model.flow_layers[:-1]:
       x, _ = layer(x, training=training)
     seed = None if training else tf.constant(EVALUATION_SEED, tf.int32)

@@ -123,6 +123,11 @@ def test_a_target_that_is_not_finite_at_the_start_is_an_error():
   with pytest.raises(ValueError, match="not finite at 4 of the 4 chains' starting points"):
     tff.inference.neutra_sample(target.log_prob, flow, num_results=5, num_chains=4,
                                 seed=1)
+  # Called inside a tf.function, the check is an assertion of the graph.
+  in_graph = tf.function(lambda: tff.inference.neutra_sample(
+      target.log_prob, flow, num_results=5, num_chains=4, seed=1, jit_compile=False))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="not finite at some chains"):
+    in_graph()
 
 
 def test_an_int_seed_repeats_the_chains():

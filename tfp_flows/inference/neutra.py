@@ -139,17 +139,21 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
   if initial_state is None:
     initial_state = bijector.forward(base.sample(num_chains, seed=init_seed))
   initial_state = tf.convert_to_tensor(initial_state, dtype)
-  if tf.executing_eagerly():  # inside a tf.function the chains' results must tell
-    start = tf.math.is_finite(target_log_prob_fn(initial_state))
+  start = tf.math.is_finite(target_log_prob_fn(initial_state))
+  advice = ("where the chains could never move. The flow's draws lie outside the "
+            "target's support, or the target fails there: append a constraining bijector "
+            "to the flow (e.g. tfb.Exp() for positive parameters), pass the FlowModel "
+            "itself rather than model.distribution if it was trained with "
+            "ReverseKL(constraining_bijector=...), or pass initial_state=.")
+  if tf.executing_eagerly():
     bad = int(tf.reduce_sum(tf.cast(~start, tf.int32)))
     if bad:
-      raise ValueError(
-          f"target_log_prob_fn is not finite at {bad} of the {start.shape[0]} chains' "
-          "starting points, where the chains could never move. The flow's draws lie "
-          "outside the target's support, or the target fails there: append a "
-          "constraining bijector to the flow (e.g. tfb.Exp() for positive parameters), "
-          "pass the FlowModel itself rather than model.distribution if it was trained "
-          "with ReverseKL(constraining_bijector=...), or pass initial_state=.")
+      raise ValueError(f"target_log_prob_fn is not finite at {bad} of the "
+                       f"{start.shape[0]} chains' starting points, {advice}")
+  else:  # called inside a user's tf.function: an assertion of the graph
+    with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(start), [
+        "target_log_prob_fn is not finite at some chains' starting points, " + advice])]):
+      initial_state = tf.identity(initial_state)
 
   if kernel == "nuts":
     inner = tfp.mcmc.NoUTurnSampler(target_log_prob_fn, tf.cast(step_size, dtype),
