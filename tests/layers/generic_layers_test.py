@@ -32,13 +32,17 @@ LEGACY_X = np.array([[0.3, -1.2, 0.7, 2.1], [-0.5, 0.4, -2.6, 0.05]], np.float32
 LEGACY_LOG_PROB = np.array([-8.051174, -9.820482], np.float32)
 
 
-def _legacy_model():
-  """One of each older layer over vectors of 4 (runs with the old and the new code)."""
+def _legacy_model(**layout):
+  """One of each older layer over vectors of 4 (runs with the old and the new code).
+
+  `layout`: `conditioner_layout=...` for the couplings; the file was written before the
+  argument existed, by the code whose layout is now "dense".
+  """
   return tff.FlowModel([
-      tff.layers.AffineCoupling(scale="exp", clamp=2.5, hidden_units=(4,)),
-      tff.layers.AdditiveCoupling(reverse=True, hidden_units=(4,)),
+      tff.layers.AffineCoupling(scale="exp", clamp=2.5, hidden_units=(4,), **layout),
+      tff.layers.AdditiveCoupling(reverse=True, hidden_units=(4,), **layout),
       tff.layers.SplineCoupling(num_bins=3, bound=2.5, mask="checkerboard",
-                                hidden_units=(4,)),
+                                hidden_units=(4,), **layout),
       tff.layers.AffineAutoregressive(scale="sigmoid", clamp=2.0, order="reversed",
                                       hidden_units=(4,)),
       tff.layers.SplineAutoregressive(num_bins=3, bound=3.0, circular=True,
@@ -203,8 +207,29 @@ def test_keras_file_from_before_the_generic_layers_still_loads():
       "SplineAutoregressive"]
   assert loaded.flow_layers[4].transformer == bijectors.CircularRationalQuadraticTransformer(
       num_bins=3, bound=3.0)
+  assert [l.conditioner_layout for l in loaded.flow_layers[:3]] == ["dense"] * 3
   # The same layers built by the new code, given the file's weights, agree.
-  rebuilt = _legacy_model()
+  rebuilt = _legacy_model(conditioner_layout="dense")
   rebuilt.set_weights(loaded.get_weights())
   np.testing.assert_allclose(rebuilt.log_prob(LEGACY_X).numpy(), LEGACY_LOG_PROB,
                              rtol=1e-6)
+  # In the stacked layout each conditioner layer is [kernel; bias] in one weight.
+  stacked = _legacy_model()
+  for old_layer, new_layer in zip(loaded.flow_layers, stacked.flow_layers):
+    if isinstance(old_layer, tff.layers.Coupling):
+      weights = old_layer.net.get_weights()
+      new_layer.net.set_weights([np.concatenate([kernel, bias[None]], 0)
+                                 for kernel, bias in zip(weights[::2], weights[1::2])])
+    else:
+      new_layer.set_weights(old_layer.get_weights())
+  np.testing.assert_allclose(stacked.log_prob(LEGACY_X).numpy(), LEGACY_LOG_PROB,
+                             rtol=1e-6)
+
+
+def test_a_loaded_file_keeps_its_conditioner_layout_when_saved_again(tmp_path):
+  loaded = keras.models.load_model(LEGACY_FILE)
+  path = str(tmp_path / "again.keras")
+  loaded.save(path)
+  again = keras.models.load_model(path)
+  assert [l.conditioner_layout for l in again.flow_layers[:3]] == ["dense"] * 3
+  np.testing.assert_allclose(again.log_prob(LEGACY_X).numpy(), LEGACY_LOG_PROB, rtol=1e-6)

@@ -47,7 +47,8 @@ def _coupling(cls, **kwargs):
   return lambda: [cls(hidden_units=(8,), hidden_channels=8, **kwargs)]
 
 
-# Dense(8) + Dense(out): 4 weight tensors; GlowConvNet: 3 convolutions, 6 tensors.
+# MLP with one hidden layer: 2 stacked [fan_in + 1, units] weights (4 tensors, kernels and
+# biases, with conditioner_layout="dense"); GlowConvNet: 3 convolutions, 6 tensors.
 CASES = [
     Case("act_norm_vector", lambda: [tff.layers.ActNorm()], VECTOR, 2,
          train_equals_eval=False),
@@ -61,20 +62,22 @@ CASES = [
 for _scale in ("sigmoid", "exp"):
   for _mask in ("half", "checkerboard"):
     _reverse = _mask == "checkerboard"
-    for _kind, _shape, _count in (("vector", VECTOR, 4), ("image", IMAGE, 6)):
+    for _kind, _shape, _count in (("vector", VECTOR, 2), ("image", IMAGE, 6)):
       CASES.append(Case(f"affine_{_scale}_{_mask}_{_kind}",
                         _coupling(tff.layers.AffineCoupling, scale=_scale, mask=_mask,
                                   reverse=_reverse), _shape, _count))
 CASES += [
     Case("affine_conditional_vector",
-         _coupling(tff.layers.AffineCoupling, conditional=True), VECTOR, 4,
+         _coupling(tff.layers.AffineCoupling, conditional=True), VECTOR, 2,
          context_size=2),
+    Case("affine_dense_layout_vector",
+         _coupling(tff.layers.AffineCoupling, conditioner_layout="dense"), VECTOR, 4),
     Case("affine_conditional_image",
          _coupling(tff.layers.AffineCoupling, conditional=True, mask="checkerboard"),
          IMAGE, 6, context_size=2),
     Case("affine_half_reverse_vector",  # odd split the other way: 2 kept, 1 moved
-         _coupling(tff.layers.AffineCoupling, reverse=True), VECTOR, 4),
-    Case("additive_half_vector", _coupling(tff.layers.AdditiveCoupling), VECTOR, 4),
+         _coupling(tff.layers.AffineCoupling, reverse=True), VECTOR, 2),
+    Case("additive_half_vector", _coupling(tff.layers.AdditiveCoupling), VECTOR, 2),
     Case("additive_checkerboard_image",
          _coupling(tff.layers.AdditiveCoupling, mask="checkerboard", reverse=True),
          IMAGE, 6),
@@ -106,12 +109,12 @@ CASES += [
          lambda: [tff.layers.FactorOut([tff.layers.Squeeze(2),
                                         tff.layers.GaussianPrior(num_classes=3)])],
          IMAGE, 3, num_classes=3),
-    # A user's own chain: coupling net 4 + MADE 4 (registered, so `.keras` loads it).
+    # A user's own chain: coupling net 2 + MADE 4 (registered, so `.keras` loads it).
     Case("flow_chain",
          lambda: [tff.layers.FlowChain([
              tff.layers.AffineCoupling(hidden_units=(8,)), tff.layers.Permute(),
              tff.layers.AffineAutoregressive(hidden_units=(8,), order="reversed")])],
-         VECTOR, 8),
+         VECTOR, 6),
     # TarFlow: CausalTransformer with one layer: start token, positions, proj_in 2,
     # layer 12 (2 norms x 2, 4 dense x 2), out norm 2, proj_out 2 (+ class table).
     Case("tarflow_block",
@@ -125,12 +128,12 @@ CASES += [
     Case("permute_reversed", lambda: [tff.layers.Permute()], VECTOR, 0),
     Case("permute_random", lambda: [tff.layers.Permute("random", seed=2)], VECTOR, 0),
     Case("spline_coupling_vector", _coupling(tff.layers.SplineCoupling, num_bins=4),
-         VECTOR, 4),
+         VECTOR, 2),
     Case("spline_coupling_circular_checkerboard_image",
          _coupling(tff.layers.SplineCoupling, num_bins=3, circular=True,
                    mask="checkerboard"), IMAGE, 6),
     Case("spline_coupling_conditional_vector",
-         _coupling(tff.layers.SplineCoupling, conditional=True), VECTOR, 4,
+         _coupling(tff.layers.SplineCoupling, conditional=True), VECTOR, 2,
          context_size=2),
     # MADE with one hidden layer: masked kernels and biases, 4 tensors (+2 context).
     Case("affine_autoregressive",

@@ -50,10 +50,13 @@ class Coupling(flow_layer.FlowLayer):
     reverse: transform the other half / the other checkerboard colour.
     hidden_units: MLP hidden sizes (vectors).
     hidden_channels: conv net width (images).
+    conditioner_layout: the MLP conditioner's weight layout (vectors): "stacked" or
+      "dense", see `tfp_flows.nets.MLP`. A config without it, written before the stacked
+      layout existed, loads as "dense".
   """
 
   def __init__(self, transformer, mask="half", reverse=False, hidden_units=(128, 128),
-               hidden_channels=512, **kwargs):
+               hidden_channels=512, conditioner_layout="stacked", **kwargs):
     super().__init__(**kwargs)
     self.transformer = transformer_spec.get(transformer)
     if mask not in _MASKS:
@@ -62,6 +65,11 @@ class Coupling(flow_layer.FlowLayer):
     self.reverse = bool(reverse)
     self.hidden_units = tuple(int(u) for u in hidden_units)
     self.hidden_channels = int(hidden_channels)
+    # Checked here, not only by the MLP, so that an image coupling rejects it as well.
+    if conditioner_layout not in ("stacked", "dense"):
+      raise ValueError(f"conditioner_layout must be 'stacked' or 'dense'; got "
+                       f"{conditioner_layout!r}.")
+    self.conditioner_layout = conditioner_layout
 
   def build(self, inputs_shape, context_shape=None):
     """Creates the conditioner's weights for inputs `[N, *event_shape]`.
@@ -101,7 +109,8 @@ class Coupling(flow_layer.FlowLayer):
     context_known = not self.conditional or context_shape is not None
     if len(event_shape) == 1:
       self.net = nets.MLP(moved * num_params, self.hidden_units,
-                          dtype=self.dtype_policy, name="conditioner")
+                          layout=self.conditioner_layout, dtype=self.dtype_policy,
+                          name="conditioner")
       if context_known:
         self.net.build((None, kept), None if context_shape is None
                        else (None, int(context_shape[-1])))
@@ -132,7 +141,12 @@ class Coupling(flow_layer.FlowLayer):
     return {**super().get_config(), "transformer": transformer_spec.serialize(self.transformer),
             "mask": self.mask, "reverse": self.reverse,
             "hidden_units": list(self.hidden_units),
-            "hidden_channels": self.hidden_channels}
+            "hidden_channels": self.hidden_channels,
+            "conditioner_layout": self.conditioner_layout}
+
+  @classmethod
+  def from_config(cls, config):
+    return super().from_config({"conditioner_layout": "dense", **config})
 
 
 CouplingLayer = Coupling  # The former name of the base class, kept for callers.

@@ -4,6 +4,8 @@ import keras
 
 __all__ = ["MLP"]
 
+_LAYOUTS = ("stacked", "dense")
+
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
 class MLP(keras.layers.Layer):
@@ -13,26 +15,56 @@ class MLP(keras.layers.Layer):
   (every transformer here is the identity at all-zero parameters). A context, when
   given, is concatenated to the input.
 
+  #### Mathematical Details
+
+  Layer `l` maps `h_{l-1}` of width `n` to `h_l = act(h_{l-1} K_l + b_l)` (no
+  activation on the last layer). With `layout="stacked"` each layer holds one weight
+  `W_l = [K_l; b_l]` of shape `[n + 1, units]`, the bias as its last row, and computes
+  `[h_{l-1}, 1] W_l`: one matmul, whose gradient `[h_{l-1}, 1]^T g` gives the kernel's and
+  the bias' gradients together. Kernels start Glorot-uniform and biases at zero, the
+  last layer all zero, as with `layout="dense"`, where each layer is a Keras `Dense`
+  with a kernel and a bias.
+
+  Both layouts compute the same function of the same parameters. The stacked one has
+  half the variables, which halves what an optimizer traces and compiles per step (the
+  Keras optimizers trace their update once per variable), and skips Keras' per-layer
+  call: a flow of 8 couplings with 3-layer MLPs compiles its first XLA training step
+  about 1 s faster (benchmarks/RESULTS.md).
+
   Args:
     output_units: size of the output.
-    hidden_units: sizes of the hidden layers.
+    hidden_units: sizes of the hidden layers (may be empty: an affine map).
     activation: activation of the hidden layers.
+    layout: "stacked" (one `[fan_in + 1, units]` weight per layer) or "dense" (Keras
+      `Dense` sublayers: the layout of files written before the stacked one existed,
+      which a config without `layout` loads with).
+    **kwargs: `keras.layers.Layer` arguments (`name`, `dtype="float64"`, ...).
+
+  Raises:
+    ValueError: for a non-positive `output_units` or an unknown `layout`.
   """
 
-  def __init__(self, output_units, hidden_units=(128, 128), activation="relu", **kwargs):
+  def __init__(self, output_units, hidden_units=(128, 128), activation="relu",
+               layout="stacked", **kwargs):
     super().__init__(**kwargs)
     if int(output_units) < 1:
       raise ValueError(f"output_units must be positive; got {output_units!r}.")
+    if layout not in _LAYOUTS:
+      raise ValueError(f"layout must be one of {_LAYOUTS}; got {layout!r}.")
     self.output_units = int(output_units)
     self.hidden_units = tuple(int(u) for u in hidden_units)
     self.activation = activation
-    # Every sublayer computes in this layer's dtype policy (float64, say), not the global one.
-    self._hidden = [keras.layers.Dense(u, activation=activation, dtype=self.dtype_policy,
-                                       name=f"dense_{i}")
-                    for i, u in enumerate(self.hidden_units)]
-    self._output = keras.layers.Dense(self.output_units, kernel_initializer="zeros",
-                                      bias_initializer="zeros", dtype=self.dtype_policy,
-                                      name="output")
+    self.layout = layout
+    self._activation = keras.activations.get(activation)
+    if layout == "dense":
+      # Every sublayer computes in this layer's dtype policy (float64, say), not the
+      # global one. The attribute names are the paths older files hold the weights under.
+      self._hidden = [keras.layers.Dense(u, activation=activation, dtype=self.dtype_policy,
+                                         name=f"dense_{i}")
+                      for i, u in enumerate(self.hidden_units)]
+      self._output = keras.layers.Dense(self.output_units, kernel_initializer="zeros",
+                                        bias_initializer="zeros", dtype=self.dtype_policy,
+                                        name="output")
 
   def build(self, inputs_shape, context_shape=None):
     """Creates every weight now, so a `.keras` reload finds them.
@@ -43,18 +75,52 @@ class MLP(keras.layers.Layer):
     width = int(inputs_shape[-1])
     if context_shape is not None:
       width += int(context_shape[-1])
-    shape = (None, width)
-    for layer in self._hidden + [self._output]:
-      layer.build(shape)
-      shape = (None, layer.units)
+    if self.layout == "dense":
+      shape = (None, width)
+      for layer in self._hidden + [self._output]:
+        layer.build(shape)
+        shape = (None, layer.units)
+      return
+    self._layer_weights = []
+    for i, units in enumerate(self.hidden_units + (self.output_units,)):
+      last = i == len(self.hidden_units)
+      initializer = "zeros" if last else _kernel_over_zero_bias(width, units)
+      self._layer_weights.append(self.add_weight((width + 1, units), initializer,
+                                                 name=f"layer_{i}"))
+      width = units
 
   def call(self, inputs, context=None):
     h = inputs if context is None else keras.ops.concatenate(
         [inputs, keras.ops.cast(context, inputs.dtype)], axis=-1)
-    for layer in self._hidden:
-      h = layer(h)
-    return self._output(h)
+    if self.layout == "dense":
+      for layer in self._hidden:
+        h = layer(h)
+      return self._output(h)
+    ones = keras.ops.ones_like(h[..., :1])
+    for i, weight in enumerate(self._layer_weights):
+      if i:
+        h = self._activation(h)
+      h = keras.ops.matmul(keras.ops.concatenate([h, ones], axis=-1),
+                           keras.ops.cast(weight, h.dtype))
+    return h
 
   def get_config(self):
     return {**super().get_config(), "output_units": self.output_units,
-            "hidden_units": list(self.hidden_units), "activation": self.activation}
+            "hidden_units": list(self.hidden_units), "activation": self.activation,
+            "layout": self.layout}
+
+  @classmethod
+  def from_config(cls, config):
+    return super().from_config({"layout": "dense", **config})
+
+
+def _kernel_over_zero_bias(fan_in, units):
+  """Initializer of a stacked `[fan_in + 1, units]` weight: a Glorot-uniform kernel, zero bias."""
+  glorot = keras.initializers.GlorotUniform()
+
+  def initialize(shape, dtype=None):
+    del shape
+    return keras.ops.concatenate(
+        [glorot((fan_in, units), dtype), keras.ops.zeros((1, units), dtype)], axis=0)
+
+  return initialize
