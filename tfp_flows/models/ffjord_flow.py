@@ -4,6 +4,7 @@ from tfp_flows import flow
 from tfp_flows import layers
 from tfp_flows import objectives
 from tfp_flows.models import _aliases
+from tfp_flows.models import _dtype
 
 __all__ = ["FFJORDFlow"]
 
@@ -16,7 +17,7 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
                gradient="adjoint", max_num_steps=1000, num_steps=None,
                kinetic_weight=0.0, jacobian_weight=0.0, learn_end_time=False,
                end_time=1.0, activation="softplus", name="ffjord_flow", *, objective=None,
-               time_conditioning="concat_squash"):
+               time_conditioning="concat_squash", dtype=None):
   """A continuous normalizing flow (FFJORD, Grathwohl et al. 2019) as a `FlowModel`.
 
   Data side first: optionally `Dequantize(num_bits)` for integer data, then
@@ -66,6 +67,9 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
       `tfp_flows.objectives.Objective` (see `FlowModel`).
     time_conditioning: how t enters each field, "concat_squash" or "concat" (see
       `tfp_flows.layers.FFJORD`).
+    dtype: the dtype policy of every layer and of the model: None for Keras' global one
+      (`keras.config.set_floatx`), "float32" or "float64". Under a global mixed precision
+      policy pass "float32": flows compute in one float type.
 
   Raises:
     ValueError: for bad shapes, counts, flow matching with several blocks, or both
@@ -86,17 +90,18 @@ def FFJORDFlow(event_shape, num_blocks=1, hidden_units=(64, 64, 64), trace="hutc
       int(num_blocks) != 1):
     raise ValueError(f"{spelled}='flow_matching' learns one vector field: use num_blocks=1 "
                      f"(got {num_blocks}).")
+  dtype = _dtype.layer_arguments("FFJORDFlow", dtype)
   flow_layers = []
   if num_bits is not None:
-    flow_layers.append(layers.Dequantize(num_bits=num_bits, alpha=1e-3))
+    flow_layers.append(layers.Dequantize(num_bits=num_bits, alpha=1e-3, **dtype))
   for _ in range(int(num_blocks)):
     if actnorm:
-      flow_layers.append(layers.ActNorm())
+      flow_layers.append(layers.ActNorm(**dtype))
     flow_layers.append(layers.FFJORD(
         hidden_units=hidden_units, activation=activation,
         time_conditioning=time_conditioning, trace=trace, solver=solver,
         rtol=rtol, atol=atol, max_num_steps=max_num_steps, num_steps=num_steps,
         gradient=gradient, end_time=end_time, learn_end_time=learn_end_time,
-        kinetic_weight=kinetic_weight, jacobian_weight=jacobian_weight))
+        kinetic_weight=kinetic_weight, jacobian_weight=jacobian_weight, **dtype))
   return flow.FlowModel(flow_layers, event_shape=event_shape, name=name,
-                        objective=objective, optimal_transport=optimal_transport)
+                        objective=objective, optimal_transport=optimal_transport, **dtype)

@@ -3,13 +3,15 @@
 from tfp_flows import flow
 from tfp_flows import layers
 from tfp_flows.models import _aliases
+from tfp_flows.models import _dtype
 
 __all__ = ["Glow"]
 
 
 def Glow(event_shape=None, num_scales=3, steps_per_scale=8, hidden_channels=256,  # pylint: disable=invalid-name
          coupling="affine", lu=True, num_bits=8, num_classes=None, mask="half",
-         logit_alpha=0.05, scale="exp", clamp=2.0, name="glow", *, image_shape=None):
+         logit_alpha=0.05, scale="exp", clamp=2.0, name="glow", *, image_shape=None,
+         dtype=None):
   """A multi-scale Glow over integer images in [0, 2**num_bits), as a `FlowModel`.
 
   Data side first: `Dequantize(num_bits)` (uniform noise in training, logit transform);
@@ -47,6 +49,9 @@ def Glow(event_shape=None, num_scales=3, steps_per_scale=8, hidden_channels=256,
       latents); with "sigmoid", sampling expands by at most e^clamp per coupling.
     name: model name.
     image_shape: older alias of `event_shape`.
+    dtype: the dtype policy of every layer and of the model: None for Keras' global one
+      (`keras.config.set_floatx`), "float32" or "float64". Under a global mixed precision
+      policy pass "float32": flows compute in one float type.
 
   Raises:
     ValueError: for a bad shape, counts or variant, or the shape passed in both
@@ -61,19 +66,21 @@ def Glow(event_shape=None, num_scales=3, steps_per_scale=8, hidden_channels=256,
     raise ValueError(f"{num_scales} scales squeeze by {factor}: image height and width "
                      f"must be divisible by {factor}; got {[height, width, channels]}.")
   seeds = iter(range(num_scales * steps_per_scale))
+  dtype = _dtype.layer_arguments("Glow", dtype)
 
   def level_layers(level):
-    steps = [layers.Squeeze(2)] + [
+    steps = [layers.Squeeze(2, **dtype)] + [
         layers.GlowStep(hidden_channels=hidden_channels, coupling=coupling, lu=lu,
                         mask=mask, reverse=(mask == "checkerboard" and step % 2 == 1),
-                        seed=next(seeds), scale=scale, clamp=clamp)
+                        seed=next(seeds), scale=scale, clamp=clamp, **dtype)
         for step in range(steps_per_scale)]
     if level == num_scales - 1:
-      return steps + [layers.GaussianPrior(num_classes=num_classes)]
-    return steps + [layers.FactorOut(level_layers(level + 1))]
+      return steps + [layers.GaussianPrior(num_classes=num_classes, **dtype)]
+    return steps + [layers.FactorOut(level_layers(level + 1), **dtype)]
 
-  flow_layers = [layers.Dequantize(num_bits=num_bits, alpha=logit_alpha)] + level_layers(0)
+  flow_layers = ([layers.Dequantize(num_bits=num_bits, alpha=logit_alpha, **dtype)]
+                 + level_layers(0))
   return flow.FlowModel(
       flow_layers, event_shape=[height, width, channels],
       context_shape=None if num_classes is None else [],
-      context_dtype="int32", name=name)
+      context_dtype="int32", name=name, **dtype)

@@ -3,6 +3,7 @@
 from tfp_flows import flow
 from tfp_flows import layers
 from tfp_flows.models import _aliases
+from tfp_flows.models import _dtype
 
 __all__ = ["NeuralSplineFlow"]
 
@@ -13,7 +14,7 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
                      hidden_units=(128, 128), autoregressive=False, context_dims=None,
                      linear="lu", actnorm=True, num_bits=None, seed=0,
                      name="neural_spline_flow", *, event_shape=None, num_blocks=None,
-                     context_shape=None):
+                     context_shape=None, dtype=None):
   """A neural spline flow over vectors `[D]`, as a `FlowModel`.
 
   Data side first: optionally `Dequantize(num_bits)` for integer data, optionally an
@@ -53,6 +54,9 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
     num_blocks: number of [linear mixing, spline transform] blocks (default 5).
     context_shape: `[C]`, the shape of one context vector of a conditional flow, or
       None.
+    dtype: the dtype policy of every layer and of the model: None for Keras' global one
+      (`keras.config.set_floatx`), "float32" or "float64". Under a global mixed precision
+      policy pass "float32": flows compute in one float type.
 
   Raises:
     ValueError: for bad sizes, `linear`, a coupling flow over 1 dimension, or an
@@ -73,30 +77,32 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
   if linear not in _LINEAR:
     raise ValueError(f"linear must be one of {_LINEAR}; got {linear!r}.")
   conditional = context_dims is not None
+  dtype = _dtype.layer_arguments("NeuralSplineFlow", dtype)
   if conditional and (isinstance(context_dims, bool) or int(context_dims) != context_dims
                       or context_dims < 1):
     raise ValueError("context_dims must be a positive int (the C of context_shape=[C]), or "
                      f"None; got {context_dims!r}.")
   flow_layers = []
   if num_bits is not None:
-    flow_layers.append(layers.Dequantize(num_bits=num_bits, alpha=1e-3))
+    flow_layers.append(layers.Dequantize(num_bits=num_bits, alpha=1e-3, **dtype))
   if actnorm:
-    flow_layers.append(layers.ActNorm())
+    flow_layers.append(layers.ActNorm(**dtype))
   for i in range(int(num_blocks)):
     if event_dims > 1:
-      flow_layers.append(layers.InvertibleConv1x1(lu=True, seed=seed + i)
-                         if linear == "lu" else layers.Permute("reversed"))
+      flow_layers.append(layers.InvertibleConv1x1(lu=True, seed=seed + i, **dtype)
+                         if linear == "lu" else layers.Permute("reversed", **dtype))
     if autoregressive:
       flow_layers.append(layers.SplineAutoregressive(
           num_bins=num_bins, bound=bound, hidden_units=hidden_units,
-          order="natural" if i % 2 == 0 else "reversed", conditional=conditional))
+          order="natural" if i % 2 == 0 else "reversed", conditional=conditional,
+          **dtype))
     else:
       flow_layers.append(layers.SplineCoupling(
           num_bins=num_bins, bound=bound, hidden_units=hidden_units, reverse=i % 2 == 1,
-          conditional=conditional))
+          conditional=conditional, **dtype))
   return flow.FlowModel(flow_layers, event_shape=[event_dims],
                         context_shape=None if context_dims is None else [int(context_dims)],
-                        name=name)
+                        name=name, **dtype)
 
 
 def _vector_size(name, shape, alias, size):

@@ -3,6 +3,7 @@
 from tfp_flows import flow
 from tfp_flows import layers
 from tfp_flows.models import _aliases
+from tfp_flows.models import _dtype
 
 __all__ = ["ResidualFlow"]
 
@@ -11,7 +12,7 @@ def ResidualFlow(event_shape, num_blocks=8, hidden_units=(128, 128), lipschitz=0
                  logdet=None, n_exact_terms=None, actnorm=True, num_bits=None,
                  num_scales=2, gradient="neumann", power_iterations=1,
                  validate_args=False, name="residual_flow", *, log_det=None,
-                 num_exact_terms=None):
+                 num_exact_terms=None, dtype=None):
   """A residual flow (Chen et al. 2019) over vectors or images, as a `FlowModel`.
 
   Data side first: optionally `Dequantize(num_bits)` for integer data (logit margin
@@ -51,6 +52,9 @@ def ResidualFlow(event_shape, num_blocks=8, hidden_units=(128, 128), lipschitz=0
     name: model name.
     log_det: training estimator, "russian_roulette" (default), "series" or "exact".
     num_exact_terms: terms the roulette always computes (default 2).
+    dtype: the dtype policy of every layer and of the model: None for Keras' global one
+      (`keras.config.set_floatx`), "float32" or "float64". Under a global mixed precision
+      policy pass "float32": flows compute in one float type.
 
   Raises:
     ValueError: for bad shapes or counts (layer arguments are checked by the layers),
@@ -72,17 +76,18 @@ def ResidualFlow(event_shape, num_blocks=8, hidden_units=(128, 128), lipschitz=0
     raise ValueError(f"{num_scales} scales need num_blocks >= num_scales and H, W "
                      f"divisible by {2 ** (num_scales - 1)}; got {event_shape} and "
                      f"{num_blocks} blocks.")
+  dtype = _dtype.layer_arguments("ResidualFlow", dtype)
   flow_layers = []
   if num_bits is not None:
-    flow_layers.append(layers.Dequantize(num_bits=num_bits, alpha=1e-3))
+    flow_layers.append(layers.Dequantize(num_bits=num_bits, alpha=1e-3, **dtype))
   for i in range(int(num_blocks)):
     if image and i > 0 and i % (num_blocks // num_scales) == 0 and (
         i // (num_blocks // num_scales)) < num_scales:
-      flow_layers.append(layers.Squeeze(2))
+      flow_layers.append(layers.Squeeze(2, **dtype))
     if actnorm:
-      flow_layers.append(layers.ActNorm())
+      flow_layers.append(layers.ActNorm(**dtype))
     flow_layers.append(layers.ResidualBlock(
         hidden_units=hidden_units, lipschitz=lipschitz, log_det=log_det,
         num_exact_terms=num_exact_terms, gradient=gradient, power_iterations=power_iterations,
-        validate_args=validate_args))
-  return flow.FlowModel(flow_layers, event_shape=event_shape, name=name)
+        validate_args=validate_args, **dtype))
+  return flow.FlowModel(flow_layers, event_shape=event_shape, name=name, **dtype)

@@ -8,6 +8,7 @@ from tfp_flows import flow
 from tfp_flows import layers
 from tfp_flows.bijectors import conditioning
 from tfp_flows.models import _aliases
+from tfp_flows.models import _dtype
 from tfp_flows.numerics import probes
 
 __all__ = ["TarFlow", "TarFlowModel", "tweedie_denoise"]
@@ -118,7 +119,7 @@ class TarFlowModel(flow.FlowModel):
 def TarFlow(event_shape=None, patch_size=2, channels=128, num_blocks=4, layers_per_block=2,  # pylint: disable=invalid-name
             heads=4, noise_std=0.05, num_bits=8, num_classes=None, expansion=4,
             label_dropout=0.1, logit_alpha=None, clamp=4.0, sampling="kv_cache",
-            name="tarflow", *, image_shape=None):
+            name="tarflow", *, image_shape=None, dtype=None):
   """TarFlow over integer images in [0, 2**num_bits), as a `TarFlowModel`.
 
   Data side first: `Dequantize(num_bits, alpha=logit_alpha)` (uniform noise in training;
@@ -171,6 +172,9 @@ def TarFlow(event_shape=None, patch_size=2, channels=128, num_blocks=4, layers_p
     sampling: the blocks' default sampler.
     name: model name.
     image_shape: older alias of `event_shape`.
+    dtype: the dtype policy of every layer and of the model: None for Keras' global one
+      (`keras.config.set_floatx`), "float32" or "float64". Under a global mixed precision
+      policy pass "float32": flows compute in one float type.
 
   Raises:
     ValueError: for a bad shape or count, or the shape passed in both spellings (or in
@@ -180,14 +184,17 @@ def TarFlow(event_shape=None, patch_size=2, channels=128, num_blocks=4, layers_p
     raise ValueError(f"num_blocks must be at least 1; got {num_blocks!r}.")
   height, width, channels_in = _aliases.image_event_shape("TarFlow", event_shape,
                                                           image_shape)
-  flow_layers = [layers.Dequantize(num_bits=num_bits, alpha=logit_alpha),
-                 layers.NoiseAugmentation(noise_std=noise_std)]
+  dtype = _dtype.layer_arguments("TarFlow", dtype)
+  flow_layers = [layers.Dequantize(num_bits=num_bits, alpha=logit_alpha, **dtype),
+                 layers.NoiseAugmentation(noise_std=noise_std, **dtype)]
   flow_layers += [
       layers.TarFlowBlock(patch_size=patch_size, channels=channels,
                           num_layers=layers_per_block, heads=heads, expansion=expansion,
                           reverse=block % 2 == 1, num_classes=num_classes,
-                          label_dropout=label_dropout, clamp=clamp, sampling=sampling)
+                          label_dropout=label_dropout, clamp=clamp, sampling=sampling,
+                          **dtype)
       for block in range(int(num_blocks))]
   return TarFlowModel(
       flow_layers, event_shape=[height, width, channels_in],
-      context_shape=None if num_classes is None else [], context_dtype="int32", name=name)
+      context_shape=None if num_classes is None else [], context_dtype="int32", name=name,
+      **dtype)
