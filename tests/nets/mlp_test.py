@@ -121,3 +121,18 @@ def test_unknown_layouts_are_errors():
     nets.MLP(3, layout="fused")
   with pytest.raises(ValueError, match="conditioner_layout must be"):
     tff.layers.AffineCoupling(conditioner_layout="fused")
+
+
+@pytest.mark.parametrize("layout", ["stacked", "dense"])
+def test_integer_and_float64_inputs_are_computed_in_the_layers_dtype(layout):
+  rng = np.random.default_rng(3)
+  net = nets.MLP(2, (5,), layout=layout, autocast=False)
+  net.build((None, 3))
+  for weight in net.trainable_weights:
+    weight.assign(rng.normal(size=weight.shape).astype("float32"))
+  x = rng.integers(-3, 4, size=(4, 3))
+  expected = net(x.astype("float32")).numpy()
+  for given in (x.astype("int32"), x.astype("float64")):
+    got = net(given)
+    assert got.dtype == "float32"
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)

@@ -29,7 +29,9 @@ class MLP(keras.layers.Layer):
   half the variables, which halves what an optimizer traces and compiles per step (the
   Keras optimizers trace their update once per variable), and skips Keras' per-layer
   call: a flow of 8 couplings with 3-layer MLPs compiles its first XLA training step
-  about 1 s faster (benchmarks/RESULTS.md).
+  about 1 s faster (benchmarks/RESULTS.md). What an optimizer does per variable sees a
+  layer's kernel and bias as one there: `clipnorm` clips their joint norm, and a weight
+  decay cannot exclude the biases by name; `layout="dense"` keeps them apart.
 
   Args:
     output_units: size of the output.
@@ -96,6 +98,9 @@ class MLP(keras.layers.Layer):
       for layer in self._hidden:
         h = layer(h)
       return self._output(h)
+    # As Keras' Dense computes: in the layer's compute dtype, whatever the inputs' (ints,
+    # or float64 with autocast=False).
+    h = keras.ops.cast(h, self.compute_dtype)
     ones = keras.ops.ones_like(h[..., :1])
     for i, weight in enumerate(self._layer_weights):
       if i:
