@@ -111,3 +111,14 @@ def test_a_float32_preset_trains_under_xla_next_to_a_mixed_policy(global_policy)
   assert all(np.isfinite(history.history["loss"]))
   assert -float(np.mean(model.log_prob(x))) < before - 0.05
   assert keras.layers.Dense(2).compute_dtype == global_policy.split("_")[1]
+
+
+@pytest.mark.parametrize("dtype,message", [
+    ("mixed_float16", r"NeuralSplineFlow does not support the mixed precision policy "
+                      r"'mixed_float16'.* Pass dtype='float32' to NeuralSplineFlow"),
+    ("float16", r"NeuralSplineFlow computes in float32 or float64; dtype is 'float16'"),
+    ("int32", r"NeuralSplineFlow computes in float32 or float64; dtype is 'int32'"),
+])
+def test_a_dtype_that_is_not_float32_or_float64_is_the_presets_error(dtype, message):
+  with pytest.raises(ValueError, match=message):
+    models.NeuralSplineFlow(event_shape=[3], hidden_units=(4,), dtype=dtype)
