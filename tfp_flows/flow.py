@@ -6,11 +6,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_flows import bijectors as bijectors_lib
-from tfp_flows import callbacks as callbacks_lib
-from tfp_flows import compiled_loop
 from tfp_flows import distributions
-from tfp_flows import fit_data
 from tfp_flows import flow_inputs
+from tfp_flows import flow_training
 from tfp_flows import objectives
 from tfp_flows import step_guard
 from tfp_flows.layers import flow_layer
@@ -23,7 +21,7 @@ tfd = tfp.distributions
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
-class FlowModel(keras.Model):
+class FlowModel(flow_training.FlowTraining, keras.Model):
   """A base distribution pushed through flow layers: `tfd.TransformedDistribution` in Keras.
 
   ```python
@@ -263,182 +261,6 @@ class FlowModel(keras.Model):
     context = tf.tile(context[tf.newaxis], [n] + [1] * context.shape.rank)
     return tf.reshape(context, [n * num_rows, *self.context_shape]), rows, n * num_rows
 
-  def train_step(self, data):
-    """One step of the objective, applied only if its loss and gradients are finite.
-
-    A non-finite step (NaN or inf in the batch, or a diverged loss) changes neither the
-    weights nor the optimizer state, on every replica alike; `fit` then stops with an
-    error naming the step (`step_guard`).
-    """
-    variables = self.objective.trainable_variables(self)
-    with tf.GradientTape() as tape:
-      result = self.objective.compute(self, data, training=True)
-      loss = self._with_layer_losses(result.loss)
-      # Gradients are summed over replicas, so each replica's loss is divided by their count.
-      scaled = self.optimizer.scale_loss(
-          loss / tf.distribute.get_strategy().num_replicas_in_sync)
-    gradients = tape.gradient(scaled, variables)
-    # LossScaleOptimizer skips steps with overflowing (scaled) gradients by itself.
-    check_gradients = not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-    finite = step_guard.all_finite([loss] + (list(gradients) if check_gradients else []))
-    if not self.optimizer.built:  # as Keras does, but before the update becomes conditional
-      self.optimizer.build(self.trainable_variables)
-    # The host raises after the execution that held a non-finite step; the steps after
-    # it in that execution (steps_per_execution > 1) are skipped too, so the weights
-    # stay those before it, as the error says.
-    step_guard.apply_if(finite & self._step_guard.clean(), self.optimizer, gradients,
-                        variables)
-    self._step_guard.record(finite)
-    # The largest step loss of the epoch shows a spike that the epoch mean hides.
-    self._loss_max_tracker.update_state(step_guard.global_mean(loss, result.num_examples))
-    return self._log(result, loss, {"loss_max": self._loss_max_tracker.result()})
-
-  def test_step(self, data):
-    result = self.objective.compute(self, data, training=False)
-    return self._log(result, self._with_layer_losses(result.loss))
-
-  def _with_layer_losses(self, loss):
-    """The objective's loss plus the layers' Keras losses (regularisers) of this call."""
-    if self.losses:
-      return loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
-    return loss
-
-  def _log(self, result, loss, extra=None):
-    """Updates Keras' `loss` and the objective's metrics; returns the step's logs.
-
-    Weighted by the batch's examples, so an epoch logs per-example means also when the
-    last batch is smaller.
-    """
-    weight = tf.cast(result.num_examples, loss.dtype)
-    self._loss_tracker.update_state(loss, sample_weight=weight)
-    for name, value in result.metrics.items():
-      self._trackers[name].update_state(value, sample_weight=weight)
-    logs = self._tracker_logs(result.metrics, extra)
-    if _is_multi_worker(tf.distribute.get_strategy()):
-      # Keras reduces the step logs across workers with strategy.reduce(MEAN, axis=0),
-      # which rejects scalars (tensorflow/tensorflow#72388); epoch logs still come
-      # from the metrics' own scalar results.
-      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-    return logs
-
-  def _tracker_logs(self, names, extra=None):
-    """The logs of a step: `loss`, `extra`, then the trackers of `names`, as results."""
-    logs = {"loss": self._loss_tracker.result(), **(extra or {})}
-    for name in names:
-      logs[name] = self._trackers[name].result()
-    return logs
-
-  def make_train_function(self, force=False):
-    """Keras' train function; with `jit_compile=True`, one XLA loop per execution.
-
-    With `steps_per_execution=k > 1` on one replica, the k steps of an execution run
-    as one `tf.while_loop` inside one XLA computation over the execution's k batches
-    (`tfp_flows.compiled_loop`), instead of k compiled calls driven by Keras' graph
-    loop, each paying a launch. Same steps, batches, seeds and logs; the logs are the
-    metrics after the k-th step, and `on_train_batch_end` runs once per execution, as
-    in Keras. Other cases are Keras' own function.
-    """
-    if self.train_function is not None and not force:
-      return self.train_function
-    super().make_train_function(force=True)
-    if (self.run_eagerly or not self.jit_compile or self.steps_per_execution < 2
-        or self.distribute_strategy.num_replicas_in_sync > 1):
-      return self.train_function
-    if not self.optimizer.built:  # its variables cannot be created inside the loop
-      self.optimizer.build(self.trainable_variables)
-    names = self.objective.metric_names(self, training=True)
-    self.train_function = compiled_loop.make_train_function(
-        self, self.train_function,
-        lambda: self._tracker_logs(names, {"loss_max": self._loss_max_tracker.result()}),
-        reads_batches=self.objective.requires_data)
-    return self.train_function
-
-  def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
-               steps=None, **kwargs):
-    """`keras.Model.evaluate`; like `fit`, it takes no `sample_weight`.
-
-    An objective that draws its own samples takes no data: `evaluate(steps=...)`.
-    """
-    fit_data.reject_example_weights({"sample_weight": sample_weight})
-    if not self.objective.requires_data:
-      if x is None:
-        if steps is None:
-          raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
-                           "steps= (the batches to evaluate) to evaluate.")
-        x = self._placeholder_batches()
-    else:
-      fit_data.check_replica_shards(x, batch_size, {},
-                                    self.distribute_strategy.num_replicas_in_sync)
-    return super().evaluate(x, y, batch_size=batch_size, verbose=verbose, steps=steps,
-                            **kwargs)
-
-  def _placeholder_batches(self):
-    """Batches for objectives that draw their own samples, which ignore them.
-
-    One row per replica, as a distribution strategy splits each batch over replicas.
-    """
-    replicas = self.distribute_strategy.num_replicas_in_sync
-    return fit_data.without_autotuning(tf.data.Dataset.from_tensors(
-        tf.zeros([replicas, 1], self.compute_dtype)).repeat())
-
-  def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-          **kwargs):
-    """`keras.Model.fit`, stopping with an error at a non-finite step (see `train_step`).
-
-    An objective that draws its own samples (`objectives.ReverseKL`) takes no data:
-    `fit(epochs=..., steps_per_epoch=...)`. With a `tfp_flows.callbacks.BackupAndRestore`
-    among the callbacks and no `initial_epoch`, the fit starts at the backup's epoch,
-    so `fit(..., callbacks=[backup])` alone resumes an interrupted run.
-
-    Arrays (`x`, and a conditional flow's context as `y`) are batched and shuffled as
-    Keras does, by a pipeline without tf.data's autotuning (`fit_data`), which on small
-    machines can take compute threads from the training step.
-    """
-    fit_data.reject_example_weights(kwargs)
-    if self.objective.requires_data:
-      fit_data.check_replica_shards(x, batch_size, kwargs,
-                                    self.distribute_strategy.num_replicas_in_sync)
-    if "initial_epoch" not in kwargs:
-      given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
-               else callbacks or ())
-      backups = [c for c in given if isinstance(c, callbacks_lib.BackupAndRestore)]
-      if backups:
-        kwargs["initial_epoch"] = backups[0].initial_epoch
-    if x is None and not self.objective.requires_data:
-      if kwargs.get("steps_per_epoch") is None:
-        raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
-                         "steps_per_epoch= (the steps of one epoch) to fit.")
-      x = self._placeholder_batches()
-      kwargs.setdefault("shuffle", False)
-    elif fit_data.takes_arrays(x, y, kwargs):
-      x = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
-                                 kwargs.get("shuffle", True))
-      # Keras batches validation arrays by validation_batch_size or batch_size.
-      kwargs.setdefault("validation_batch_size", batch_size)
-      # The dataset shuffles itself; Keras would warn that it cannot.
-      y, batch_size, kwargs["shuffle"] = None, None, False
-    guard = step_guard.NonFiniteStop(self._step_guard)
-    if isinstance(callbacks, keras.callbacks.CallbackList):
-      guard.set_model(self)
-      callbacks.callbacks.insert(0, guard)
-    else:
-      callbacks = [guard, *(callbacks or [])]
-    return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
-                       callbacks=callbacks, **kwargs)
-
-  def train_on_batch(self, *args, **kwargs):
-    """`keras.Model.train_on_batch`; raises like `fit` when the step was not finite."""
-    self._step_guard.reset()
-    logs = super().train_on_batch(*args, **kwargs)
-    self._step_guard.raise_if_non_finite()
-    return logs
-
-  @property
-  def metrics(self):
-    # Keras' loss tracker exists once the model is compiled.
-    loss = [self._loss_tracker] if self.compiled and self._loss_tracker is not None else []
-    return [*loss, self._loss_max_tracker, *self._trackers.values()]
-
   def _seed_states(self):
     """The layers' `keras.random.SeedGenerator` states: the variables that are not weights."""
     weights = {id(v) for v in self.weights}
@@ -494,11 +316,3 @@ _SEED_STATE = "seed_generator_state_"
 def _statistic_names(layer):
   names = getattr(layer, "statistic_names", None)
   return tuple(names()) if names else ()
-
-
-def _is_multi_worker(strategy):
-  """Whether `strategy` is a MultiWorkerMirroredStrategy over more than one task."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return False
-  spec = strategy.cluster_resolver.cluster_spec()
-  return sum(spec.num_tasks(job) for job in spec.jobs) > 1
