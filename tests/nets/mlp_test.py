@@ -136,3 +136,16 @@ def test_integer_and_float64_inputs_are_computed_in_the_layers_dtype(layout):
     got = net(given)
     assert got.dtype == "float32"
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["stacked", "dense"])
+def test_a_float_context_next_to_integer_inputs_is_not_truncated(layout):
+  rng = np.random.default_rng(4)
+  net = nets.MLP(2, (5,), layout=layout, autocast=False)
+  net.build((None, 3), (None, 2))
+  for weight in net.trainable_weights:
+    weight.assign(rng.normal(size=weight.shape).astype("float32"))
+  x = rng.integers(-3, 4, size=(4, 3))
+  context = rng.normal(size=(4, 2)).astype("float32")
+  expected = net(x.astype("float32"), context).numpy()
+  np.testing.assert_allclose(net(x.astype("int32"), context).numpy(), expected, rtol=1e-6)

@@ -92,15 +92,15 @@ class MLP(keras.layers.Layer):
       width = units
 
   def call(self, inputs, context=None):
-    h = inputs if context is None else keras.ops.concatenate(
-        [inputs, keras.ops.cast(context, inputs.dtype)], axis=-1)
+    # As Keras' Dense computes: in the layer's compute dtype, whatever the inputs' (ints,
+    # or float64 with autocast=False), and the context's.
+    h = keras.ops.cast(inputs, self.compute_dtype)
+    if context is not None:
+      h = keras.ops.concatenate([h, keras.ops.cast(context, self.compute_dtype)], axis=-1)
     if self.layout == "dense":
       for layer in self._hidden:
         h = layer(h)
       return self._output(h)
-    # As Keras' Dense computes: in the layer's compute dtype, whatever the inputs' (ints,
-    # or float64 with autocast=False).
-    h = keras.ops.cast(h, self.compute_dtype)
     ones = keras.ops.ones_like(h[..., :1])
     for i, weight in enumerate(self._layer_weights):
       if i:
