@@ -53,7 +53,8 @@ class FlowTraining:
     # stay those before it, as the error says.
     step_guard.apply_if(finite & self._step_guard.clean(), self.optimizer, gradients,
                         variables)
-    self._step_guard.record(finite)
+    self._step_guard.record(finite, step_guard.any_replica(
+        tf.equal(result.num_examples, 0)))
     # The largest step loss of the epoch shows a spike that the epoch mean hides.
     self._loss_max_tracker.update_state(step_guard.global_mean(loss, result.num_examples))
     return self._log(result, loss, {"loss_max": self._loss_max_tracker.result()})

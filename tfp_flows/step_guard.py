@@ -14,7 +14,7 @@ import math
 import keras
 import tensorflow as tf
 
-__all__ = ["global_mean", "Maximum", "all_finite", "apply_if", "StepGuard",
+__all__ = ["global_mean", "Maximum", "all_finite", "any_replica", "apply_if", "StepGuard",
            "NonFiniteStop"]
 
 
@@ -66,6 +66,15 @@ def all_finite(tensors):
   return finite
 
 
+def any_replica(flag):
+  """Whether `flag` (a bool scalar) holds on some replica (one all-reduce under tf.distribute)."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return flag
+  count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(flag, tf.float32))
+  return count > 0.0
+
+
 def apply_if(finite, optimizer, gradients, variables):
   """`optimizer.apply(gradients, variables)` if `finite`, else nothing (no state changes).
 
@@ -103,20 +112,25 @@ class StepGuard:
                "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA}
     self.steps = tf.Variable(0, dtype=tf.int64, name="steps", **options)
     self.first_bad = tf.Variable(-1, dtype=tf.int64, name="first_non_finite", **options)
+    # Whether that step left a replica without rows (its loss, a mean over none, is NaN).
+    self.first_bad_empty = tf.Variable(False, name="first_non_finite_empty", **options)
 
   def clean(self):
     """Whether no step since the last `reset` was non-finite (a bool tensor)."""
     return self.first_bad < 0
 
-  def record(self, finite):
-    self.first_bad.assign(tf.where(
-        tf.logical_and(self.first_bad < 0, tf.logical_not(finite)), self.steps,
-        self.first_bad))
+  def record(self, finite, empty=False):
+    """Counts a step; `finite` as `all_finite` gives it, `empty` as `any_replica` of no rows."""
+    first = tf.logical_and(self.first_bad < 0, tf.logical_not(finite))
+    self.first_bad_empty.assign(tf.where(first, tf.convert_to_tensor(empty),
+                                         self.first_bad_empty))
+    self.first_bad.assign(tf.where(first, self.steps, self.first_bad))
     self.steps.assign_add(1)
 
   def reset(self):
     self.steps.assign(0)
     self.first_bad.assign(-1)
+    self.first_bad_empty.assign(False)
 
   def raise_if_non_finite(self, first_step_of_epoch=0, epoch=None, batches_done=None):
     """Raises `FloatingPointError` if a step since the last `reset` was not finite.
@@ -135,10 +149,17 @@ class StepGuard:
       skipped = 0 if batches_done is None else max(
           batches_done - (int(self.steps.numpy()) - first_step_of_epoch), 0)
       where = f" (epoch {epoch + 1}, batch {bad - first_step_of_epoch + skipped + 1})"
+    kept = ("The step was not applied: the weights and optimizer state are those "
+            "before it.")
+    if bool(self.first_bad_empty.numpy()):
+      raise FloatingPointError(
+          f"training step {bad + 1}{where} gave a replica no rows: its batch has fewer "
+          "rows than the distribution strategy has replicas, and a loss over no rows "
+          "is NaN. Batch the dataset with drop_remainder=True, or so that every batch "
+          f"has at least one row per replica. {kept}")
     raise FloatingPointError(
         f"non-finite loss or gradient at training step {bad + 1}{where}: check the data "
-        "for NaN/inf. The step was not applied: the weights and optimizer state are "
-        "those before it. If the data are finite the training diverged; lower the "
+        f"for NaN/inf. {kept} If the data are finite the training diverged; lower the "
         "learning rate or clip the gradients.")
 
 
