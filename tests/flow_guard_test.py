@@ -80,6 +80,24 @@ def test_a_non_finite_batch_is_not_applied_and_fit_stops(mode, value):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
+def test_an_empty_batch_is_named_as_such_not_as_nan_data(jit_compile):
+  # A dataset whose third batch has no rows: the loss over it is NaN, and the error
+  # said "check the data for NaN/inf" of finite data.
+  x = _data(0, 0.0)
+  batches = (tf.data.Dataset.from_tensor_slices(x[:16]).batch(BATCH)
+             .concatenate(tf.data.Dataset.from_tensors(x[:0]))
+             .concatenate(tf.data.Dataset.from_tensor_slices(x[16:]).batch(BATCH)))
+  model = _model()
+  model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile)
+  snapshot = _Snapshot()
+  with pytest.raises(FloatingPointError,
+                     match=r"training step 3 \(epoch 1, batch 3\) had no rows to train on"):
+    model.fit(batches, epochs=1, verbose=0, callbacks=[snapshot])
+  for before, now in zip(snapshot.states[-1], _state(model)):
+    np.testing.assert_array_equal(now, before)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
 def test_steps_after_a_non_finite_one_in_the_same_execution_are_not_applied(jit_compile):
   # steps_per_execution=3: steps 1-3 run as one execution; the NaN is in step 2, so the
   # state must stay that after step 1 although step 3's batch is finite.
@@ -235,7 +253,7 @@ _MIRRORED = textwrap.dedent("""
     try:
       model.fit(batches, epochs=1, verbose=0, callbacks=[snapshot])
     except FloatingPointError as error:
-      assert "training step 3 (epoch 1, batch 3) gave a replica no rows" in str(error), error
+      assert "training step 3 (epoch 1, batch 3) had no rows to train on" in str(error), error
     else:
       raise AssertionError("fit did not raise")
     for before, now in zip(states[1], state()):

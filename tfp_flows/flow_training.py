@@ -45,7 +45,8 @@ class FlowTraining:
     gradients = tape.gradient(scaled, variables)
     # LossScaleOptimizer skips steps with overflowing (scaled) gradients by itself.
     check_gradients = not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-    finite = step_guard.all_finite([loss] + (list(gradients) if check_gradients else []))
+    finite, empty = step_guard.all_finite(
+        [loss] + (list(gradients) if check_gradients else []), result.num_examples)
     if not self.optimizer.built:  # as Keras does, but before the update becomes conditional
       self.optimizer.build(self.trainable_variables)
     # The host raises after the execution that held a non-finite step; the steps after
@@ -53,8 +54,7 @@ class FlowTraining:
     # stay those before it, as the error says.
     step_guard.apply_if(finite & self._step_guard.clean(), self.optimizer, gradients,
                         variables)
-    self._step_guard.record(finite, step_guard.any_replica(
-        tf.equal(result.num_examples, 0)))
+    self._step_guard.record(finite, empty)
     # The largest step loss of the epoch shows a spike that the epoch mean hides.
     self._loss_max_tracker.update_state(step_guard.global_mean(loss, result.num_examples))
     return self._log(result, loss, {"loss_max": self._loss_max_tracker.result()})

@@ -14,7 +14,7 @@ import math
 import keras
 import tensorflow as tf
 
-__all__ = ["global_mean", "Maximum", "all_finite", "any_replica", "apply_if", "StepGuard",
+__all__ = ["global_mean", "Maximum", "all_finite", "apply_if", "StepGuard",
            "NonFiniteStop"]
 
 
@@ -50,29 +50,24 @@ class Maximum(keras.metrics.Metric):
     return tf.convert_to_tensor(self.maximum)
 
 
-def all_finite(tensors):
+def all_finite(tensors, num_examples=None):
   """Whether every tensor is finite on every replica (one all-reduce under tf.distribute).
 
   All replicas must agree: they either all apply a step (whose gradients are summed
-  across them) or all skip it.
+  across them) or all skip it. With `num_examples` (the replica's rows), returns
+  `(finite, empty)`, `empty` telling whether some replica had no rows, from the same
+  all-reduce.
   """
   flags = [tf.reduce_all(tf.math.is_finite(
       t.values if isinstance(t, tf.IndexedSlices) else t)) for t in tensors if t is not None]
   finite = tf.reduce_all(tf.stack(flags))
+  empty = tf.constant(False) if num_examples is None else tf.equal(num_examples, 0)
   context = tf.distribute.get_replica_context()
   if context is not None and context.num_replicas_in_sync > 1:
-    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~finite, tf.float32))
-    finite = tf.equal(bad, 0.0)
-  return finite
-
-
-def any_replica(flag):
-  """Whether `flag` (a bool scalar) holds on some replica (one all-reduce under tf.distribute)."""
-  context = tf.distribute.get_replica_context()
-  if context is None or context.num_replicas_in_sync == 1:
-    return flag
-  count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(flag, tf.float32))
-  return count > 0.0
+    counts = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                tf.cast(tf.stack([~finite, empty]), tf.float32))
+    finite, empty = tf.equal(counts[0], 0.0), counts[1] > 0.0
+  return finite if num_examples is None else (finite, empty)
 
 
 def apply_if(finite, optimizer, gradients, variables):
@@ -120,7 +115,7 @@ class StepGuard:
     return self.first_bad < 0
 
   def record(self, finite, empty=False):
-    """Counts a step; `finite` as `all_finite` gives it, `empty` as `any_replica` of no rows."""
+    """Counts a step; `finite` and `empty` as `all_finite` gives them."""
     first = tf.logical_and(self.first_bad < 0, tf.logical_not(finite))
     self.first_bad_empty.assign(tf.where(first, tf.convert_to_tensor(empty),
                                          self.first_bad_empty))
@@ -153,10 +148,11 @@ class StepGuard:
             "before it.")
     if bool(self.first_bad_empty.numpy()):
       raise FloatingPointError(
-          f"training step {bad + 1}{where} gave a replica no rows: its batch has fewer "
-          "rows than the distribution strategy has replicas, and a loss over no rows "
-          "is NaN. Batch the dataset with drop_remainder=True, or so that every batch "
-          f"has at least one row per replica. {kept}")
+          f"training step {bad + 1}{where} had no rows to train on, on at least one "
+          "replica: its batch was empty or had fewer rows than the distribution "
+          "strategy's replicas, and a loss over no rows is NaN. Batch the dataset with "
+          "drop_remainder=True, or so that every batch has at least one row per "
+          f"replica. {kept}")
     raise FloatingPointError(
         f"non-finite loss or gradient at training step {bad + 1}{where}: check the data "
         f"for NaN/inf. {kept} If the data are finite the training diverged; lower the "
