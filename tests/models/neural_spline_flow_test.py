@@ -129,3 +129,30 @@ def test_argument_errors():
     tff.models.NeuralSplineFlow(4, linear="dense")
   with pytest.raises(ValueError, match="must be positive"):
     tff.models.NeuralSplineFlow(4, num_layers=0)
+
+
+def test_conditioner_layout_dense_loads_weights_saved_before_the_stacked_layout(tmp_path):
+  # A weights-only file of that time: the same preset whose couplings hold Keras Dense
+  # kernels and biases (what conditioner_layout="dense" builds).
+  old = tff.models.NeuralSplineFlow(event_shape=[4], num_blocks=2, hidden_units=(8,),
+                                    linear="permute", actnorm=False,
+                                    conditioner_layout="dense")
+  flow_helpers.perturb_weights(old, scale=0.3)
+  path = str(tmp_path / "old.weights.h5")
+  old.save_weights(path)
+  x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+  expected = old.log_prob(x).numpy()
+  with pytest.raises(ValueError, match="conditioner"):
+    tff.models.NeuralSplineFlow(event_shape=[4], num_blocks=2, hidden_units=(8,),
+                                linear="permute", actnorm=False).load_weights(path)
+  new = tff.models.NeuralSplineFlow(event_shape=[4], num_blocks=2, hidden_units=(8,),
+                                    linear="permute", actnorm=False,
+                                    conditioner_layout="dense")
+  new.load_weights(path)
+  np.testing.assert_allclose(new.log_prob(x).numpy(), expected, rtol=1e-6)
+  assert np.abs(expected - tff.models.NeuralSplineFlow(
+      event_shape=[4], num_blocks=2, hidden_units=(8,), linear="permute",
+      actnorm=False).log_prob(x).numpy()).max() > 1e-2
+  with pytest.raises(ValueError, match="conditioner_layout applies to coupling"):
+    tff.models.NeuralSplineFlow(event_shape=[4], autoregressive=True,
+                                conditioner_layout="dense")

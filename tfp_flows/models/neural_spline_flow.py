@@ -14,7 +14,7 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
                      hidden_units=(128, 128), autoregressive=False, context_dims=None,
                      linear="lu", actnorm=True, num_bits=None, seed=0,
                      name="neural_spline_flow", *, event_shape=None, num_blocks=None,
-                     context_shape=None, dtype=None):
+                     context_shape=None, conditioner_layout="stacked", dtype=None):
   """A neural spline flow over vectors `[D]`, as a `FlowModel`.
 
   Data side first: optionally `Dequantize(num_bits)` for integer data, optionally an
@@ -54,6 +54,9 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
     num_blocks: number of [linear mixing, spline transform] blocks (default 5).
     context_shape: `[C]`, the shape of one context vector of a conditional flow, or
       None.
+    conditioner_layout: the couplings' MLP weight layout, "stacked" or "dense" (see
+      `tfp_flows.nets.MLP`); "dense" loads weights-only files (`save_weights`) written
+      before the stacked layout existed. `.keras` files need nothing: they keep theirs.
     dtype: the dtype policy of every layer and of the model: None for Keras' global one
       (`keras.config.set_floatx`), "float32" or "float64". Under a global mixed precision
       policy pass "float32": flows compute in one float type.
@@ -76,6 +79,9 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
                      "D >= 2); use autoregressive=True for one-dimensional data.")
   if linear not in _LINEAR:
     raise ValueError(f"linear must be one of {_LINEAR}; got {linear!r}.")
+  if autoregressive and conditioner_layout != "stacked":
+    raise ValueError("conditioner_layout applies to coupling layers' MLPs; autoregressive "
+                     f"layers use MADE. Got {conditioner_layout!r} with autoregressive=True.")
   conditional = context_dims is not None
   dtype = _dtype.layer_arguments("NeuralSplineFlow", dtype)
   if conditional and (isinstance(context_dims, bool) or int(context_dims) != context_dims
@@ -99,7 +105,7 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
     else:
       flow_layers.append(layers.SplineCoupling(
           num_bins=num_bins, bound=bound, hidden_units=hidden_units, reverse=i % 2 == 1,
-          conditional=conditional, **dtype))
+          conditional=conditional, conditioner_layout=conditioner_layout, **dtype))
   return flow.FlowModel(flow_layers, event_shape=[event_dims],
                         context_shape=None if context_dims is None else [int(context_dims)],
                         name=name, **dtype)
