@@ -50,24 +50,24 @@ class Maximum(keras.metrics.Metric):
     return tf.convert_to_tensor(self.maximum)
 
 
-def all_finite(tensors, num_examples=None):
-  """Whether every tensor is finite on every replica (one all-reduce under tf.distribute).
+def all_finite(tensors, num_examples):
+  """`(finite, empty)` of a step, identical on every replica (one all-reduce under tf.distribute).
 
-  All replicas must agree: they either all apply a step (whose gradients are summed
-  across them) or all skip it. With `num_examples` (the replica's rows), returns
-  `(finite, empty)`, `empty` telling whether some replica had no rows, from the same
-  all-reduce.
+  `finite`: every tensor is finite on every replica. All replicas must agree: they
+  either all apply a step (whose gradients are summed across them) or all skip it.
+  `empty`: some replica's batch had no rows (`num_examples`, the replica's rows, is 0),
+  which is why its loss is not finite.
   """
   flags = [tf.reduce_all(tf.math.is_finite(
       t.values if isinstance(t, tf.IndexedSlices) else t)) for t in tensors if t is not None]
   finite = tf.reduce_all(tf.stack(flags))
-  empty = tf.constant(False) if num_examples is None else tf.equal(num_examples, 0)
+  empty = tf.equal(num_examples, 0)
   context = tf.distribute.get_replica_context()
   if context is not None and context.num_replicas_in_sync > 1:
     counts = context.all_reduce(tf.distribute.ReduceOp.SUM,
                                 tf.cast(tf.stack([~finite, empty]), tf.float32))
     finite, empty = tf.equal(counts[0], 0.0), counts[1] > 0.0
-  return finite if num_examples is None else (finite, empty)
+  return finite, empty
 
 
 def apply_if(finite, optimizer, gradients, variables):
@@ -114,11 +114,10 @@ class StepGuard:
     """Whether no step since the last `reset` was non-finite (a bool tensor)."""
     return self.first_bad < 0
 
-  def record(self, finite, empty=False):
+  def record(self, finite, empty):
     """Counts a step; `finite` and `empty` as `all_finite` gives them."""
     first = tf.logical_and(self.first_bad < 0, tf.logical_not(finite))
-    self.first_bad_empty.assign(tf.where(first, tf.convert_to_tensor(empty),
-                                         self.first_bad_empty))
+    self.first_bad_empty.assign(tf.where(first, empty, self.first_bad_empty))
     self.first_bad.assign(tf.where(first, self.steps, self.first_bad))
     self.steps.assign_add(1)
 
