@@ -98,6 +98,23 @@ def test_an_empty_batch_is_named_as_such_not_as_nan_data(jit_compile):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
+def test_evaluate_skips_an_empty_batch_instead_of_returning_nan(jit_compile):
+  # The loss over no rows is NaN; weighted by its zero rows it still made the epoch's
+  # mean NaN (0 * NaN). As under a strategy whose last batch leaves a replica no rows.
+  x = _data(0, 0.0)
+  batches = (tf.data.Dataset.from_tensor_slices(x[:16]).batch(BATCH)
+             .concatenate(tf.data.Dataset.from_tensors(x[:0]))
+             .concatenate(tf.data.Dataset.from_tensor_slices(x[16:]).batch(BATCH)))
+  model = _model()
+  model.compile(jit_compile=jit_compile)
+  expected = -np.mean(keras.ops.convert_to_numpy(model.log_prob(x)))
+  logs = model.evaluate(batches, verbose=0, return_dict=True)
+  assert sorted(logs) == ["loss", "nll"]
+  for value in logs.values():
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
 def test_steps_after_a_non_finite_one_in_the_same_execution_are_not_applied(jit_compile):
   # steps_per_execution=3: steps 1-3 run as one execution; the NaN is in step 2, so the
   # state must stay that after step 1 although step 3's batch is finite.
@@ -258,6 +275,10 @@ _MIRRORED = textwrap.dedent("""
       raise AssertionError("fit did not raise")
     for before, now in zip(states[1], state()):
       np.testing.assert_array_equal(now, before)
+    # evaluate weighs each replica's mean by its rows: the empty shard adds nothing.
+    expected = -np.mean(np.array(model.log_prob(clean[:33])))
+    logs = model.evaluate(batches, verbose=0, return_dict=True)
+    np.testing.assert_allclose([logs["loss"], logs["nll"]], expected, rtol=1e-5)
     print("GUARDED")
 """)
 

@@ -123,6 +123,7 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
              self.objective.metric_names(self, training=False))
     self._trackers = {name: keras.metrics.Mean(name=name) for name in dict.fromkeys(names)}
     self._loss_max_tracker = step_guard.Maximum(name="loss_max")
+    self._evaluating = False  # which trackers `metrics` lists (`FlowTraining.metrics`)
     self._step_guard = step_guard.StepGuard()
     for layer in self.flow._flatten_layers():  # pylint: disable=protected-access
       if hasattr(layer, "watch_steps"):

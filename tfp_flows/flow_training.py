@@ -76,9 +76,13 @@ class FlowTraining:
     last batch is smaller.
     """
     weight = tf.cast(result.num_examples, loss.dtype)
-    self._loss_tracker.update_state(loss, sample_weight=weight)
+    # A batch without rows (a replica's empty shard) has NaN means; weight 0 alone would
+    # still carry them into the epoch's mean as 0 * NaN.
+    some = weight > 0
+    self._loss_tracker.update_state(tf.where(some, loss, 0.0), sample_weight=weight)
     for name, value in result.metrics.items():
-      self._trackers[name].update_state(value, sample_weight=weight)
+      self._trackers[name].update_state(tf.where(some, value, tf.zeros_like(value)),
+                                        sample_weight=weight)
     logs = self._tracker_logs(result.metrics, extra)
     if _is_multi_worker(tf.distribute.get_strategy()):
       # Keras reduces the step logs across workers with strategy.reduce(MEAN, axis=0),
@@ -135,9 +139,13 @@ class FlowTraining:
     else:
       fit_data.check_replica_shards(x, batch_size, {},
                                     self.distribute_strategy.num_replicas_in_sync)
-    with _floatx_of(self):
-      return super().evaluate(x, y, batch_size=batch_size, verbose=verbose, steps=steps,
-                              **kwargs)
+    self._evaluating = True
+    try:
+      with _floatx_of(self):
+        return super().evaluate(x, y, batch_size=batch_size, verbose=verbose, steps=steps,
+                                **kwargs)
+    finally:
+      self._evaluating = False
 
   def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
     """`keras.Model.predict`: the log-density of each row, arrays kept in the model's dtype."""
@@ -211,9 +219,18 @@ class FlowTraining:
 
   @property
   def metrics(self):
+    """The trackers the running loop logs: `evaluate`'s while it runs, else training's.
+
+    Keras returns a loop's results from these trackers (totals summed over replicas)
+    only when they are exactly the ones its steps log; otherwise it returns the last
+    step's logs, averaged over replicas without their rows as weights.
+    """
     # Keras' loss tracker exists once the model is compiled.
     loss = [self._loss_tracker] if self.compiled and self._loss_tracker is not None else []
-    return [*loss, self._loss_max_tracker, *self._trackers.values()]
+    training = not self._evaluating
+    names = dict.fromkeys(self.objective.metric_names(self, training=training))
+    return [*loss, *([self._loss_max_tracker] if training else []),
+            *(self._trackers[name] for name in names)]
 
 
 @contextlib.contextmanager
