@@ -255,6 +255,25 @@ def test_context_of_the_wrong_shape_is_a_clear_error(autoregressive):
   assert model.log_prob(x, np.zeros([3, 2], "float32")).shape == (3,)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_predict_takes_a_conditional_flows_context_as_fit_and_evaluate_do(jit_compile):
+  # fit(x, c) and evaluate(x, c) read c as the context; predict((x, c)) stacked x with c
+  # (a TensorFlow Pack error), and a dataset of (x, c) lost c.
+  model = tff.models.NeuralSplineFlow(2, num_layers=2, hidden_units=(4,), context_dims=1)
+  model.compile(jit_compile=jit_compile)
+  _perturb(model, scale=0.5)
+  x = np.random.default_rng(0).normal(size=[10, 2]).astype("float32")
+  c = np.random.default_rng(1).normal(size=[10, 1]).astype("float32")
+  expected = model.log_prob(x, c).numpy()
+  assert np.ptp(expected - model.log_prob(x, -c).numpy()) > 1e-3  # c matters
+  batches = tf.data.Dataset.from_tensor_slices((x, c)).batch(4)
+  for data in ((x, c), [x, c], batches):
+    np.testing.assert_allclose(model.predict(data, batch_size=4, verbose=0), expected,
+                               rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="pass context="):
+    model.predict(x, verbose=0)
+
+
 def test_context_follows_the_float64_policy_and_bad_counts_are_errors():
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy("float64")

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfp_flows import callbacks as callbacks_lib
 from tfp_flows import compiled_loop
 from tfp_flows import fit_data
+from tfp_flows import objectives
 from tfp_flows import step_guard
 
 __all__ = ["FlowTraining"]
@@ -148,10 +149,22 @@ class FlowTraining:
       self._evaluating = False
 
   def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-    """`keras.Model.predict`: the log-density of each row, arrays kept in the model's dtype."""
+    """`keras.Model.predict`: the log-density of each row, arrays kept in the model's dtype.
+
+    A conditional flow takes its context as `fit` does: `predict((x, context))`.
+    """
     with _floatx_of(self):
       return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps,
                              callbacks=callbacks)
+
+  def predict_step(self, data):
+    """Log-densities of a batch: `x`, or `(x, context)` as `fit` and `evaluate` read it."""
+    # Keras hands over a dataset's (x, context) as (x, y), and arrays given as one
+    # (x, context) structure as x.
+    x, context, _ = keras.utils.unpack_x_y_sample_weight(data)
+    if context is None and isinstance(x, (tuple, list)):
+      x, context = objectives.unpack(x)
+    return self(x, context=context, training=False)
 
   def _placeholder_batches(self):
     """Batches for objectives that draw their own samples, which ignore them.
