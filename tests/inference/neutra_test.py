@@ -145,3 +145,8 @@ def test_bad_arguments_are_clear_errors():
         tfd.Normal(0.0, 1.0), tfb.Exp()), 10, kernel="mala")
   with pytest.raises(TypeError, match="FlowModel"):
     tff.inference.neutra_sample(TARGET.log_prob, tfd.Normal(0.0, 1.0), 10)
+  # The docstring asks for at least one burn-in step; 0 and -5 ran one silently.
+  for steps in (0, -5):
+    with pytest.raises(ValueError, match="num_burnin_steps must be a positive int"):
+      tff.inference.neutra_sample(TARGET.log_prob, tfd.TransformedDistribution(
+          tfd.Normal(0.0, 1.0), tfb.Exp()), 10, num_burnin_steps=steps)

@@ -121,10 +121,12 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
   """
   if kernel not in ("nuts", "hmc"):
     raise ValueError(f"kernel must be 'nuts' or 'hmc'; got {kernel!r}.")
-  for name, value in (("num_results", num_results), ("num_chains", num_chains)):
+  num_burnin_steps = num_results if num_burnin_steps is None else num_burnin_steps
+  for name, value in (("num_results", num_results), ("num_chains", num_chains),
+                      ("num_burnin_steps", num_burnin_steps)):
     if int(value) < 1:
       raise ValueError(f"{name} must be a positive int; got {value!r}.")
-  num_burnin_steps = int(num_results if num_burnin_steps is None else num_burnin_steps)
+  num_burnin_steps = int(num_burnin_steps)
   base, bijector = _flow_parts(flow)
   latent_shape = base.event_shape
   if bijector.forward_min_event_ndims < latent_shape.rank:
@@ -185,7 +187,7 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
     burnin_seed, kept_seed = tfp.random.split_seed(seed)
     # Two calls so that burn-in is traced too: its leapfrogs count as gradients.
     burnin = tfp.mcmc.sample_chain(
-        max(num_burnin_steps, 1), initial_state, kernel=adaptive,
+        num_burnin_steps, initial_state, kernel=adaptive,
         trace_fn=lambda _, results: leapfrogs(results), seed=burnin_seed,
         return_final_kernel_results=True)
     kept = tfp.mcmc.sample_chain(
