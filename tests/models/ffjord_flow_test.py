@@ -253,3 +253,23 @@ def test_concat_field_equals_stock_tfp_ffjord_with_the_same_net_and_round_trips(
   assert loaded.flow_layers[0].time_conditioning == "concat"
   np.testing.assert_allclose(loaded.log_prob(x).numpy(), model.log_prob(x).numpy(),
                              rtol=1e-6, atol=1e-6)
+
+
+def test_a_batch_of_one_takes_input_gradients_through_the_adjoint():
+  # dopri5's loop broadcast a known batch of 1 to an unknown size, and tf.while_loop
+  # refused the changed shape in the adjoint's backward solve (a batch of 2 kept its
+  # size): a last batch of one row, a single point, a score.
+  keras.utils.set_random_seed(0)
+  model = tff.models.FFJORDFlow([2], hidden_units=(8, 8))
+  x = tf.constant(np.random.default_rng(0).normal(size=(2, 2)), tf.float32)
+
+  def score(points):
+    with tf.GradientTape() as tape:
+      tape.watch(points)
+      total = tf.reduce_sum(model.distribution.log_prob(points))
+    return tape.gradient(total, points).numpy()
+
+  both = score(x)
+  assert np.all(np.abs(both) > 1e-3)
+  np.testing.assert_allclose(score(x[:1]), both[:1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(score(x[1]), both[1], rtol=1e-4, atol=1e-5)

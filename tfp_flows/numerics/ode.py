@@ -214,8 +214,14 @@ def _dopri5(fn, y0, rtol, atol, max_num_steps, batched, controlled, shared_steps
       k_out.append(tf.where(keep, k7_j, k1_j))
     return step + 1, s_new, h_new, h_next, y_out, k_out
 
+  loop_vars = (tf.constant(0), s0, h, h, list(y0), list(f0))
+  # A batch of unknown size broadcast against a known batch of 1 has an unknown size (1
+  # could broadcast), where a known 2 stays 2: the loop lets the batch axis vary.
+  invariants = tf.nest.map_structure(
+      lambda t: tf.TensorShape([None] + t.shape[1:]) if t.shape.rank else t.shape,
+      loop_vars)
   steps, s, _, h_next, y, _ = tf.while_loop(
-      cond, body, (tf.constant(0), s0, h, h, list(y0), list(f0)),
+      cond, body, loop_vars, shape_invariants=invariants,
       maximum_iterations=int(max_num_steps))
   start_evaluations = 1 if first_step is None else 0
   return ODEResult(y, 1 + start_evaluations + 6 * steps, steps, s >= 1.0, h_next)
