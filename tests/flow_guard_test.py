@@ -79,6 +79,18 @@ def test_a_non_finite_batch_is_not_applied_and_fit_stops(mode, value):
   assert int(model.optimizer.iterations.numpy()) == 6
 
 
+def test_under_xla_the_error_names_inputs_outside_their_range_too():
+  # Pixels scaled to [0, 1]: eagerly Dequantize says so; under XLA the rows become NaN
+  # and the error pointed at NaN data or the learning rate only.
+  x = np.random.default_rng(0).integers(0, 8, size=(16, 4, 4, 1))
+  model = tff.models.Glow([4, 4, 1], num_scales=1, steps_per_scale=1, hidden_channels=8,
+                          num_bits=3)
+  model.compile(jit_compile=True)
+  with pytest.raises(FloatingPointError, match=r"check the data for NaN/inf, and under "
+                     r"XLA .* pixels that are not the raw integers in \[0, 2\*\*num_bits\)"):
+    model.fit(x / 7.0, batch_size=16, epochs=1, verbose=0)
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_an_empty_batch_is_named_as_such_not_as_nan_data(jit_compile):
   # A dataset whose third batch has no rows: the loss over it is NaN, and the error

@@ -154,8 +154,11 @@ class StepGuard:
           f"replica. {kept}")
     raise FloatingPointError(
         f"non-finite loss or gradient at training step {bad + 1}{where}: check the data "
-        f"for NaN/inf. {kept} If the data are finite the training diverged; lower the "
-        "learning rate or clip the gradients.")
+        "for NaN/inf, and under XLA (which cannot raise, so a bad row becomes NaN) for "
+        "inputs outside their range too: pixels that are not the raw integers in "
+        "[0, 2**num_bits) (not scaled to [0, 1]), class labels outside [0, num_classes). "
+        f"{kept} If the data are valid the training diverged; lower the learning rate or "
+        "clip the gradients.")
 
 
 class NonFiniteStop(keras.callbacks.Callback):
