@@ -26,10 +26,11 @@ def checked_context(context, context_shape, context_dtype, x=None, sample_shape=
   Returns:
     The context as a tensor of `context_dtype`, or None for an unconditional flow. Its
     rows must have shape `context_shape`; with `x` there must be one row per point of
-    x, `[*sample_shape, *context_shape]` (no broadcasting). A float context for integer
-    labels keeps its whole numbers; any other value becomes the integer dtype's
-    minimum (maximum if unsigned), a label every layer rejects, rather than being
-    truncated (-1 would not do: TarFlow reads it as "no label").
+    x, `[*sample_shape, *context_shape]` (no broadcasting). A context for integer
+    labels keeps its whole numbers within the integer dtype's range; any other value
+    (1.5, NaN, an int64 2**32 + 1) becomes the integer dtype's minimum (maximum if
+    unsigned), a label every layer rejects, rather than being truncated or wrapped (-1
+    would not do: TarFlow reads it as "no label").
 
   Raises:
     ValueError: for a context given to an unconditional flow, a missing one, or one of
@@ -64,11 +65,22 @@ def checked_context(context, context_shape, context_dtype, x=None, sample_shape=
       # context's own shape then fails for those.
       context = tf.reshape(tf.broadcast_to(context, expected), tf.shape(context))
   context_dtype = tf.as_dtype(context_dtype)
-  if context.dtype.is_floating and not context_dtype.is_floating:
-    whole = tf.math.is_finite(context) & tf.equal(context, tf.floor(context))
+  if not context_dtype.is_floating and (
+      context.dtype.is_floating or context.dtype.min < context_dtype.min
+      or context.dtype.max > context_dtype.max):
+    # A cast would truncate 1.5 to 1 and wrap an int64 2**32 + 1 to 1.
+    valid = tf.ones_like(context, tf.bool)
+    if context.dtype.min < context_dtype.min:
+      valid &= context >= tf.constant(context_dtype.min, context.dtype)
+    if context.dtype.is_floating:
+      # max + 1 (a power of two) is exact in floats, where max itself may round up.
+      valid &= ((context < tf.constant(context_dtype.max + 1, context.dtype))
+                & tf.equal(context, tf.floor(context)))  # false for NaN and inf too
+    elif context.dtype.max > context_dtype.max:
+      valid &= context <= tf.constant(context_dtype.max, context.dtype)
     invalid = context_dtype.min if context_dtype.min < 0 else context_dtype.max
-    context = tf.where(whole, context, tf.fill(tf.shape(context), tf.constant(
-        invalid, context.dtype)))
+    return tf.where(valid, tf.cast(context, context_dtype),
+                    tf.fill(tf.shape(context), tf.constant(invalid, context_dtype)))
   return tf.cast(context, context_dtype)
 
 

@@ -108,6 +108,24 @@ def test_out_of_range_int_labels_in_a_class_conditional_model():
   np.testing.assert_allclose(got[[0, 2]], good[[0, 2]], rtol=1e-6)
 
 
+
+@pytest.mark.parametrize("bad, dtype", [(2**32 + 1, np.int64), (-(2**32) + 2, np.int64),
+                                        (2**31, np.int64), (2**32 + 1, np.uint64)])
+def test_int64_labels_outside_int32_are_rejected_not_wrapped(bad, dtype):
+  # An int64 label 2**32 + 1 was cast to the model's int32 as 1 and scored as class 1.
+  model = tff.FlowModel([tff.layers.GaussianPrior(num_classes=NUM_CLASSES)], [2, 2, 1],
+                        context_shape=[], context_dtype="int32")
+  x = np.random.default_rng(4).normal(size=[3, 2, 2, 1]).astype("float32")
+  labels = np.array([0, bad, 2], dtype)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"integers in \[0, 3\)"):
+    model.log_prob(x, context=labels)
+  compiled = tf.function(lambda x, c: model(x, context=c, training=False),
+                         jit_compile=True)
+  got = compiled(tf.constant(x), tf.constant(labels)).numpy()
+  good = model.log_prob(x, context=np.array([0, 2, 2], np.int32)).numpy()
+  assert np.isnan(got[1])
+  np.testing.assert_allclose(got[[0, 2]], good[[0, 2]], rtol=1e-6)
+
 if __name__ == "__main__":
   # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
