@@ -131,6 +131,8 @@ def _glow64():
   x, labels = _pixels(3, 0), np.array([0, 1, 2], "int32")
   z = _normal([2, *model.latent_shape], 1)
   bad = lambda value: np.where(np.arange(x.size).reshape(x.shape) == 5, value, x)
+  # Inside the logit's domain, (-4/9, 8 + 4/9) for alpha 0.05, beyond the pixels' [0, 8].
+  margin = np.where(np.arange(x.size).reshape(x.shape) == 7, -0.4, bad(8.4))
   calls = {
       "log_prob": ("log_prob", {"x": x, "context": labels}),
       "forward": ("forward", {"z": z, "context": labels[:2]}),
@@ -154,11 +156,13 @@ def _glow64():
       "fresh_label": ("sample_fresh", {"n": np.int32(2), "context": np.int32(5)}),
       "forward_label": ("forward", {"z": z, "context": np.array([0, 4], "int32")}),
       "inverse_beyond_bins": ("inverse", {"x": bad(8.5), "context": labels}),
+      "inverse_margin": ("inverse", {"x": margin, "context": labels}),
       "float32_pixels": ("log_prob", {"x": x.astype("float32"), "context": labels}),
   }
   live = {"log_prob": model.log_prob(x, context=labels).numpy(),
           "forward": _live(model, "forward", z, labels[:2]),
           "inverse": _live(model, "inverse", x + 0.5, labels),
+          "inverse_margin": _live(model, "inverse", margin, labels),
           "sample": model.sample(2, seed=tf.constant(SEED), context=np.int32(1)).numpy()}
   return model, calls, live
 
@@ -344,9 +348,10 @@ _ERRORS = [
                               "got values such as] [5]"),
     ("glow64", "forward_label", "forward: context must hold class labels in [0, 3); got "
                                 "values such as] [4]"),
-    ("glow64", "inverse_beyond_bins", "inverse: x must hold dequantised pixel values in "
-                                      "[0, 8] (the Dequantize layer of the model "
-                                      "has num_bits=3); got values such as] [8.5]"),
+    ("glow64", "inverse_beyond_bins", "inverse: x must lie in (-0.444444, 8.44444), the "
+                                      "domain of the logit of the Dequantize layer of "
+                                      "the model (num_bits=3, alpha=0.05); got values "
+                                      "such as] [8.5]"),
     ("glow64", "float_labels", {"load": "expected to be a int32 tensor but is a float "
                                         "tensor",
                                 "session": "Type mismatch: actual float vs. expect int32"}),
@@ -436,6 +441,16 @@ def test_float64_outputs_equal_the_live_float64_model(served, loader, case):
     value = _outputs(served, case, loader, call)[key]
     assert value.dtype == np.float64, call
     np.testing.assert_allclose(value, live[call], rtol=1e-12, atol=1e-12, err_msg=call)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_served_inverse_takes_the_whole_domain_of_the_logit(served, loader):
+  # The check allowed [0, 2**num_bits] only, but the bijector's data side is the logit's
+  # domain, and forward(z) lands in its margins: served inverse(forward(z)) failed.
+  live = served["glow64"]["live"]["inverse_margin"]
+  assert np.all(np.isfinite(live))
+  np.testing.assert_allclose(_outputs(served, "glow64", loader, "inverse_margin")["z"],
+                             live, rtol=1e-12, atol=1e-12)
 
 
 def test_class_labels_need_a_declared_number_of_classes(tmp_path):

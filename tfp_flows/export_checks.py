@@ -24,10 +24,13 @@ class ServingContract:
     (its variable dtype: float32, or float64 under a float64 policy); finite values.
   * pixel models (first layer `tfp_flows.layers.Dequantize(num_bits)`, e.g. Glow):
     `log_prob`'s `x` holds integers in `[0, 2**num_bits)`; `inverse` takes the
-    dequantised data side of the bijector, values in `[0, 2**num_bits]`.
+    dequantised data side of the bijector, the domain of its logit: values in
+    `(-m, 2**num_bits + m)`, `m = alpha 2**num_bits / (1 - 2 alpha)`, which `forward`
+    reaches (any finite value for `alpha=None`).
   * `context`: `[N, *context_shape]` with the `N` of `x` (or `z`), or one row
     `context_shape` for sampling; a float context is finite, class labels (an integer
-    context) lie in `[0, num_classes)` of the model's class-conditional layer.
+    context) lie in `[0, num_classes)` of the model's class-conditional layer, or are
+    -1 ("no label") when every such layer takes it (TarFlow).
   * `n`: a scalar `>= 0`;  `seed`: `[2]` int32 in `[0, 2**31)`.
 
   Dtypes are fixed by the signature: the loader or server rejects a tensor of another
@@ -47,10 +50,16 @@ class ServingContract:
     self.context_shape = model.context_shape
     self.context_dtype = tf.as_dtype(model.context_dtype)
     first = model.flow_layers[0]
-    self.num_bits = first.num_bits if isinstance(first, layers.Dequantize) else None
-    self.num_classes = None
+    dequantize = first if isinstance(first, layers.Dequantize) else None
+    self.num_bits = None if dequantize is None else dequantize.num_bits
+    self.alpha = None if dequantize is None else dequantize.alpha
+    self.num_classes, self.lowest_label = None, 0
     if self.context_shape is not None and self.context_dtype.is_integer:
-      self.num_classes = _num_classes(model.flow_layers)
+      labelled = _class_conditional_layers(model.flow_layers)
+      if labelled:
+        self.num_classes = min(layer.num_classes for layer in labelled)
+        if all(getattr(layer, "takes_no_label", False) for layer in labelled):
+          self.lowest_label = -1
       if self.num_classes is None:
         raise ValueError(
             f"This model's context is {self.context_dtype.name} class labels, but no layer "
@@ -82,13 +91,18 @@ class ServingContract:
     levels = 2 ** self.num_bits
     if pixels:
       ok = (x >= 0) & (x < levels) & tf.equal(x, tf.floor(x))
-      what = f"hold pixel values, integers in [0, {levels})"
+      what = (f"hold pixel values, integers in [0, {levels}) (the Dequantize layer of the "
+              f"model has num_bits={self.num_bits})")
+    elif self.alpha is None:
+      return _checked_finite(signature, "x", x)
     else:
-      ok = (x >= 0) & (x <= levels)
-      what = f"hold dequantised pixel values in [0, {levels}]"
-    return _checked_values(signature, "x", x, ok,
-                           f"{what} (the Dequantize layer of the model has "
-                           f"num_bits={self.num_bits})")
+      margin = self.alpha * levels / (1.0 - 2.0 * self.alpha)
+      ok = (x > -margin) & (x < levels + margin)
+      # No apostrophe: TensorFlow escapes it in assertion messages.
+      what = (f"lie in ({-margin:.6g}, {levels + margin:.6g}), the domain of the logit of "
+              f"the Dequantize layer of the model (num_bits={self.num_bits}, "
+              f"alpha={self.alpha:g})")
+    return _checked_values(signature, "x", x, ok, what)
 
   def latent(self, signature, z):
     """`z` `[N, *latent_shape]`, checked."""
@@ -115,9 +129,10 @@ class ServingContract:
           "(context, input)", given, count]))
     if self.num_classes is None:
       return _checked_finite(signature, "context", context)
+    no_label = " or -1 (no label)" if self.lowest_label < 0 else ""
     return _checked_values(signature, "context", context,
-                           (context >= 0) & (context < self.num_classes),
-                           f"hold class labels in [0, {self.num_classes})")
+                           (context >= self.lowest_label) & (context < self.num_classes),
+                           f"hold class labels in [0, {self.num_classes}){no_label}")
 
   def count(self, signature, n):
     """`n`, checked: a scalar >= 0."""
@@ -130,16 +145,14 @@ class ServingContract:
     return _checked_values(signature, "seed", seed, seed >= 0, "lie in [0, 2**31)")
 
 
-def _num_classes(flow_layers):
-  """The smallest `num_classes` of a (nested) layer, or None if no layer has one."""
+def _class_conditional_layers(flow_layers):
+  """The (nested) layers that declare a `num_classes`."""
   found = []
   for layer in flow_layers:
     if getattr(layer, "num_classes", None) is not None:
-      found.append(layer.num_classes)
-    nested = _num_classes(getattr(layer, "flow_layers", ()))
-    if nested is not None:
-      found.append(nested)
-  return min(found) if found else None
+      found.append(layer)
+    found.extend(_class_conditional_layers(getattr(layer, "flow_layers", ())))
+  return found
 
 
 def _after(tensor, assertion):

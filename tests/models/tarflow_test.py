@@ -144,6 +144,28 @@ def test_saved_model_serves_log_prob_and_kv_cache_samples(tmp_path):
   assert np.mean(samples["samples"].numpy() == live) > 0.95
 
 
+def test_saved_model_serves_the_no_label_minus_one_as_the_live_model_does(tmp_path):
+  # The export's label check allowed [0, num_classes) only: the unconditional density
+  # and samples of a class-conditional TarFlow (label -1) could not be served.
+  model = _model(num_classes=3)
+  _perturb(model)
+  path = str(tmp_path / "saved_model")
+  tff.export.save(model, path)
+  served = tf.saved_model.load(path)
+  x, labels = _pixels(), np.array([1, -1, 2, -1], "int32")
+  live = model.log_prob(x, context=labels).numpy()
+  assert abs(live[1] - model.log_prob(x[1:2], context=[0]).numpy()[0]) > 1e-3
+  np.testing.assert_allclose(
+      served.signatures["log_prob"](x=tf.constant(x), context=tf.constant(labels))[
+          "log_prob"].numpy(), live, rtol=1e-5, atol=1e-4)
+  samples = served.signatures["sample"](n=tf.constant(2), seed=tf.constant([0, 7]),
+                                        context=tf.constant(-1))["samples"]
+  assert samples.shape == (2, *model.event_shape)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"class labels in \[0, 3\) or -1 \(no label\)"):
+    served.signatures["log_prob"](x=tf.constant(x), context=tf.constant([1, -2, 2, 0]))
+
+
 def test_trains_on_digits_under_xla():
   (x_train, y_train), _ = tff.data.load_digits_images()
   keras.utils.set_random_seed(0)

@@ -52,6 +52,8 @@ class TarFlowBlock(flow_layer.FlowLayer):
     seed: seed of the label dropout.
   """
 
+  takes_no_label = True  # the label -1, read by tfp_flows.export_checks too
+
   def __init__(self, patch_size=2, channels=128, num_layers=2, heads=4, expansion=4,
                reverse=False, num_classes=None, label_dropout=0.1, clamp=4.0,
                sampling="kv_cache", block_size=None, tolerance=1e-5, max_iterations=None,
