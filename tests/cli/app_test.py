@@ -364,6 +364,11 @@ def test_help_lists_the_command_line_flags():
   listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", result.stdout, flags=re.MULTILINE))
   assert {"preset", "dataset", "data_dir", "epochs", "steps_per_epoch", "backup_steps",
           "resume", "output_dir", "model_dir", "plot"} <= listed, result.stdout
+  # It listed four of the five presets, and called --temperature, which must be
+  # positive, non-negative.
+  assert "--preset (glow, nsf, residual, ffjord, tarflow)" in result.stdout
+  temperature = result.stdout[result.stdout.index("  --temperature:"):]
+  assert "(a positive number)" in temperature.split("\n  --")[0]
 
 
 @pytest.mark.parametrize("args, status, message", [

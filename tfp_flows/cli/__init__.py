@@ -1,9 +1,10 @@
 """Command line: python -m tfp_flows {train,sample,evaluate,export} [--flags]
 
-  train     fits --preset (glow, nsf, residual, ffjord) to --dataset (two_moons, ring,
-            checkerboard, digits, digits_vectors, fashion_mnist, npy with --data_file)
-            and writes --output_dir: model.keras, run.json, a PNG (image grid or 2-D
-            density) and, unless --noexport_saved_model, the SavedModel saved_model/;
+  train     fits --preset (glow, nsf, residual, ffjord, tarflow) to --dataset
+            (two_moons, ring, checkerboard, digits, digits_vectors, fashion_mnist, npy
+            with --data_file) and writes --output_dir: model.keras, run.json, a PNG
+            (image grid or 2-D density) and, unless --noexport_saved_model, the
+            SavedModel saved_model/;
             prints held-out NLL. --logdir adds TensorBoard summaries (metrics,
             per-layer log-dets, an invertibility check). Training backs up to
             --output_dir/backup; the same command resumes an interrupted run.

@@ -107,8 +107,8 @@ _EXPORT_SAVED_MODEL = flags.DEFINE_boolean("export_saved_model", True,
                                            "train: also write <output_dir>/saved_model.")
 _PLOT = flags.DEFINE_boolean("plot", True, "Write PNG plots (needs matplotlib).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "sample: how many.", lower_bound=1)
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sample: base temperature.",
-                                  lower_bound=0.0)
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0,
+                                  "sample: base temperature (a positive number).")
 _NUM_DRAWS = flags.DEFINE_integer("num_draws", 8,
                                   "Dequantisation draws for held-out bits/dim.",
                                   lower_bound=1)
