@@ -139,6 +139,33 @@ def test_an_int_seed_repeats_the_chains():
   np.testing.assert_array_equal(runs[0], runs[1])
 
 
+def test_an_autoregressive_spline_flow_runs_under_xla():
+  # TFP's kernels take gradients with tf.gradients with respect to the bijector's
+  # inverse, which was the spline kernel's call output: XLA refused to compile it
+  # ("indices[-1] is out of range") in neutra_sample's default jit_compile=True.
+  keras.utils.set_random_seed(0)
+  flow = tff.models.NeuralSplineFlow(3, num_layers=2, hidden_units=(8,),
+                                     autoregressive=True)
+  flow_weights = [w.numpy() for w in flow.weights]
+  flow.set_weights([w + 0.1 * np.random.default_rng(i).normal(size=w.shape)
+                    for i, w in enumerate(flow_weights)])
+  kernel = tfp.mcmc.TransformedTransitionKernel(
+      tfp.mcmc.HamiltonianMonteCarlo(TARGET.log_prob, 0.3, num_leapfrog_steps=2),
+      flow.bijector)
+  x = tf.constant([[0.3, -0.2, 0.1], [1.0, 0.5, -0.4]])
+
+  def gradient(x):
+    return kernel.bootstrap_results(x).inner_results.accepted_results.grads_target_log_prob
+
+  eager = gradient(x)[0].numpy()
+  assert np.all(np.abs(eager) > 1e-3)
+  np.testing.assert_allclose(tf.function(gradient, jit_compile=True)(x)[0].numpy(), eager,
+                             rtol=1e-4, atol=1e-5)
+  result = tff.inference.neutra_sample(TARGET.log_prob, flow, num_results=5, num_chains=2,
+                                       num_burnin_steps=2, kernel="hmc", seed=1)
+  assert result.samples.shape == (5, 2, 3) and np.all(np.isfinite(result.samples))
+
+
 def test_bad_arguments_are_clear_errors():
   with pytest.raises(ValueError, match="kernel"):
     tff.inference.neutra_sample(TARGET.log_prob, tfd.TransformedDistribution(

@@ -418,7 +418,12 @@ class RationalQuadraticSpline:
     value, params = self._prepare(value, params)
     if not tf.inside_function():  # eager calls would pay a trace for each configuration
       return _kernel(self, direction)(value, params)
-    return _traced_kernel(self, direction, value.dtype, value.shape.rank)(value, params)
+    out, log_det = _traced_kernel(self, direction, value.dtype, value.shape.rank)(value,
+                                                                                params)
+    # Asked for the gradient with respect to the call's outputs, `tf.gradients` (which
+    # TFP's value_and_gradient, hence its MCMC kernels, run in graph mode) differentiated
+    # into the call too and failed to compile under XLA; identities end the path there.
+    return tf.identity(out), tf.identity(log_det)
 
   def _configuration(self):
     return (self.num_bins, self.bound, self.min_bin_width, self.min_bin_height,
