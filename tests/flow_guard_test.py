@@ -79,6 +79,20 @@ def test_a_non_finite_batch_is_not_applied_and_fit_stops(mode, value):
   assert int(model.optimizer.iterations.numpy()) == 6
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_flow_matching_with_optimal_transport_reports_a_nan_row_too(jit_compile):
+  # The NaN row made every Sinkhorn logit NaN, and the partner draw's out-of-range
+  # index failed a gather (graph mode) before the guard could name the step.
+  x = _data(3, np.nan)
+  keras.utils.set_random_seed(0)
+  model = tff.models.FFJORDFlow([2], hidden_units=(8,), training="flow_matching",
+                                optimal_transport=True)
+  model.compile(jit_compile=jit_compile)
+  with pytest.raises(FloatingPointError,
+                     match=r"at training step 1 \(epoch 1, batch 1\): check the data"):
+    model.fit(x, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+
 def test_under_xla_the_error_names_inputs_outside_their_range_too():
   # Pixels scaled to [0, 1]: eagerly Dequantize says so; under XLA the rows become NaN
   # and the error pointed at NaN data or the learning rate only.

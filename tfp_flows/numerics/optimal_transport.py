@@ -51,4 +51,7 @@ def sinkhorn_pairing(x, z, seed, num_iterations=100, relative_epsilon=0.05):
                           (tf.constant(0), zeros, zeros))
   logits = log_kernel + f[:, None] + g[None, :]
   partner = tf.random.stateless_categorical(logits, 1, seed)[:, 0]
-  return tf.gather(z, partner)
+  # A row of NaN logits draws n, out of range (a NaN data row makes the mean cost, so
+  # every row, NaN). Clamped (XLA's gather clamps too), the NaN data still make the
+  # loss NaN, and the training step guard reports them instead of a gather error.
+  return tf.gather(z, tf.minimum(partner, tf.cast(tf.shape(z)[0] - 1, partner.dtype)))
