@@ -465,6 +465,23 @@ def test_missing_context_for_a_conditional_model_is_an_error():
     model.sample(2)
 
 
+def test_layers_of_another_dtype_than_the_model_are_an_error():
+  # They built, then failed on first use with a TensorFlow dtype error naming neither.
+  layers = tff.layers
+  cases = [({"dtype": "float64"}, {"dtype": "float64"}, {}, "float32", "float64"),
+           ({}, {}, {"dtype": "float64"}, "float64", "float32"),
+           ({}, {"dtype": "float64"}, {}, "float32", "float64")]
+  for first, second, model, expected, got in cases:
+    with pytest.raises(ValueError, match=f"computes in {expected}, but its flow layer "
+                       f"'.*' computes in {got}: .* Pass the same dtype="):
+      tff.FlowModel([layers.ActNorm(**first),
+                     layers.AffineCoupling(hidden_units=(4,), **second)], [2], **model)
+  double = tff.FlowModel([layers.ActNorm(dtype="float64"),
+                          layers.AffineCoupling(hidden_units=(4,), dtype="float64")], [2],
+                         dtype="float64")
+  assert double.log_prob(np.zeros([3, 2])).dtype == tf.float64
+
+
 def test_empty_layer_list_is_an_error():
   with pytest.raises(ValueError, match="at least one flow layer"):
     tff.FlowModel([], [2])

@@ -98,6 +98,13 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
     for layer in flow_layers:
       if not isinstance(layer, flow_layer.FlowLayer):
         raise TypeError(f"FlowModel takes tfp_flows flow layers; got {layer!r}.")
+      if layer.dtype_policy.compute_dtype != policy.compute_dtype:
+        raise ValueError(
+            f"FlowModel {self.name!r} computes in {policy.compute_dtype}, but its flow "
+            f"layer {layer.name!r} computes in {layer.dtype_policy.compute_dtype}: a "
+            "flow's log-density needs one dtype throughout. Pass the same dtype= to the "
+            "FlowModel and to every flow layer (or set it for all with "
+            "keras.config.set_floatx).")
     event_shape = [int(d) for d in event_shape]
     if any(d < 1 for d in event_shape):
       raise ValueError(f"event_shape must be positive sizes; got {event_shape}.")
