@@ -24,6 +24,10 @@ def call_on_flat_batch(fn, x, event_ndims, conditional_input=None):
 
   Returns:
     `fn`'s output with `x`'s sample shape in front.
+
+  Raises:
+    ValueError: for a context whose leading shape is not `x`'s sample shape (flattened,
+      its rows would be paired with other points).
   """
   rank = x.shape.rank
   if rank is None or rank - event_ndims == 1:
@@ -36,7 +40,7 @@ def call_on_flat_batch(fn, x, event_ndims, conditional_input=None):
   if conditional_input is None:
     out = fn(x_flat)
   else:
-    conditional_input = tf.convert_to_tensor(conditional_input)
+    conditional_input = _checked_context(conditional_input, x, sample_rank)
     context_shape = conditional_input.shape[sample_rank:]
     out = fn(x_flat, tf.reshape(
         conditional_input,
@@ -51,3 +55,23 @@ def call_on_flat_batch(fn, x, event_ndims, conditional_input=None):
   # Keep the static shape the reshape of a dynamic shape vector loses.
   result.set_shape(x.shape[:sample_rank].concatenate(out_shape))
   return result
+
+
+def _checked_context(context, x, sample_rank):
+  """`context` as a tensor, checked to have `x`'s sample shape in front."""
+  context = tf.convert_to_tensor(context)
+  sample_shape = x.shape[:sample_rank]
+  rank = context.shape.rank
+  if rank is not None and (rank < sample_rank or not context.shape[:sample_rank]
+                           .is_compatible_with(sample_shape)):
+    dims = ", ".join(str(d) for d in sample_shape.as_list())
+    raise ValueError(
+        f"A conditional bijector takes one context row per point: for points of sample "
+        f"shape [{dims}] a context of shape [{dims}, *context_shape]; got a context of "
+        f"shape {context.shape.as_list()}.")
+  if sample_shape.is_fully_defined() and context.shape[:sample_rank].is_fully_defined():
+    return context
+  with tf.control_dependencies([tf.debugging.assert_equal(
+      tf.shape(context)[:sample_rank], tf.shape(x)[:sample_rank],
+      message="A conditional bijector takes one context row per point")]):
+    return tf.identity(context)
