@@ -273,3 +273,13 @@ def test_a_batch_of_one_takes_input_gradients_through_the_adjoint():
   assert np.all(np.abs(both) > 1e-3)
   np.testing.assert_allclose(score(x[:1]), both[:1], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(score(x[1]), both[1], rtol=1e-4, atol=1e-5)
+
+
+def test_num_steps_with_the_adaptive_solver_is_an_error_not_ignored():
+  # dopri5 chooses its own steps: num_steps=5 was accepted and silently ignored.
+  with pytest.raises(ValueError, match=r"num_steps=5 is for the fixed-step solvers"):
+    tff.models.FFJORDFlow([2], hidden_units=(8,), num_steps=5)
+  with pytest.raises(ValueError, match=r"num_steps=5 is for the fixed-step solvers"):
+    tff.layers.FFJORD(hidden_units=(8,), solver="dopri5", num_steps=5)
+  assert tff.models.FFJORDFlow([2], hidden_units=(8,), solver="rk4",
+                               num_steps=5).flow_layers[-1].num_steps == 5

@@ -75,6 +75,10 @@ def check_solver_args(solver, rtol, atol, max_num_steps, num_steps):
       raise ValueError(f"rtol and atol must be positive; got rtol={rtol!r}, atol={atol!r}.")
     checks.int_at_least("max_num_steps", max_num_steps, 1,
                         why=": the adaptive solver never runs an unbounded loop")
+    if num_steps is not None:
+      raise ValueError(f"num_steps={num_steps!r} is for the fixed-step solvers (rk4, "
+                       "euler); dopri5 chooses its own steps within rtol and atol. Drop "
+                       "num_steps, or pass solver='rk4' with it.")
   elif not checks.is_int_at_least(num_steps, 1):
     raise ValueError(f"solver={solver!r} takes a fixed positive int num_steps; "
                      f"got {num_steps!r}.")
