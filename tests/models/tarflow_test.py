@@ -166,6 +166,15 @@ def test_saved_model_serves_the_no_label_minus_one_as_the_live_model_does(tmp_pa
     served.signatures["log_prob"](x=tf.constant(x), context=tf.constant([1, -2, 2, 0]))
 
 
+@pytest.mark.parametrize("guidance", [float("nan"), float("inf"), -float("inf")])
+def test_a_guidance_that_is_not_finite_is_an_error_not_nan_samples(guidance):
+  model = _model(num_classes=3)
+  with pytest.raises(ValueError, match="guidance must be a finite number"):
+    model.sample(2, seed=1, context=1, guidance=guidance)
+  with pytest.raises(ValueError, match="guidance must be a finite number"):
+    model.flow_layers[-1].make_bijector(guidance=guidance)
+
+
 def test_trains_on_digits_under_xla():
   (x_train, y_train), _ = tff.data.load_digits_images()
   keras.utils.set_random_seed(0)

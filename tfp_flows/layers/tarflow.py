@@ -1,5 +1,7 @@
 """Keras layers of TarFlow: a Transformer autoregressive block, and training-noise augmentation."""
 
+import math
+
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -12,7 +14,15 @@ from tfp_flows.nets import causal_transformer
 from tfp_flows.numerics import checks
 from tfp_flows.numerics import probes
 
-__all__ = ["TarFlowBlock", "NoiseAugmentation"]
+__all__ = ["TarFlowBlock", "NoiseAugmentation", "checked_guidance"]
+
+
+def checked_guidance(guidance):
+  """`guidance` as a float, which must be finite (NaN or inf would make every sample NaN)."""
+  value = float(guidance)
+  if not math.isfinite(value):
+    raise ValueError(f"guidance must be a finite number; got {guidance!r}.")
+  return value
 
 
 @keras.saving.register_keras_serializable(package="tfp_flows")
@@ -111,7 +121,7 @@ class TarFlowBlock(flow_layer.FlowLayer):
       guidance: classifier-free guidance weight w (class-conditional blocks only).
       sampling: overrides the layer's sampling method for this bijector.
     """
-    guidance = float(guidance)
+    guidance = checked_guidance(guidance)
     if guidance != 0.0 and self.num_classes is None:
       raise ValueError(f"guidance={guidance} needs a class-conditional block "
                        "(num_classes set); this one is unconditional.")

@@ -7,6 +7,7 @@ import tensorflow_probability as tfp
 from tfp_flows import flow
 from tfp_flows import layers
 from tfp_flows.bijectors import conditioning
+from tfp_flows.layers import tarflow as tarflow_layers
 from tfp_flows.models import _aliases
 from tfp_flows.models import _dtype
 from tfp_flows.numerics import probes
@@ -62,11 +63,13 @@ class TarFlowModel(flow.FlowModel):
         block's own.
 
     Raises:
-      ValueError: for guidance without classes or denoising without noise augmentation.
+      ValueError: for a guidance that is not finite or without classes, or denoising
+        without noise augmentation.
     """
-    if float(guidance) == 0.0 and sampling is None and not denoise:
+    guidance = tarflow_layers.checked_guidance(guidance)
+    if guidance == 0.0 and sampling is None and not denoise:
       return super().sample(n, seed=seed, context=context, temperature=temperature)
-    if float(guidance) != 0.0 and self.context_shape is None:
+    if guidance != 0.0 and self.context_shape is None:
       raise ValueError(f"guidance={guidance} needs a class-conditional model "
                        "(num_classes set) and labels as context.")
     split = self._noise_layer_index() if denoise else 0
