@@ -417,6 +417,25 @@ def test_export_is_reachable_as_tff_export(served_all):
   assert stdout.strip().endswith("save")
 
 
+
+def test_keras_export_writes_the_models_own_signatures(tmp_path):
+  # Keras 3's model.export refused every FlowModel ("has never called").
+  keras.utils.set_random_seed(0)
+  model = tff.FlowModel([tff.layers.ActNorm(data_init=False),
+                         tff.layers.AffineCoupling(hidden_units=(4,))], [2])
+  model.export(str(tmp_path / "flow"))
+  served = tf.saved_model.load(str(tmp_path / "flow"))
+  x = np.random.default_rng(0).normal(size=(3, 2)).astype("float32")
+  np.testing.assert_allclose(
+      served.signatures["serving_default"](x=tf.constant(x))["log_prob"].numpy(),
+      model.log_prob(x).numpy(), rtol=1e-6)
+  assert {"log_prob", "sample", "forward", "inverse"} <= set(served.signatures)
+  with pytest.raises(ValueError, match="format='tf_saved_model' only"):
+    model.export(str(tmp_path / "onnx"), format="onnx")
+  with pytest.raises(ValueError, match=r"no input_signature or other options.*"
+                     r"\['input_signature'\]"):
+    model.export(str(tmp_path / "other"), input_signature=[tf.TensorSpec([None, 2])])
+
 if __name__ == "__main__":
   # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -7,6 +7,7 @@ import tensorflow_probability as tfp
 
 from tfp_flows import bijectors as bijectors_lib
 from tfp_flows import distributions
+from tfp_flows import export as export_lib
 from tfp_flows import flow_inputs
 from tfp_flows import flow_training
 from tfp_flows import objectives
@@ -294,6 +295,30 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
                        f"one has {len(states)}: it was saved from another architecture.")
     for i, state in enumerate(states if names else []):
       state.assign(store[f"{_SEED_STATE}{i}"])
+
+  def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,  # pylint: disable=redefined-builtin
+             **kwargs):
+    """Keras' `Model.export`: the SavedModel of `tfp_flows.export.save`.
+
+    Its signatures are the model's own (`log_prob`, also `serving_default`; `sample`,
+    `sample_fresh`, `forward`, `inverse`), with their inputs checked in the graph.
+    Keras' inferred signature would serve `call`'s log-density alone, without the
+    checks, and it cannot infer one for a FlowModel anyway.
+
+    Raises:
+      ValueError: for another format than "tf_saved_model", or an `input_signature`
+        or other option, which the model's fixed signatures leave no room for.
+    """
+    del verbose
+    if format != "tf_saved_model":
+      raise ValueError(f"A FlowModel exports as format='tf_saved_model' only (the "
+                       f"SavedModel of tfp_flows.export.save); got format={format!r}.")
+    given = sorted(kwargs) + ([] if input_signature is None else ["input_signature"])
+    if given:
+      raise ValueError("FlowModel.export takes no input_signature or other options: the "
+                       "signatures are the model's own (see tfp_flows.export.save); got "
+                       f"{given}.")
+    export_lib.save(self, filepath)
 
   def get_config(self):
     return {"name": self.name,
