@@ -46,6 +46,13 @@ class _Snapshot(keras.callbacks.Callback):
     self.states.append(_state(self.model))
 
 
+def _with_an_empty_third_batch(x):
+  """`x` in batches of BATCH rows, with a batch of no rows after the first 16 rows."""
+  return (tf.data.Dataset.from_tensor_slices(x[:16]).batch(BATCH)
+          .concatenate(tf.data.Dataset.from_tensors(x[:0]))
+          .concatenate(tf.data.Dataset.from_tensor_slices(x[16:]).batch(BATCH)))
+
+
 def _data(bad_row, value):
   x = np.random.default_rng(0).normal(size=(4 * BATCH, 2)).astype("float32")
   x[bad_row, 1] = value
@@ -110,9 +117,7 @@ def test_an_empty_batch_is_named_as_such_not_as_nan_data(jit_compile):
   # A dataset whose third batch has no rows: the loss over it is NaN, and the error
   # said "check the data for NaN/inf" of finite data.
   x = _data(0, 0.0)
-  batches = (tf.data.Dataset.from_tensor_slices(x[:16]).batch(BATCH)
-             .concatenate(tf.data.Dataset.from_tensors(x[:0]))
-             .concatenate(tf.data.Dataset.from_tensor_slices(x[16:]).batch(BATCH)))
+  batches = _with_an_empty_third_batch(x)
   model = _model()
   model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile)
   snapshot = _Snapshot()
@@ -128,9 +133,7 @@ def test_evaluate_skips_an_empty_batch_instead_of_returning_nan(jit_compile):
   # The loss over no rows is NaN; weighted by its zero rows it still made the epoch's
   # mean NaN (0 * NaN). As under a strategy whose last batch leaves a replica no rows.
   x = _data(0, 0.0)
-  batches = (tf.data.Dataset.from_tensor_slices(x[:16]).batch(BATCH)
-             .concatenate(tf.data.Dataset.from_tensors(x[:0]))
-             .concatenate(tf.data.Dataset.from_tensor_slices(x[16:]).batch(BATCH)))
+  batches = _with_an_empty_third_batch(x)
   model = _model()
   model.compile(jit_compile=jit_compile)
   expected = -np.mean(keras.ops.convert_to_numpy(model.log_prob(x)))
