@@ -185,3 +185,40 @@ def test_loss_max_under_mirrored_strategy_is_the_global_batch_loss():
 
 if __name__ == "__main__":
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
+
+
+@pytest.mark.parametrize("option", [{"loss": "mse"}, {"metrics": ["mae"]},
+                                    {"weighted_metrics": ["mae"]}, {"loss_weights": [1.0]}])
+def test_compile_options_that_score_targets_are_an_error(option):
+  # Keras accepts them, and fit never used them: a flow trains on its objective.
+  model = tff.FlowModel([tff.layers.ActNorm()], [2])
+  with pytest.raises(ValueError, match=f"takes no {next(iter(option))}.*objective"):
+    model.compile(optimizer="adam", **option)
+
+
+def test_a_reload_compiles_with_the_saved_optimizer_and_loop_options(tmp_path):
+  model = tff.FlowModel([tff.layers.ActNorm(), tff.layers.AffineCoupling()], [2])
+  model.compile(optimizer=keras.optimizers.Adam(0.01), jit_compile=True,
+                steps_per_execution=2)
+  model.fit(_data(3.0, n=64), batch_size=16, epochs=1, verbose=0)
+  model.save(tmp_path / "flow.keras")
+  loaded = keras.models.load_model(tmp_path / "flow.keras")
+  assert loaded.compiled and loaded.jit_compile and loaded.steps_per_execution == 2
+  assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+  assert loaded.optimizer.iterations.numpy() == 4
+  np.testing.assert_allclose(loaded.optimizer.learning_rate.numpy(), 0.01)
+  for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+    np.testing.assert_array_equal(saved.numpy(), restored.numpy())
+
+
+def test_a_file_naming_a_compile_loss_loads_without_it(tmp_path):
+  """Files written while `compile(loss=...)` was accepted (and ignored) still load."""
+  model = tff.FlowModel([tff.layers.ActNorm()], [2])
+  keras.Model.compile(model, optimizer="adam", loss="mse", metrics=["mae"])
+  model.fit(_data(3.0), batch_size=16, epochs=1, verbose=0)
+  model.save(tmp_path / "flow.keras")
+  with pytest.warns(UserWarning, match="names loss, metrics, which a flow does not use"):
+    loaded = keras.models.load_model(tmp_path / "flow.keras")
+  assert loaded.compiled and loaded.optimizer.iterations.numpy() == 2
+  history = loaded.fit(_data(3.0), batch_size=16, epochs=1, verbose=0)
+  assert sorted(history.history) == ["loss", "loss_max", "nll"]

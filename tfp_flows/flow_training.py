@@ -8,6 +8,7 @@ gradients are finite (`step_guard`), runs `steps_per_execution` steps as one XLA
 """
 
 import contextlib
+import warnings
 
 import keras
 import tensorflow as tf
@@ -28,6 +29,47 @@ class FlowTraining:
   `_loss_max_tracker`, and the step guard `_step_guard` (`FlowModel.__init__` makes
   them).
   """
+
+  def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
+              weighted_metrics=None, **kwargs):
+    """`keras.Model.compile` without targets: the flow trains on its objective.
+
+    `loss`, `loss_weights`, `metrics` and `weighted_metrics` score predictions against
+    targets `y`, which a flow does not have (`fit(x, context)` reads the second element
+    as context); Keras would accept them and `fit` would never use them. They are an
+    error here. The objective (`FlowModel(objective=...)`) sets the loss, and `fit`
+    logs `nll` and the objective's other metrics itself.
+    """
+    given = {name: value for name, value in (
+        ("loss", loss), ("loss_weights", loss_weights), ("metrics", metrics),
+        ("weighted_metrics", weighted_metrics)) if value is not None}
+    if given:
+      raise ValueError(
+          f"{type(self).__name__}.compile takes no {', '.join(given)}: a flow has no "
+          "targets to score. It minimises its objective (FlowModel(objective=...), "
+          "maximum likelihood by default) and fit logs 'loss', 'nll' and the "
+          "objective's other metrics itself; for another quantity use a Keras callback. "
+          "Pass only the optimizer and the loop's options (jit_compile, "
+          "steps_per_execution, run_eagerly).")
+    super().compile(optimizer=optimizer, **kwargs)
+
+  def compile_from_config(self, config):
+    """Compiles a loaded model as `keras.Model.compile_from_config` would.
+
+    Keras skips this for models that override `compile`. A `.keras` file written by a
+    version that accepted `compile(loss=...)` may name a loss or metrics, which never
+    took part in training: they are dropped with a warning.
+    """
+    config = keras.saving.deserialize_keras_object(config)
+    dropped = [name for name in ("loss", "loss_weights", "metrics", "weighted_metrics")
+               if config.pop(name, None) is not None]
+    if dropped:
+      warnings.warn(f"Loading {type(self).__name__} {self.name!r}: its compile config names "
+                    f"{', '.join(dropped)}, which a flow does not use; compiling without.",
+                    stacklevel=2)
+    self.compile(**config)
+    if self.built:
+      self.optimizer.build(self.trainable_variables)
 
   def train_step(self, data):
     """One step of the objective, applied only if its loss and gradients are finite.
