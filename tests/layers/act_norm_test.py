@@ -213,6 +213,28 @@ def test_data_init_false_keeps_the_identity_start():
   np.testing.assert_array_equal(log_scale, 0.0)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_frozen_layer_is_not_initialised_by_fit(jit_compile):
+  # Keras' contract for trainable=False: fit leaves the layer's weights as they are.
+  x = _data([3.0, -1.0], [0.5, 2.0], [16, 2])
+  model = tff.FlowModel([tff.layers.ActNorm(), tff.layers.AffineCoupling()], [2])
+  model.flow_layers[0].trainable = False
+  model.compile(optimizer=keras.optimizers.Adam(0.01), jit_compile=jit_compile)
+  model.fit(x, batch_size=8, epochs=1, verbose=0)
+  loc, log_scale, initialized = _weights(model.flow_layers[0])
+  assert initialized == 0.0
+  np.testing.assert_array_equal(loc, 0.0)
+  np.testing.assert_array_equal(log_scale, 0.0)
+  # Unfrozen again, the next fit initialises it from its first batch.
+  model.flow_layers[0].trainable = True
+  model.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit_compile)
+  model.fit(x, batch_size=16, epochs=1, verbose=0)
+  loc, log_scale, initialized = _weights(model.flow_layers[0])
+  assert initialized == 1.0
+  np.testing.assert_allclose(loc, x.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(log_scale, 0.5 * np.log(x.var(0) + EPSILON), rtol=1e-5)
+
+
 @pytest.mark.parametrize("epsilon", [0.0, -1e-3])
 def test_non_positive_epsilon_is_rejected(epsilon):
   with pytest.raises(ValueError, match="epsilon must be positive"):

@@ -14,7 +14,8 @@ class ActNorm(flow_layer.FlowLayer):
   """Per-channel affine flow layer (Glow's ActNorm), initialised from the first batch.
 
   On the first training call (inside `fit`, also under XLA and across replicas, where
-  the statistics are all-reduced over the global batch) it sets, per channel,
+  the statistics are all-reduced over the global batch) of a trainable layer (a frozen
+  one, `trainable=False`, keeps its weights) it sets, per channel,
 
   ```none
   loc       = mean(x)
@@ -66,7 +67,8 @@ class ActNorm(flow_layer.FlowLayer):
     return act_norm.ActNorm(self.loc, self.log_scale, name=self.bijector_name())
 
   def call(self, inputs, context=None, training=None):
-    if training and self.data_init:
+    # A frozen layer keeps its weights in fit, as Keras' `trainable=False` promises.
+    if training and self.data_init and self.trainable:
       self._initialize_from(inputs)
     return super().call(inputs, context=context, training=training)
 
