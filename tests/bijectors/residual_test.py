@@ -248,7 +248,12 @@ def test_float32_inverse_converges_far_from_the_origin():
 def test_argument_errors():
   g = lambda y: 0.5 * tf.tanh(y)
   with pytest.raises(ValueError, match="residual_fn must be callable"):
-    tffb.ResidualBlock(None)
+    tffb.ResidualBlock(3.0)
+  with pytest.raises(ValueError, match="make_residual_fn must be callable"):
+    tffb.ResidualBlock(make_residual_fn=3.0)
+  for both in ({}, {"residual_fn": g, "make_residual_fn": lambda: g}):
+    with pytest.raises(ValueError, match="exactly one of residual_fn"):
+      tffb.ResidualBlock(**both)
   with pytest.raises(ValueError, match="log_det must be one of .* got 'hutchinson'"):
     tffb.ResidualBlock(g, log_det="hutchinson")
   with pytest.raises(ValueError, match="gradient must be one of .* got 'adjoint'"):

@@ -110,7 +110,9 @@ class ContinuousFlow(network_bijector.NetworkBijector):
       vector_field: callable `f(t, z)`, `t` a `[N]` tensor and `z` `[N, *event]`,
         returning `dz/dt` of z's shape (e.g. `tfp_flows.nets.TimeConditionedMLP`).
       event_ndims: rank of one event (1 vectors, 3 images).
-      end_time: T > 0, a float or scalar tensor (a learned end time is a tensor).
+      end_time: T > 0: a float, a scalar tensor, or a callable returning one, called
+        at every solve (a learned end time: a bijector kept across weight updates then
+        reads the current value and is differentiable in it).
       trace: "exact" or "hutchinson", or a resolved
         `tfp_flows.numerics.estimators.Estimator` (from `TraceEstimator.choose`), whose
         method, probes, keying and fixed seed take the place of `noise`,
@@ -152,8 +154,8 @@ class ContinuousFlow(network_bijector.NetworkBijector):
     checks.one_of("gradient", gradient, ode.GRADIENTS)
     if int(event_ndims) < 1:
       raise ValueError(f"event_ndims must be at least 1; got {event_ndims!r}.")
-    known_end_time = (tf.get_static_value(end_time) if tf.is_tensor(end_time)
-                      else end_time)
+    known_end_time = (None if callable(end_time) else
+                      tf.get_static_value(end_time) if tf.is_tensor(end_time) else end_time)
     if known_end_time is not None and not np.all(np.asarray(known_end_time) > 0):
       raise ValueError(f"end_time must be positive; got {end_time!r}.")
     ode.check_solver_args(solver, rtol, atol, max_num_steps, num_steps)
@@ -215,8 +217,9 @@ class ContinuousFlow(network_bijector.NetworkBijector):
     flat, batch_shape = trace_lib.flatten_batch(value, self.forward_min_event_ndims)
     dtype = flat.dtype
     # A Python float goes straight to `dtype`: tf.cast would round it through float32.
-    end_time = (tf.constant(self._end_time, dtype) if isinstance(self._end_time, float)
-                else tf.cast(self._end_time, dtype))
+    end_time = self._end_time() if callable(self._end_time) else self._end_time
+    end_time = (tf.constant(end_time, dtype) if isinstance(end_time, float)
+                else tf.cast(end_time, dtype))
     if self.validate_args:
       with tf.control_dependencies([tf.debugging.assert_positive(
           end_time, f"{self.name}: end_time must be positive.")]):

@@ -60,16 +60,22 @@ class ResidualBlock(network_bijector.NetworkBijector):
        Modeling. https://arxiv.org/abs/1906.02735
   """
 
-  def __init__(self, residual_fn, event_ndims=1, log_det="exact", gradient="neumann",
+  def __init__(self, residual_fn=None, event_ndims=1, log_det="exact", gradient="neumann",
                seed=None, num_terms=10, num_exact_terms=None, distribution="geometric",
                tolerance=1e-6, max_iterations=100, content_keyed_probes=False,
                validate_args=False, dtype=tf.float32, name="residual_block", *,
-               n_exact_terms=None):
+               make_residual_fn=None, n_exact_terms=None):
     """Creates the block.
 
     Args:
       residual_fn: callable g mapping `[N, *event]` to `[N, *event]` with Lip(g) < 1
         (e.g. spectrally normalised layers with 1-Lipschitz activations).
+      make_residual_fn: instead of `residual_fn`, a callable returning g, called once
+        at the start of every evaluation (each `forward`, `inverse` and log-det). g
+        then holds the weights of that moment: a bijector kept across weight updates
+        (a held `distribution`, a `tfp.vi` surrogate) stays current and differentiable
+        in them, while a fixed-point solve, which calls g many times, still
+        normalises the kernels once. Pass exactly one of the two.
       event_ndims: rank of one event (1 vectors, 3 images).
       log_det: "exact", "series" or "russian_roulette" (see the class docstring), or a
         resolved `tfp_flows.numerics.estimators.Estimator` (from
@@ -95,8 +101,12 @@ class ResidualBlock(network_bijector.NetworkBijector):
       ValueError: for bad arguments, or a stochastic estimator without a seed.
     """
     parameters = dict(locals())
-    if not callable(residual_fn):
-      raise ValueError(f"residual_fn must be callable; got {residual_fn!r}.")
+    if (residual_fn is None) == (make_residual_fn is None):
+      raise ValueError("Pass exactly one of residual_fn (g) and make_residual_fn (a "
+                       "callable returning g).")
+    if not callable(residual_fn or make_residual_fn):
+      name = "residual_fn" if make_residual_fn is None else "make_residual_fn"
+      raise ValueError(f"{name} must be callable; got {residual_fn or make_residual_fn!r}.")
     estimator = estimators.as_estimator(
         log_det, log_det_series.LOG_DET_METHODS, keyed_probes=content_keyed_probes,
         num_terms=num_terms, name="log_det")
@@ -110,7 +120,7 @@ class ResidualBlock(network_bijector.NetworkBijector):
     if not tolerance > 0 or int(max_iterations) < 1:
       raise ValueError("tolerance must be positive and max_iterations at least 1; got "
                        f"{tolerance!r} and {max_iterations!r}.")
-    self._g = residual_fn
+    self._make_g = make_residual_fn or (lambda: residual_fn)
     self._estimator = estimator
     self._gradient = gradient
     self._seed = seed
@@ -131,7 +141,7 @@ class ResidualBlock(network_bijector.NetworkBijector):
       y = tf.debugging.assert_all_finite(y, "ResidualBlock: input is not finite.")
     flat, batch_shape = trace.flatten_batch(y, self.forward_min_event_ndims)
     g_y, log_det = log_det_series.estimate_log_det(
-        self._g, flat, method=self._estimator.method, gradient=self._gradient,
+        self._make_g(), flat, method=self._estimator.method, gradient=self._gradient,
         seed=self._seed, num_terms=self._estimator.num_terms,
         num_exact_terms=self._num_exact_terms, distribution=self._distribution,
         content_keyed_probes=self._estimator.keyed_probes, return_output=True)
@@ -148,7 +158,7 @@ class ResidualBlock(network_bijector.NetworkBijector):
 
   def _forward(self, z):
     flat, _ = trace.flatten_batch(z, self.forward_min_event_ndims)
-    y, converged, _ = fixed_point.fixed_point_solve(self._g, flat, self._tolerance,
+    y, converged, _ = fixed_point.fixed_point_solve(self._make_g(), flat, self._tolerance,
                                                     self._max_iterations)
     y = checks.nan_unless(converged, y, self.validate_args, message=(
         f"ResidualBlock: the fixed-point inverse did not reach tolerance "

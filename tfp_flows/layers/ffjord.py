@@ -183,7 +183,9 @@ class FFJORD(flow_layer.FlowLayer):
       seed = self._draw_seed()
     return continuous.ContinuousFlow(
         self.vector_field, event_ndims=len(self._event_shape),
-        end_time=self.integration_time, trace=estimator, seed=seed,
+        # A learned T is read at each solve, so a bijector held across steps stays current.
+        end_time=(lambda: self.integration_time) if self.learn_end_time else self.end_time,
+        trace=estimator, seed=seed,
         solver=self.solver, rtol=self.rtol, atol=self.atol,
         max_num_steps=self.max_num_steps, num_steps=self.num_steps,
         gradient=self.gradient,

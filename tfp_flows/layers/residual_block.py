@@ -195,7 +195,8 @@ class ResidualBlock(flow_layer.FlowLayer):
     if estimator.method != "exact" and estimator.seed is None and seed is None:
       seed = _replica_seed.draw_replica_seed(self.seed_generator)
     return residual.ResidualBlock(
-        self.residual_fn(training), event_ndims=len(self._event_shape), log_det=estimator,
+        make_residual_fn=lambda: self.residual_fn(training),
+        event_ndims=len(self._event_shape), log_det=estimator,
         gradient=self.gradient, seed=seed, num_exact_terms=self.num_exact_terms,
         distribution=self.log_det_estimator.distribution, tolerance=self.tolerance,
         max_iterations=self.max_iterations, validate_args=self.validate_args,
