@@ -56,10 +56,15 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
   Args:
     flow_layers: list of `tfp_flows.layers.FlowLayer`, data side first.
     event_shape: shape of one data point, e.g. `[2]` or `[8, 8, 1]`.
-    base_distribution: a TFP distribution over the latent event shape; default a
+    base_distribution: a fixed TFP distribution over the latent event shape; default a
       standard normal (`tfd.Sample(PhiloxNormal(0, 1), latent_shape)`, see
-      `tfp_flows.distributions`). A custom base is not saved in the config; pass it
-      again to `from_config` / `custom_objects`.
+      `tfp_flows.distributions`). It may not hold trainable variables, which neither
+      `fit` nor `.keras` files would see: a learned Gaussian base is the flow layer
+      `tfp_flows.layers.GaussianPrior`, placed last. A custom base is not saved in
+      the config, which records only that there was one: load the model with
+      `keras.models.load_model(path, custom_objects={"base_distribution": base})`
+      (likewise `from_config` and `keras.models.clone_model` inside
+      `keras.saving.custom_object_scope`); without it loading is an error.
     context_shape: shape of one context row for conditional flows, else None.
     context_dtype: dtype of the context: None for the model's float dtype (float32, or
       float64 under a float64 dtype policy), or "int32" for class labels.
@@ -118,6 +123,7 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
     self.flow.build((None, *event_shape))
     self.latent_shape = self.flow.bijector.inverse_event_shape(event_shape).as_list()
     self._custom_base = base_distribution is not None
+    _check_base_has_no_trainable_variables(base_distribution)
     # The weights' dtype (float32 under mixed precision, float64 with floatx float64).
     base_dtype = np.dtype(self.dtype_policy.variable_dtype)
     self.base_distribution = base_distribution or distributions.standard_normal(
@@ -326,11 +332,22 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
             "event_shape": self.event_shape, "context_shape": self.context_shape,
             "context_dtype": self.context_dtype,
             "objective": keras.saving.serialize_keras_object(self.objective),
-            "dtype": self.dtype_policy.name}
+            "dtype": self.dtype_policy.name, "custom_base": self._custom_base}
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
     config = dict(config)
+    if config.pop("custom_base", False) and config.get("base_distribution") is None:
+      base = keras.saving.get_registered_object("base_distribution", custom_objects)
+      if base is None:
+        raise ValueError(
+            f"FlowModel {config.get('name')!r} has a custom base distribution, "
+            "which its config cannot hold; a standard normal in its place would give "
+            "other densities. Pass the base: keras.models.load_model(path, "
+            "custom_objects={'base_distribution': base}), or call from_config / "
+            "clone_model inside keras.saving.custom_object_scope({'base_distribution': "
+            "base}).")
+      config["base_distribution"] = base
     config["flow_layers"] = [keras.saving.deserialize_keras_object(c, custom_objects)
                              for c in config["flow_layers"]]
     # Files saved before the model kept its dtype: the layers' is the model's, whatever
@@ -340,6 +357,20 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
       config["objective"] = keras.saving.deserialize_keras_object(
           config["objective"], custom_objects)
     return cls(**config)
+
+
+def _check_base_has_no_trainable_variables(base_distribution):
+  """A base's own trainable variables are not Keras weights: fit would not train them."""
+  if base_distribution is None or not hasattr(base_distribution, "trainable_variables"):
+    return
+  names = [v.name for v in base_distribution.trainable_variables]
+  if names:
+    raise ValueError(
+        f"base_distribution holds trainable variables {names}, which are not Keras "
+        "weights: fit would not train them and .keras files would not save them. Build "
+        "the base from constants (or tf.Variable(..., trainable=False)); for a learned "
+        "diagonal Gaussian base, add tfp_flows.layers.GaussianPrior() as the last flow "
+        "layer.")
 
 
 # Key prefix of the random-generator states in the model's `.keras` variable store.
