@@ -1,5 +1,7 @@
 """FlowModel: a Keras model that is a normalizing flow, trained by a pluggable objective."""
 
+import zlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -290,17 +292,44 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
     super().save_own_variables(store)
     for i, state in enumerate(self._seed_states()):
       store[f"{_SEED_STATE}{i}"] = state
+    store[_STRUCTURE] = self._structure()
 
   def load_own_variables(self, store):
     names = [name for name in store.keys() if name.startswith(_SEED_STATE)]
+    if _STRUCTURE in store.keys():  # absent from files written before it was saved
+      self._check_structure(np.asarray(store[_STRUCTURE]))
     super().load_own_variables({name: store[name] for name in store.keys()
-                                if name not in names})
+                                if name not in names and name != _STRUCTURE})
     states = self._seed_states()
     if names and len(names) != len(states):
       raise ValueError(f"The saved model has {len(names)} random-generator states; this "
                        f"one has {len(states)}: it was saved from another architecture.")
     for i, state in enumerate(states if names else []):
       state.assign(store[f"{_SEED_STATE}{i}"])
+
+  def _structure(self):
+    """The flow's weight shapes and layer classes, as integers for the variable store.
+
+    `[number of weights, rank, *shape, rank, *shape, ..., crc32 of the layer classes]`,
+    in the order of `self.weights`. Keras matches a weights file to a model by layer
+    paths and ignores entries the model lacks, so weights saved from a flow with more
+    layers, or other ones, would load into some of this flow's layers and give other
+    densities without an error.
+    """
+    numbers = [len(self.weights)]
+    for weight in self.weights:
+      numbers += [len(weight.shape), *weight.shape]
+    classes = "|".join(type(layer).__name__ for layer in self.flow._flatten_layers())  # pylint: disable=protected-access
+    return np.array(numbers + [zlib.crc32(classes.encode())], np.int64)
+
+  def _check_structure(self, saved):
+    if not np.array_equal(saved, self._structure()):
+      difference = (f"{int(saved[0])} weights where it has {len(self.weights)}"
+                    if saved[0] != len(self.weights) else "weights of other shapes or layers")
+      raise ValueError(
+          f"These weights were saved from a flow built differently from {self.name!r} "
+          f"({difference}): loading them would give other densities. Build the model "
+          "with the same preset arguments or layers as the one that saved them.")
 
   def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,  # pylint: disable=redefined-builtin
              **kwargs):
@@ -375,6 +404,8 @@ def _check_base_has_no_trainable_variables(base_distribution):
 
 # Key prefix of the random-generator states in the model's `.keras` variable store.
 _SEED_STATE = "seed_generator_state_"
+# Key of the flow's structure (`FlowModel._structure`) in the same store.
+_STRUCTURE = "flow_structure"
 
 
 def _statistic_names(layer):
