@@ -90,3 +90,34 @@ def test_shape_errors():
     bijector.inverse(np.ones([1, 2, 2, 6]))
   with pytest.raises(ValueError, match=r"known rank >= 3"):
     bijector.forward(np.ones([4, 4]))
+
+
+def test_event_shape_tensors_check_what_the_static_shapes_check():
+  # forward_event_shape_tensor([3, 4, 1]) returned [1, 2, 4], rounding the height down.
+  bijector = tffb.Squeeze()
+  with pytest.raises(ValueError, match=r"divisible by 2; got event shape \[3, 4, 1\]"):
+    bijector.forward_event_shape_tensor([3, 4, 1])
+  with pytest.raises(ValueError, match=r"channels divisible by 4; got event shape \[2, 2, 6\]"):
+    bijector.inverse_event_shape_tensor([2, 2, 6])
+  np.testing.assert_array_equal(bijector.forward_event_shape_tensor([4, 6, 3]), [2, 3, 12])
+  np.testing.assert_array_equal(bijector.inverse_event_shape_tensor([2, 3, 12]), [4, 6, 3])
+  # Shapes known only when the graph runs: an assertion with validate_args, as in TFP.
+  checked = tffb.Squeeze(validate_args=True)
+  forward = tf.function(checked.forward_event_shape_tensor,
+                        input_signature=[tf.TensorSpec([3], tf.int32)])
+  np.testing.assert_array_equal(forward(tf.constant([4, 6, 3])), [2, 3, 12])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="divisible by 2"):
+    forward(tf.constant([3, 4, 1]))
+  inverse = tf.function(checked.inverse_event_shape_tensor,
+                        input_signature=[tf.TensorSpec([3], tf.int32)])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="channels divisible by 4"):
+    inverse(tf.constant([2, 2, 6]))
+
+
+def test_an_unknown_event_rank_gives_an_unknown_shape_as_stock_tfp_does():
+  bijector = tffb.Squeeze()
+  unknown = tf.TensorShape(None)
+  assert tfb.Reshape([4, 4, 1], [16]).inverse_event_shape(unknown).rank is None
+  assert bijector.forward_event_shape(unknown).rank is None
+  assert bijector.inverse_event_shape(unknown).rank is None
+  assert tfb.Invert(bijector).forward_event_shape(unknown).rank is None

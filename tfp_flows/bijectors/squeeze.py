@@ -27,7 +27,9 @@ class Squeeze(tfb.AutoCompositeTensorBijector):
   def __init__(self, factor=2, validate_args=False, name="squeeze"):
     """Args:
       factor: positive int f; H and W must be divisible by f.
-      validate_args: unused beyond static shape checks (always performed).
+      validate_args: also assert, in the graph, that event shapes given as tensors
+        whose values are known only at run time divide by f (static shapes are
+        always checked).
       name: name scope.
     """
     parameters = dict(locals())
@@ -96,17 +98,42 @@ class Squeeze(tfb.AutoCompositeTensorBijector):
     return tf.zeros([], dtype=x.dtype)
 
   def _forward_event_shape(self, input_shape):
+    if input_shape.rank is None:  # unknown in, unknown out, as stock reshaping bijectors
+      return input_shape
     return input_shape[:-3].concatenate(self._squeezed_shape(input_shape))
 
   def _inverse_event_shape(self, output_shape):
+    if output_shape.rank is None:
+      return output_shape
     return output_shape[:-3].concatenate(self._unsqueezed_shape(output_shape))
 
   def _forward_event_shape_tensor(self, input_shape):
     f = self._factor
+    known = tf.get_static_value(input_shape)
+    if known is not None:  # the static check, so a shape given as a tensor is not rounded
+      self._squeezed_shape([int(d) for d in known])
+    elif self.validate_args:
+      input_shape = _asserting_divisible(input_shape, input_shape[-3:-1], f,
+                                         f"Squeeze by {f} needs height and width divisible "
+                                         f"by {f}.")
     return tf.concat([input_shape[:-3], input_shape[-3:-1] // f,
                       input_shape[-1:] * f * f], 0)
 
   def _inverse_event_shape_tensor(self, output_shape):
     f = self._factor
+    known = tf.get_static_value(output_shape)
+    if known is not None:
+      self._unsqueezed_shape([int(d) for d in known])
+    elif self.validate_args:
+      output_shape = _asserting_divisible(output_shape, output_shape[-1:], f * f,
+                                          f"Unsqueeze by {f} needs channels divisible by "
+                                          f"{f * f}.")
     return tf.concat([output_shape[:-3], output_shape[-3:-1] * f,
                       output_shape[-1:] // (f * f)], 0)
+
+
+def _asserting_divisible(shape, sizes, divisor, message):
+  """`shape`, after an assertion that every entry of `sizes` is divisible by `divisor`."""
+  with tf.control_dependencies([tf.debugging.assert_equal(sizes % divisor, 0,
+                                                          message=message)]):
+    return tf.identity(shape)
