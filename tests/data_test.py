@@ -88,11 +88,6 @@ def test_out_of_range_pixels_are_rejected(x_train, x_test):
     data.independent_pixel_bits_per_dim(np.array(x_train), np.array(x_test), 3)
 
 
-if __name__ == "__main__":
-  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
-  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
-
-
 def test_toy_2d_densities_have_their_documented_support():
   ring = data.make_toy_2d("ring", 4000, seed=1)
   radius = np.linalg.norm(ring, axis=-1)
@@ -176,3 +171,8 @@ def test_malformed_fashion_mnist_files_are_clear_errors(tmp_path, which, content
     path.write_bytes(content)
   with pytest.raises(ValueError, match=message):
     data.load_fashion_mnist(tmp_path)
+
+
+if __name__ == "__main__":
+  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -183,10 +183,6 @@ def test_loss_max_under_mirrored_strategy_is_the_global_batch_loss():
   np.testing.assert_allclose(logs["loss"], [expected.mean()], rtol=1e-6)
 
 
-if __name__ == "__main__":
-  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
-
-
 @pytest.mark.parametrize("option", [{"loss": "mse"}, {"metrics": ["mae"]},
                                     {"weighted_metrics": ["mae"]}, {"loss_weights": [1.0]}])
 def test_compile_options_that_score_targets_are_an_error(option):
@@ -222,3 +218,7 @@ def test_a_file_naming_a_compile_loss_loads_without_it(tmp_path):
   assert loaded.compiled and loaded.optimizer.iterations.numpy() == 2
   history = loaded.fit(_data(3.0), batch_size=16, epochs=1, verbose=0)
   assert sorted(history.history) == ["loss", "loss_max", "nll"]
+
+
+if __name__ == "__main__":
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -81,10 +81,6 @@ def test_a_file_loads_in_its_own_dtype_whatever_the_floatx(saved, loading, tmp_p
     keras.config.set_dtype_policy(policy)
 
 
-if __name__ == "__main__":
-  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
-
-
 def _student_t_base():
   return tfd.Sample(tfd.StudentT(np.float32(3.0), np.float32(0.0), np.float32(1.0)), [2])
 
@@ -159,3 +155,7 @@ def test_weights_of_a_flow_built_differently_are_an_error(other, tmp_path):
   same.load_weights(tmp_path / "flow.weights.h5")
   x = np.random.default_rng(0).normal(size=[8, 2]).astype("float32")
   np.testing.assert_array_equal(same.log_prob(x).numpy(), model.log_prob(x).numpy())
+
+
+if __name__ == "__main__":
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -270,11 +270,6 @@ def test_argument_errors():
     tffb.ResidualBlock(g, max_iterations=0)
 
 
-if __name__ == "__main__":
-  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
-  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
-
-
 def test_num_exact_terms_reaches_the_roulette_under_both_spellings():
   # At one seed the two spellings give the same estimate, and the number of exact terms
   # changes it (so the argument reaches the estimator); the default is 2.
@@ -292,3 +287,8 @@ def test_num_exact_terms_reaches_the_roulette_under_both_spellings():
   np.testing.assert_array_equal(ildj(), ildj(num_exact_terms=2))
   with pytest.raises(ValueError, match="Pass only num_exact_terms="):
     tffb.ResidualBlock(_g(w, b), num_exact_terms=2, n_exact_terms=2)
+
+
+if __name__ == "__main__":
+  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

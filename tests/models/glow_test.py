@@ -285,10 +285,6 @@ def test_fit_on_digits_lowers_bits_per_dim_under_xla():
   z = model.base_distribution.sample(32, seed=tf.constant([3, 4]))
   assert np.all(np.isfinite(model.bijector.forward(z).numpy()))
 
-if __name__ == "__main__":
-  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
-  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
-
 
 def test_float_labels_must_be_whole_numbers_eagerly_and_under_xla():
   """Regression (issue 14): FlowModel cast label 1.5 to 1 before any check saw it."""
@@ -305,3 +301,8 @@ def test_float_labels_must_be_whole_numbers_eagerly_and_under_xla():
   served = xla(tf.constant(x), tf.constant(bad)).numpy()
   assert np.isnan(served[1])
   np.testing.assert_allclose(served[[0, 2]], whole[[0, 2]], rtol=1e-5)
+
+
+if __name__ == "__main__":
+  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

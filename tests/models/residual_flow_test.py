@@ -160,11 +160,6 @@ def test_argument_errors():
     tff.models.ResidualFlow([5, 4, 1], num_blocks=2, num_scales=2)
 
 
-if __name__ == "__main__":
-  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
-  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
-
-
 _EXACT_XLA_STEPS = """
 import numpy as np, keras, tensorflow as tf
 import tfp_flows as tff
@@ -197,3 +192,8 @@ def test_exact_log_det_training_under_xla_compiles_once():
   assert "STEPS DONE" in result.stdout
   compiles = result.stderr.count("Compilation of XLA executable")
   assert compiles == 1, result.stderr[-3000:]
+
+
+if __name__ == "__main__":
+  # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
+  sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
