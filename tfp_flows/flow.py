@@ -1,6 +1,6 @@
 """FlowModel: a Keras model that is a normalizing flow, trained by a pluggable objective."""
 
-import zlib
+import warnings
 
 import keras
 import numpy as np
@@ -60,9 +60,9 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
     event_shape: shape of one data point, e.g. `[2]` or `[8, 8, 1]`.
     base_distribution: a fixed TFP distribution over the latent event shape; default a
       standard normal (`tfd.Sample(PhiloxNormal(0, 1), latent_shape)`, see
-      `tfp_flows.distributions`). It may not hold trainable variables, which neither
-      `fit` nor `.keras` files would see: a learned Gaussian base is the flow layer
-      `tfp_flows.layers.GaussianPrior`, placed last. A custom base is not saved in
+      `tfp_flows.distributions`). `fit` does not train variables it holds, nor do
+      `.keras` files save them (a warning says so): a learned Gaussian base is the
+      flow layer `tfp_flows.layers.GaussianPrior`, placed last. A custom base is not saved in
       the config, which records only that there was one: load the model with
       `keras.models.load_model(path, custom_objects={"base_distribution": base})`
       (likewise `from_config` and `keras.models.clone_model` inside
@@ -125,7 +125,8 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
     self.flow.build((None, *event_shape))
     self.latent_shape = self.flow.bijector.inverse_event_shape(event_shape).as_list()
     self._custom_base = base_distribution is not None
-    _check_base_has_no_trainable_variables(base_distribution)
+    if base_distribution is not None:
+      _warn_of_base_variables(base_distribution)
     # The weights' dtype (float32 under mixed precision, float64 with floatx float64).
     base_dtype = np.dtype(self.dtype_policy.variable_dtype)
     self.base_distribution = base_distribution or distributions.standard_normal(
@@ -308,28 +309,47 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
       state.assign(store[f"{_SEED_STATE}{i}"])
 
   def _structure(self):
-    """The flow's weight shapes and layer classes, as integers for the variable store.
+    """The flow's weight shapes, as integers for the variable store.
 
-    `[number of weights, rank, *shape, rank, *shape, ..., crc32 of the layer classes]`,
-    in the order of `self.weights`. Keras matches a weights file to a model by layer
-    paths and ignores entries the model lacks, so weights saved from a flow with more
-    layers, or other ones, would load into some of this flow's layers and give other
-    densities without an error.
+    `[number of weights, rank, *shape, rank, *shape, ...]`, the shapes sorted, so that
+    the record does not depend on the order in which layers create their weights.
+    Keras matches a weights file to a model by layer paths and ignores entries the
+    model lacks, so weights saved from a flow with more layers, or other ones, would
+    load into some of this flow's layers and give other densities without an error.
     """
     numbers = [len(self.weights)]
-    for weight in self.weights:
-      numbers += [len(weight.shape), *weight.shape]
-    classes = "|".join(type(layer).__name__ for layer in self.flow._flatten_layers())  # pylint: disable=protected-access
-    return np.array(numbers + [zlib.crc32(classes.encode())], np.int64)
+    for shape in sorted(tuple(weight.shape) for weight in self.weights):
+      numbers += [len(shape), *shape]
+    return np.array(numbers, np.int64)
 
   def _check_structure(self, saved):
     if not np.array_equal(saved, self._structure()):
-      difference = (f"{int(saved[0])} weights where it has {len(self.weights)}"
-                    if saved[0] != len(self.weights) else "weights of other shapes or layers")
+      difference = (f"the file has {int(saved[0])} weights, this flow {len(self.weights)}"
+                    if saved[0] != len(self.weights) else
+                    "the file's weights have other shapes")
       raise ValueError(
           f"These weights were saved from a flow built differently from {self.name!r} "
           f"({difference}): loading them would give other densities. Build the model "
           "with the same preset arguments or layers as the one that saved them.")
+
+  def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+    """`keras.Model.load_weights`, all or nothing.
+
+    Keras reports a file that does not fit the model (`_check_structure`, or a weight of
+    another shape) only after loading every layer that does fit; here the model's
+    variables and the optimizer's are then restored before the error is raised, so a
+    refused file leaves the model as it was. `skip_mismatch=True` asks for Keras' partial
+    load: the layers that fit are loaded, the others kept, with Keras' warning.
+    """
+    optimizer = getattr(self, "optimizer", None)  # set by compile
+    variables = [*self.variables, *getattr(optimizer, "variables", ())]
+    values = [keras.ops.convert_to_numpy(v) for v in variables]
+    try:
+      return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+    except Exception:
+      for variable, value in zip(variables, values):
+        variable.assign(value)
+      raise
 
   def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,  # pylint: disable=redefined-builtin
              **kwargs):
@@ -361,7 +381,9 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
             "event_shape": self.event_shape, "context_shape": self.context_shape,
             "context_dtype": self.context_dtype,
             "objective": keras.saving.serialize_keras_object(self.objective),
-            "dtype": self.dtype_policy.name, "custom_base": self._custom_base}
+            "dtype": self.dtype_policy.name,
+            # Only when set, so that configs with the standard base load in older versions.
+            **({"custom_base": True} if self._custom_base else {})}
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
@@ -388,18 +410,41 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
     return cls(**config)
 
 
-def _check_base_has_no_trainable_variables(base_distribution):
-  """A base's own trainable variables are not Keras weights: fit would not train them."""
-  if base_distribution is None or not hasattr(base_distribution, "trainable_variables"):
-    return
-  names = [v.name for v in base_distribution.trainable_variables]
+def _warn_of_base_variables(base_distribution):
+  """Warns that `fit` leaves a base's trainable variables as they are.
+
+  They are not Keras weights of the model, so `fit` does not train them and `.keras`
+  files do not save them. That is what a base taken from a frozen, pretrained flow
+  wants, and what a base meant to be learned does not; a `keras.Variable` given to a
+  TFP distribution is moreover converted to a constant when the distribution is made.
+  """
+  names = [v.name for v in getattr(base_distribution, "trainable_variables", ())]
+  names += [v.path for v in _keras_variables_in(base_distribution) if v.trainable]
   if names:
-    raise ValueError(
-        f"base_distribution holds trainable variables {names}, which are not Keras "
-        "weights: fit would not train them and .keras files would not save them. Build "
-        "the base from constants (or tf.Variable(..., trainable=False)); for a learned "
-        "diagonal Gaussian base, add tfp_flows.layers.GaussianPrior() as the last flow "
-        "layer.")
+    warnings.warn(
+        f"base_distribution holds trainable variables {names}, which are not weights of "
+        "the FlowModel: fit leaves them as they are and .keras files do not save them. "
+        "For a learned diagonal Gaussian base, add tfp_flows.layers.GaussianPrior() as "
+        "the last flow layer; for a fixed base, build it from constants.", stacklevel=3)
+
+
+def _keras_variables_in(distribution):
+  """The Keras variables among the parameters of `distribution` and those nested in it."""
+  found, pending, seen = [], [distribution], set()
+  while pending:
+    value = pending.pop()
+    if id(value) in seen:
+      continue
+    seen.add(id(value))
+    if isinstance(value, keras.Variable):
+      found.append(value)
+    elif isinstance(value, (list, tuple)):
+      pending.extend(value)
+    elif isinstance(value, dict):
+      pending.extend(value.values())
+    elif isinstance(value, (tfd.Distribution, tfb.Bijector)):
+      pending.extend(value.parameters.values())
+  return found
 
 
 # Key prefix of the random-generator states in the model's `.keras` variable store.

@@ -31,43 +31,48 @@ class FlowTraining:
   """
 
   def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
-              weighted_metrics=None, **kwargs):
+              weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
+              jit_compile="auto", auto_scale_loss=True):
     """`keras.Model.compile` without targets: the flow trains on its objective.
 
     `loss`, `loss_weights`, `metrics` and `weighted_metrics` score predictions against
     targets `y`, which a flow does not have (`fit(x, context)` reads the second element
     as context); Keras would accept them and `fit` would never use them. They are an
-    error here. The objective (`FlowModel(objective=...)`) sets the loss, and `fit`
-    logs `nll` and the objective's other metrics itself.
+    error here (empty ones are taken as none). The objective
+    (`FlowModel(objective=...)`) sets the loss, and `fit` logs the objective's metrics
+    itself (`nll` for maximum likelihood).
     """
-    given = {name: value for name, value in (
+    given = [name for name, value in (
         ("loss", loss), ("loss_weights", loss_weights), ("metrics", metrics),
-        ("weighted_metrics", weighted_metrics)) if value is not None}
+        ("weighted_metrics", weighted_metrics)) if not _is_none_or_empty(value)]
     if given:
       raise ValueError(
           f"{type(self).__name__}.compile takes no {', '.join(given)}: a flow has no "
           "targets to score. It minimises its objective (FlowModel(objective=...), "
-          "maximum likelihood by default) and fit logs 'loss', 'nll' and the "
-          "objective's other metrics itself; for another quantity use a Keras callback. "
-          "Pass only the optimizer and the loop's options (jit_compile, "
-          "steps_per_execution, run_eagerly).")
-    super().compile(optimizer=optimizer, **kwargs)
+          "maximum likelihood by default), and fit logs 'loss' and the objective's "
+          "metrics (e.g. 'nll') itself; for another quantity use a Keras callback. Pass "
+          "only the optimizer and the loop's options (jit_compile, steps_per_execution, "
+          "run_eagerly).")
+    super().compile(optimizer=optimizer, run_eagerly=run_eagerly,
+                    steps_per_execution=steps_per_execution, jit_compile=jit_compile,
+                    auto_scale_loss=auto_scale_loss)
 
   def compile_from_config(self, config):
-    """Compiles a loaded model as `keras.Model.compile_from_config` would.
+    """Compiles a model made from a config, as `keras.Model.compile_from_config` would.
 
     Keras skips this for models that override `compile`. A `.keras` file written by a
     version that accepted `compile(loss=...)` may name a loss or metrics, which never
-    took part in training: they are dropped with a warning.
+    took part in training: they are dropped with a warning, before anything in them is
+    deserialised (a custom metric need not be registered to load the file).
     """
-    config = keras.saving.deserialize_keras_object(config)
+    config = dict(config)
     dropped = [name for name in ("loss", "loss_weights", "metrics", "weighted_metrics")
-               if config.pop(name, None) is not None]
+               if not _is_none_or_empty(config.pop(name, None))]
     if dropped:
-      warnings.warn(f"Loading {type(self).__name__} {self.name!r}: its compile config names "
-                    f"{', '.join(dropped)}, which a flow does not use; compiling without.",
-                    stacklevel=2)
-    self.compile(**config)
+      warnings.warn(f"Compiling {type(self).__name__} {self.name!r} from its config, which "
+                    f"names {', '.join(dropped)}: a flow does not use them; compiling "
+                    "without.", stacklevel=2)
+    self.compile(**keras.saving.deserialize_keras_object(config))
     if self.built:
       self.optimizer.build(self.trainable_variables)
 
@@ -286,6 +291,11 @@ class FlowTraining:
     names = dict.fromkeys(self.objective.metric_names(self, training=training))
     return [*loss, *([self._loss_max_tracker] if training else []),
             *(self._trackers[name] for name in names)]
+
+
+def _is_none_or_empty(value):
+  """Whether a compile argument names nothing: None, or an empty list, tuple or dict."""
+  return value is None or (isinstance(value, (list, tuple, dict)) and not value)
 
 
 @contextlib.contextmanager
