@@ -283,6 +283,27 @@ def test_end_time_must_be_positive_in_any_form():
   checked = tffb.ContinuousFlow(field, end_time=negative, validate_args=True)
   with pytest.raises(tf.errors.InvalidArgumentError, match="end_time must be positive"):
     checked.forward(tf.constant(Z, tf.float32))
+  called = tffb.ContinuousFlow(field, end_time=lambda: tf.constant(-0.5), validate_args=True)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="end_time must be positive"):
+    called.forward(tf.constant(Z, tf.float32))
+
+
+def test_an_end_time_callable_is_read_at_every_solve():
+  # A learned T held by a bijector kept across updates: the matrix exponential of the
+  # T of each call, and the gradient of the log-det, tr(A), with respect to T.
+  sqrt_end_time = tf.Variable(np.sqrt(0.7))
+  bijector = tffb.ContinuousFlow(_linear_field(tf.float64),
+                                 end_time=lambda: tf.square(sqrt_end_time), trace="exact",
+                                 rtol=1e-11, atol=1e-11, dtype=tf.float64)
+  for end_time in (0.7, 0.3):
+    sqrt_end_time.assign(np.sqrt(end_time))
+    x = bijector.forward(tf.constant(Z)).numpy()
+    np.testing.assert_allclose(x, Z @ scipy.linalg.expm(end_time * A).T, atol=1e-8)
+  with tf.GradientTape() as tape:
+    fldj = bijector.forward_log_det_jacobian(tf.constant(Z[:1]), event_ndims=1)
+  # d(T tr A) / d sqrt(T) = 2 sqrt(T) tr A
+  np.testing.assert_allclose(tape.gradient(fldj, sqrt_end_time).numpy(),
+                             2 * np.sqrt(0.3) * np.trace(A), rtol=1e-6)
 
 
 def test_content_keyed_probes_make_a_point_s_log_det_batch_independent():

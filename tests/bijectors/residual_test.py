@@ -79,6 +79,38 @@ def test_exact_log_det_and_fixed_point_inverse(dim):
   np.testing.assert_allclose(fldj, -_closed_form(w, b, forward_x)[1], rtol=0, atol=1e-10)
 
 
+def test_make_residual_fn_reads_the_weights_of_each_call():
+  # A bijector kept across weight updates (a held distribution): g is made anew at
+  # every evaluation, so values follow the variables and gradients reach them.
+  w, b, y = _problem(4, LIPSCHITZ[4], rows=5)
+  weights = tf.Variable(w)
+  made = []
+
+  def make_g():
+    made.append(1)
+    return _g(tf.convert_to_tensor(weights), b)
+
+  bijector = tffb.ResidualBlock(make_residual_fn=make_g, tolerance=1e-13,
+                                max_iterations=1000, dtype=tf.float64)
+  for scale in (1.0, 0.5):
+    weights.assign(scale * w)
+    z_expected, log_det_expected = _closed_form(scale * w, b, y)
+    x = bijector_checks.fresh(y)
+    np.testing.assert_allclose(bijector.inverse(x).numpy(), z_expected, atol=1e-14)
+    np.testing.assert_allclose(bijector.inverse_log_det_jacobian(x, event_ndims=1).numpy(),
+                               log_det_expected, atol=1e-10)
+    np.testing.assert_allclose(bijector.forward(bijector_checks.fresh(z_expected)).numpy(),
+                               y, atol=1e-10)
+  # One g per evaluation, however many times the fixed-point solve calls it.
+  made.clear()
+  bijector.forward(bijector_checks.fresh(z_expected))
+  assert len(made) == 1
+  with tf.GradientTape() as tape:
+    log_det = bijector.inverse_log_det_jacobian(bijector_checks.fresh(y), event_ndims=1)
+  gradient = tape.gradient(log_det, weights)
+  assert gradient is not None and np.abs(gradient.numpy()).max() > 1e-3
+
+
 def test_bijector_checks_vector_float64():
   """The shared checks (autodiff Jacobian of the fixed-point forward, gradients) at D = 4.
 
@@ -247,8 +279,9 @@ def test_float32_inverse_converges_far_from_the_origin():
 
 def test_argument_errors():
   g = lambda y: 0.5 * tf.tanh(y)
-  with pytest.raises(ValueError, match="residual_fn must be callable"):
-    tffb.ResidualBlock(3.0)
+  for not_callable in (3.0, 0, ""):
+    with pytest.raises(ValueError, match=f"residual_fn must be callable; got {not_callable!r}"):
+      tffb.ResidualBlock(not_callable)
   with pytest.raises(ValueError, match="make_residual_fn must be callable"):
     tffb.ResidualBlock(make_residual_fn=3.0)
   for both in ({}, {"residual_fn": g, "make_residual_fn": lambda: g}):

@@ -121,3 +121,8 @@ def test_an_unknown_event_rank_gives_an_unknown_shape_as_stock_tfp_does():
   assert bijector.forward_event_shape(unknown).rank is None
   assert bijector.inverse_event_shape(unknown).rank is None
   assert tfb.Invert(bijector).forward_event_shape(unknown).rank is None
+  for shape_function in (bijector.forward_event_shape, bijector.inverse_event_shape,
+                         bijector.forward_event_shape_tensor,
+                         bijector.inverse_event_shape_tensor):
+    with pytest.raises(ValueError, match=r"rank 3 or more.*got event shape \[4, 4\]"):
+      shape_function([4, 4])

@@ -104,9 +104,10 @@ class ResidualBlock(network_bijector.NetworkBijector):
     if (residual_fn is None) == (make_residual_fn is None):
       raise ValueError("Pass exactly one of residual_fn (g) and make_residual_fn (a "
                        "callable returning g).")
-    if not callable(residual_fn or make_residual_fn):
-      name = "residual_fn" if make_residual_fn is None else "make_residual_fn"
-      raise ValueError(f"{name} must be callable; got {residual_fn or make_residual_fn!r}.")
+    name, given = (("residual_fn", residual_fn) if make_residual_fn is None else
+                   ("make_residual_fn", make_residual_fn))
+    if not callable(given):
+      raise ValueError(f"{name} must be callable; got {given!r}.")
     estimator = estimators.as_estimator(
         log_det, log_det_series.LOG_DET_METHODS, keyed_probes=content_keyed_probes,
         num_terms=num_terms, name="log_det")
@@ -120,7 +121,7 @@ class ResidualBlock(network_bijector.NetworkBijector):
     if not tolerance > 0 or int(max_iterations) < 1:
       raise ValueError("tolerance must be positive and max_iterations at least 1; got "
                        f"{tolerance!r} and {max_iterations!r}.")
-    self._make_g = make_residual_fn or (lambda: residual_fn)
+    self._make_g = (lambda: residual_fn) if make_residual_fn is None else make_residual_fn
     self._estimator = estimator
     self._gradient = gradient
     self._seed = seed

@@ -48,7 +48,14 @@ class Squeeze(tfb.AutoCompositeTensorBijector):
   def _parameter_properties(cls, dtype):
     return {}
 
+  @staticmethod
+  def _check_rank(shape):
+    if len(shape) < 3:
+      raise ValueError("Squeeze needs events of rank 3 or more, [..., H, W, C]; got event "
+                       f"shape {list(shape)}.")
+
   def _squeezed_shape(self, shape):
+    self._check_rank(shape)
     h, w, c = shape[-3:]
     f = self._factor
     if h is not None and h % f or w is not None and w % f:
@@ -58,6 +65,7 @@ class Squeeze(tfb.AutoCompositeTensorBijector):
             None if c is None else c * f * f]
 
   def _unsqueezed_shape(self, shape):
+    self._check_rank(shape)
     h, w, c = shape[-3:]
     f = self._factor
     if c is not None and c % (f * f):
