@@ -18,6 +18,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfp_flows as tff
 from tfp_flows import callbacks
@@ -244,6 +245,53 @@ def test_flow_model_fit_starts_at_the_backups_epoch_by_itself(tmp_path, referenc
   assert _max_difference(_state(resumed), reference["state"]) <= 1e-6
   assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * STEPS
   np.testing.assert_allclose(history["nll"], reference["nll"][1:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("data,steps_per_execution", [
+    ("arrays", 1),   # 4 batches a pass: epochs 2 and 3 start a second pass
+    ("arrays", 2),
+    ("repeated dataset", 1)])
+def test_resume_with_steps_per_epoch_continues_the_stream(tmp_path, data,
+                                                          steps_per_execution):
+  # With steps_per_epoch, Keras' epoch e starts where epoch e - 1 stopped; the resumed
+  # run trained epoch 2 (mid-epoch, epoch 3) on the first batches of the data again.
+  rows = _data()[:4 * BATCH]
+  if data == "arrays":
+    make_data = lambda: {"x": rows, "batch_size": BATCH, "shuffle": False}  # pylint: disable=unnecessary-lambda-assignment
+  else:
+    make_data = lambda: {"x": tf.data.Dataset.from_tensor_slices(rows).batch(BATCH).repeat()}  # pylint: disable=unnecessary-lambda-assignment
+
+  def fit(model, **kwargs):
+    arguments = make_data()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False,
+                  steps_per_execution=steps_per_execution)
+    callbacks_given = [c for c in kwargs.values() if c is not None]
+    return model.fit(arguments.pop("x"), epochs=4, steps_per_epoch=2, verbose=0,
+                     callbacks=callbacks_given, **arguments).history
+
+  uninterrupted = _model(0)
+  reference_nll = fit(uninterrupted)["nll"]
+  last = steps_per_execution - 1  # the batch index Keras reports after an execution
+  for save_freq, epoch, step in (("epoch", 2, last), (1, 2, last), (1, 3, last)):
+    backup_dir = tmp_path / f"{save_freq}_{epoch}_{step}"
+    with pytest.raises(KeyboardInterrupt, match="preempted"):
+      fit(_model(0), backup=callbacks.BackupAndRestore(backup_dir, save_freq=save_freq),
+          interrupt=_Interrupt(epoch, step))
+    resumed = _model(1)
+    nll = fit(resumed, backup=callbacks.BackupAndRestore(backup_dir, save_freq=save_freq))
+    assert _max_difference(_state(resumed), _state(uninterrupted)) == 0
+    np.testing.assert_array_equal(nll["nll"], reference_nll[-len(nll["nll"]):])
+
+
+def test_a_stream_that_cannot_resume_exactly_is_named_in_a_warning(tmp_path):
+  # 5 batches a pass, 2 an epoch: Keras ends the third epoch early and restarts the
+  # pass, which a resumed run cannot follow.
+  model = _model(0)
+  model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
+  with pytest.warns(UserWarning, match="5 batches per pass, 2 per epoch"):
+    model.fit(_data()[:5 * BATCH], batch_size=BATCH, shuffle=False, epochs=1,
+              steps_per_epoch=2, verbose=0,
+              callbacks=[callbacks.BackupAndRestore(tmp_path / "backup")])
 
 
 @pytest.mark.parametrize("save_freq", [0, -2, "batch", 2.5])

@@ -46,9 +46,12 @@ class BackupAndRestore(keras.callbacks.Callback):
   epoch that were already trained on: they are drawn from the data pipeline and
   discarded, so the next step sees the same batch as in the uninterrupted run.
 
-  The resumed run is exact when the batches of an epoch are a function of the epoch:
-  `shuffle=False` (shuffle the arrays once beforehand), or a `tf.data` pipeline that
-  restarts each epoch in a fixed order. Keras' `shuffle=True` draws each epoch's order
+  The resumed run is exact when the batches come in a fixed order: `shuffle=False`
+  (shuffle the arrays once beforehand), or a `tf.data` pipeline in a fixed order.
+  With `steps_per_epoch`, Keras draws every epoch from one stream of batches, epoch e
+  starting where epoch e - 1 stopped; `FlowModel.fit` then tells this callback
+  (`follow_stream`), and a resumed run also discards the batches of the epochs before
+  the backup's. Keras' `shuffle=True` draws each epoch's order
   from a stateful op, so a resumed epoch would see another order. With
   `MultiWorkerMirroredStrategy` only the chief writes; `backup_dir` must then be on a
   file system every worker can read.
@@ -82,6 +85,8 @@ class BackupAndRestore(keras.callbacks.Callback):
     self._resume = None
     self._skip_next = False
     self._first_epoch = True
+    self._batches_per_epoch = None
+    self._discard = 0
 
   @property
   def initial_epoch(self):
@@ -95,6 +100,20 @@ class BackupAndRestore(keras.callbacks.Callback):
     with np.load(self._path) as saved:
       return int(saved["epoch"])
 
+  def follow_stream(self, batches_per_epoch):
+    """Says that `fit` draws all epochs from one endless stream, `batches_per_epoch` each.
+
+    Keras does so when `fit` is given `steps_per_epoch` (its iterator carries on from
+    epoch to epoch); `tfp_flows.FlowModel.fit` calls this then, with the batches an
+    epoch draws (`steps_per_epoch`, rounded up to whole executions). A run resumed at
+    epoch e then discards `e * batches_per_epoch` batches before the steps of epoch e
+    that were already trained on, and sees the batches the uninterrupted run saw.
+    Applies to the next `fit` only.
+    """
+    if int(batches_per_epoch) < 1:
+      raise ValueError(f"batches_per_epoch must be positive; got {batches_per_epoch!r}.")
+    self._batches_per_epoch = int(batches_per_epoch)
+
   def _state_variables(self):
     """(model and optimizer variables, metric variables), in a fixed order."""
     model = self.model
@@ -104,6 +123,8 @@ class BackupAndRestore(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     self._epoch, self._steps_in_epoch, self._steps_since_save = 0, 0, 0
     self._resume, self._skip_next, self._first_epoch = None, False, True
+    self._discard = 0
+    batches_per_epoch, self._batches_per_epoch = self._batches_per_epoch, None
     _unwrap_train_function(self.model)
     if not os.path.exists(self._path):
       return
@@ -122,7 +143,8 @@ class BackupAndRestore(keras.callbacks.Callback):
       variable.assign(value)
     # Metrics are reset when each epoch begins, so their sums are restored then.
     self._resume = {"epoch": epoch, "steps": steps, "metrics": values[len(variables):]}
-    if steps:
+    self._discard = epoch * batches_per_epoch if batches_per_epoch else 0
+    if steps or self._discard:
       self._wrap_train_function()
 
   def _resuming(self, epoch):
@@ -186,6 +208,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     train_function = model.train_function
 
     def resumable_train_function(iterator):
+      for _ in range(self._discard):  # the earlier epochs' part of the stream
+        next(iterator)
+      self._discard = 0
       if not self._skip_next:
         return train_function(iterator)
       for _ in range(model.steps_per_execution):

@@ -241,12 +241,11 @@ class FlowTraining:
     if self.objective.requires_data:
       fit_data.check_replica_shards(x, batch_size, kwargs,
                                     self.distribute_strategy.num_replicas_in_sync)
-    if "initial_epoch" not in kwargs:
-      given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
-               else callbacks or ())
-      backups = [c for c in given if isinstance(c, callbacks_lib.BackupAndRestore)]
-      if backups:
-        kwargs["initial_epoch"] = backups[0].initial_epoch
+    given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
+             else callbacks or ())
+    backups = [c for c in given if isinstance(c, callbacks_lib.BackupAndRestore)]
+    if backups and "initial_epoch" not in kwargs:
+      kwargs["initial_epoch"] = backups[0].initial_epoch
     if x is None and not self.objective.requires_data:
       if kwargs.get("steps_per_epoch") is None:
         raise ValueError(f"{type(self.objective).__name__} draws its own samples: pass "
@@ -260,6 +259,8 @@ class FlowTraining:
       kwargs.setdefault("validation_batch_size", batch_size)
       # The dataset shuffles itself; Keras would warn that it cannot.
       y, batch_size, kwargs["shuffle"] = None, None, False
+    if backups and kwargs.get("steps_per_epoch") is not None:
+      x, y, batch_size = self._as_one_stream(x, y, batch_size, kwargs, backups[0])
     guard = step_guard.NonFiniteStop(self._step_guard)
     if isinstance(callbacks, keras.callbacks.CallbackList):
       guard.set_model(self)
@@ -269,6 +270,44 @@ class FlowTraining:
     with _floatx_of(self):
       return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                          callbacks=callbacks, **kwargs)
+
+  def _as_one_stream(self, x, y, batch_size, kwargs, backup):
+    """`(x, y, batch_size)` as the endless stream Keras draws epochs of steps_per_epoch from.
+
+    With `steps_per_epoch`, Keras' epochs continue one iterator, starting a new pass
+    over finite data at the first epoch end after the pass ran out (and ending an epoch
+    early when it runs out mid-epoch). When a pass holds a whole number of epochs, that
+    is the batches of the data repeated endlessly, which `backup` can then resume
+    exactly (`follow_stream`); arrays are batched here for that (`fit_data`), in the
+    order Keras would batch them. Otherwise the resumed run may see other batches, and
+    a warning says so.
+    """
+    steps_per_epoch = kwargs["steps_per_epoch"]
+    per_epoch = -(-int(steps_per_epoch) // self.steps_per_execution) * self.steps_per_execution
+    arrays = fit_data.takes_arrays(x, y, {**kwargs, "steps_per_epoch": None})
+    if arrays:
+      batches = -(-int(tf.shape(x)[0]) // (batch_size or 32))
+    else:
+      batches = int(x.cardinality()) if isinstance(x, tf.data.Dataset) else None
+    if batches == tf.data.INFINITE_CARDINALITY:
+      backup.follow_stream(per_epoch)
+      return x, y, batch_size
+    if batches is not None and batches > 0 and batches % per_epoch == 0:
+      backup.follow_stream(per_epoch)
+      if arrays:
+        x = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
+                                   kwargs.get("shuffle", True))
+        kwargs.setdefault("validation_batch_size", batch_size)
+        y, batch_size, kwargs["shuffle"] = None, None, False
+      return x.repeat(), y, batch_size
+    warnings.warn(
+        f"fit with steps_per_epoch={steps_per_epoch} draws each epoch where the previous "
+        "one stopped; BackupAndRestore resumes such a run exactly only when the data "
+        "repeat endlessly or a pass over them holds a whole number of epochs (here "
+        f"{batches if batches is not None and batches >= 0 else 'unknown'} batches per "
+        f"pass, {per_epoch} per epoch): a resumed run may see other batches.",
+        stacklevel=3)
+    return x, y, batch_size
 
   def train_on_batch(self, *args, **kwargs):
     """`keras.Model.train_on_batch`; raises like `fit` when the step was not finite."""
