@@ -101,22 +101,25 @@ def reject_example_weights(fit_kwargs):
           "alike. To weight examples, repeat or subsample their rows.")
 
 
-def check_replica_shards(x, batch_size, fit_kwargs, replicas):
+def check_replica_shards(x, batch_size, fit_kwargs, replicas, call="fit"):
   """Raises if arrays end in a batch too small to give every replica a row.
 
   A strategy splits each batch over its replicas; a replica given no rows computes the
-  mean log-density of nothing (NaN), and some layers cannot walk an empty batch. Checks
-  `x` as `fit` or `evaluate` batches it: after Keras' `validation_split`, and the
-  validation rows by `validation_batch_size` (default `batch_size`, default 32).
+  mean log-density of nothing (NaN), and some layers cannot walk an empty batch (a
+  convolution on CPU fails). Checks `x` (or the points of an `(x, context)` pair) as
+  `call` ("fit", "evaluate" or "predict") batches it: after Keras' `validation_split`,
+  and the validation rows by `validation_batch_size` (default `batch_size`, default 32).
   """
   if replicas < 2:
     return
+  if isinstance(x, (tuple, list)) and x:
+    x = x[0]
   size = batch_size or 32
-  parts = {"fit": (x, size)}
+  parts = {call: (x, size)}
   split = fit_kwargs.get("validation_split") or 0.0
   if _is_array(x) and split:
     cut = int(int(x.shape[0]) * (1.0 - split))  # Keras' split point
-    parts = {"fit": (x[:cut], size), "validation_split": (x[cut:], size)}
+    parts = {call: (x[:cut], size), "validation_split": (x[cut:], size)}
   validation = fit_kwargs.get("validation_data")
   if isinstance(validation, (tuple, list)):
     validation = validation[0]

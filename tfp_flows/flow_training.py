@@ -186,7 +186,8 @@ class FlowTraining:
         x = self._placeholder_batches()
     else:
       fit_data.check_replica_shards(x, batch_size, {},
-                                    self.distribute_strategy.num_replicas_in_sync)
+                                    self.distribute_strategy.num_replicas_in_sync,
+                                    call="evaluate")
     self._evaluating = True
     try:
       with _floatx_of(self):
@@ -198,8 +199,13 @@ class FlowTraining:
   def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
     """`keras.Model.predict`: the log-density of each row, arrays kept in the model's dtype.
 
-    A conditional flow takes its context as `fit` does: `predict((x, context))`.
+    A conditional flow takes its context as `fit` does: `predict((x, context))`. Under
+    a strategy, arrays whose last batch would leave a replica no rows are an error, as
+    for `fit` and `evaluate`.
     """
+    fit_data.check_replica_shards(x, batch_size, {},
+                                  self.distribute_strategy.num_replicas_in_sync,
+                                  call="predict")
     with _floatx_of(self):
       return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps,
                              callbacks=callbacks)
