@@ -292,7 +292,7 @@ class FlowTraining:
     per_epoch = -(-int(steps_per_epoch) // self.steps_per_execution) * self.steps_per_execution
     arrays = fit_data.takes_arrays(x, y, {**kwargs, "steps_per_epoch": None})
     if arrays:
-      batches = -(-int(tf.shape(x)[0]) // (batch_size or 32))
+      batches = -(-int(x.shape[0]) // (batch_size or 32))
     else:
       batches = int(x.cardinality()) if isinstance(x, tf.data.Dataset) else None
     if batches == tf.data.INFINITE_CARDINALITY:
