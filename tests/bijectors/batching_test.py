@@ -36,6 +36,26 @@ def test_a_context_of_another_sample_shape_is_an_error_not_paired_with_other_poi
     log_prob(context.reshape(3, 2, 2))
 
 
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_one_context_row_for_a_batch_of_points_is_an_error(autoregressive):
+  # Through bijector_kwargs, the autoregressive flow broadcast one row over the batch
+  # and the coupling failed inside its network (ConcatOp); FlowModel.log_prob raises.
+  keras.utils.set_random_seed(0)
+  model = tff.models.NeuralSplineFlow(3, num_layers=2, hidden_units=(8,), context_dims=1,
+                                      autoregressive=autoregressive)
+  distribution = model.distribution
+  x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+  for rows in (1, 3):
+    kwargs = conditioning.conditional_kwargs(model.bijector, tf.ones([rows, 1]))
+    with pytest.raises(ValueError, match=r"for points of sample shape \[5\] a context of "
+                       rf"shape \[5, \*context_shape\]; got a context of shape \[{rows}, 1\]"):
+      distribution.log_prob(x, bijector_kwargs=kwargs)
+  context = np.linspace(-1.0, 1.0, 5, dtype="float32")[:, None]
+  kwargs = conditioning.conditional_kwargs(model.bijector, tf.constant(context))
+  np.testing.assert_allclose(distribution.log_prob(x, bijector_kwargs=kwargs).numpy(),
+                             model.log_prob(x, context=context).numpy(), rtol=1e-5)
+
+
 if __name__ == "__main__":
   # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

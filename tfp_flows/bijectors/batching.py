@@ -31,7 +31,11 @@ def call_on_flat_batch(fn, x, event_ndims, conditional_input=None):
   """
   rank = x.shape.rank
   if rank is None or rank - event_ndims == 1:
-    return fn(x) if conditional_input is None else fn(x, conditional_input)
+    if conditional_input is None:
+      return fn(x)
+    if rank is not None:  # a single row would otherwise broadcast, or fail in the net
+      conditional_input = _checked_context(conditional_input, x, 1)
+    return fn(x, conditional_input)
   sample_rank = rank - event_ndims
   event_shape = x.shape[sample_rank:]
   flat_shape = ([-1] + event_shape.as_list() if event_shape.is_fully_defined()
