@@ -436,6 +436,13 @@ def test_keras_export_writes_the_models_own_signatures(tmp_path):
                      r"\['input_signature'\]"):
     model.export(str(tmp_path / "other"), input_signature=[tf.TensorSpec([None, 2])])
 
+def test_anything_but_a_flow_model_is_a_type_error(tmp_path):
+  # A Keras model got an AttributeError ("no attribute 'event_shape'").
+  plain = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+  with pytest.raises(TypeError, match="takes a tfp_flows.FlowModel.*got Sequential"):
+    tff.export.save(plain, str(tmp_path / "plain"))
+
+
 if __name__ == "__main__":
   # `main` of this file's py_test: under `bazel test` run the tests, not just the import.
   sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

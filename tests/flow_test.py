@@ -182,6 +182,14 @@ def test_same_seed_same_samples_different_seed_different(seeds):
   assert np.abs(a - c).min() > 0
 
 
+@pytest.mark.parametrize("seed", [[1, 2, 3], [1], 1.5, "abc", True, [1.0, 2.0], 2**31, -1])
+def test_a_seed_that_is_not_one_int_or_two_is_an_error(seed):
+  # [1, 2, 3] drew the samples of [1, 2]; 1.5 and "abc" were TypeErrors from TensorFlow.
+  model = _coupling_flow()
+  with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*31\) or a \[2\]"):
+    model.sample(3, seed=seed)
+
+
 def test_samples_follow_the_model_distribution():
   # Sampling (forward) must invert density evaluation (inverse): samples of the ActNorm
   # flow N(loc, e^{2s}) have that mean and standard deviation. With n = 20000 the

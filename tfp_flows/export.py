@@ -158,9 +158,14 @@ def save(model, path):
     `path`.
 
   Raises:
+    TypeError: for anything but a `FlowModel`.
     ValueError: for a model with class labels (an integer context) whose label range
       no layer declares (`num_classes`).
   """
+  # Duck-typed: tfp_flows.flow imports this module.
+  if not all(hasattr(model, name) for name in ("event_shape", "flow_layers", "log_prob")):
+    raise TypeError(f"tfp_flows.export.save takes a tfp_flows.FlowModel (or a preset's "
+                    f"model); got {type(model).__name__}.")
   serving = _FlowServing(model)
   signatures = {name: getattr(serving, name).get_concrete_function()
                 for name in SIGNATURES}

@@ -87,6 +87,12 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
   Layers may report per-call statistics (`statistic_names()`, `last_statistics`, e.g.
   FFJORD's "nfe", the vector-field evaluations of its solves); `fit` and `evaluate` log
   their sum over layers as metrics.
+
+  Raises:
+    TypeError: for a flow layer that is not a `tfp_flows.layers.FlowLayer`.
+    ValueError: for no flow layers, a non-positive event size, layers of another dtype
+      than the model, a mixed precision policy, or an objective the flow cannot
+      train by (see `tfp_flows.objectives`).
   """
 
   def __init__(self, flow_layers, event_shape, base_distribution=None, context_shape=None,

@@ -290,10 +290,17 @@ class ReverseKL(Objective):
     """The config `.keras` saving stores: the target by Keras' function serialization.
 
     Register `target_log_prob` with `keras.saving.register_keras_serializable` so a
-    saved model loads it by name (a lambda needs `safe_mode=False` to load). TFP
-    bijectors have no Keras config, so a model with a `constraining_bijector` cannot be
-    saved as `.keras` (a `ValueError` says what to do instead).
+    saved model loads it by name (a lambda needs `safe_mode=False` to load). An
+    unregistered function or a bound method would save, by name, and fail every load:
+    saving it is a `ValueError`. TFP bijectors have no Keras config, so a model with a
+    `constraining_bijector` cannot be saved as `.keras` either.
     """
+    if not _loadable(self.target_log_prob):
+      raise ValueError(
+          f"target_log_prob {self.target_log_prob!r} is not registered with Keras, so a "
+          ".keras file could not find it on load. Decorate the function with "
+          "@keras.saving.register_keras_serializable(), or save the weights "
+          "(model.save_weights) and build the model in code.")
     if self.constraining_bijector is not None and not hasattr(
         self.constraining_bijector, "get_config"):
       raise ValueError(
@@ -314,6 +321,15 @@ class ReverseKL(Objective):
       if config.get(key) is not None:
         config[key] = keras.saving.deserialize_keras_object(config[key])
     return cls(**config)
+
+
+def _loadable(function):
+  """Whether Keras can find `function` again from its serialization: registered, or a
+  lambda (whose code is stored). Other functions and methods are stored by name only."""
+  if getattr(function, "__name__", None) == "<lambda>":
+    return True
+  name = keras.saving.get_registered_name(function)
+  return keras.saving.get_registered_object(name) is function
 
 
 def _all_layers(flow_layers):

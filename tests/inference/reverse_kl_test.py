@@ -177,6 +177,21 @@ def test_keras_round_trip(tmp_path):
   flow_helpers.assert_same_reverse_kl_model(loaded, model)
 
 
+class _Target:
+
+  def log_prob(self, x):
+    return _target_log_prob(x)
+
+
+@pytest.mark.parametrize("target", [_target_log_prob, _Target().log_prob],
+                         ids=["unregistered function", "bound method"])
+def test_a_target_no_load_could_find_is_an_error_at_save(tmp_path, target):
+  # It saved by name, and every load then failed with Keras' "could not be deserialized".
+  model = _model(tff.objectives.ReverseKL(target, num_samples=16))
+  with pytest.raises(ValueError, match="not registered with Keras.*register_keras_serializable"):
+    model.save(str(tmp_path / "vi.keras"))
+
+
 def test_constraining_bijector_cannot_be_saved_silently(tmp_path):
   model = _model(tff.objectives.ReverseKL(registered_target_log_prob,
                                           constraining_bijector=tfb.Exp()))

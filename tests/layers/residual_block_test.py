@@ -97,6 +97,13 @@ def test_image_evaluation_log_det_is_exact():
   np.testing.assert_allclose(ildj.numpy(), reference, rtol=0, atol=1e-4)
 
 
+def test_norm_methods_name_each_normalised_layers_bound():
+  _, layer = _model()
+  assert layer.norm_methods() == [l.norm_method() for l in layer._net]  # pylint: disable=protected-access
+  assert set(layer.norm_methods()) == {"Gram iteration"}
+  assert all(m.startswith("power iteration") for m in layer.norm_methods(training=True))
+
+
 def test_log_det_mode_per_mode_and_event_size():
   _, layer = _model()
   assert layer.log_det_mode(training=True) == "russian_roulette"

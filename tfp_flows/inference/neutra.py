@@ -116,6 +116,8 @@ def neutra_sample(target_log_prob_fn, flow, num_results, num_chains=4,
     A `NeuTraResult`.
 
   Raises:
+    TypeError: for a `flow` that is neither a `FlowModel` nor a TFP
+      `TransformedDistribution`.
     ValueError: for an unknown `kernel` or non-positive counts, or a target that is not
       finite at the chains' starting points (chains started there could never move).
   """

@@ -137,6 +137,10 @@ def importance_weights(log_weights):
 
   Returns:
     An `ImportanceResult`.
+
+  Raises:
+    ValueError: for fewer than 10 weights (too few to fit the Pareto tail) or
+      non-finite log weights other than -inf.
   """
   raw = np.asarray(log_weights, np.float64).reshape(-1)
   n = raw.size

@@ -17,7 +17,7 @@ class GlowStep(flow_layer.FlowChain):
   Reference: Kingma & Dhariwal, Glow, https://arxiv.org/abs/1807.03039 (Sec. 3, Table 1).
 
   Args:
-    hidden_channels: width of the coupling's conv net.
+    hidden_channels: width of the coupling's conv net (0: one convolution).
     coupling: "affine" or "additive".
     scale: the affine coupling's scale map, "sigmoid" (Glow's) or "exp"; see
       `tfp_flows.bijectors.AffineTransformer`.

@@ -184,6 +184,11 @@ class ResidualBlock(flow_layer.FlowLayer):
       return h
     return g
 
+  def norm_methods(self, training=False):
+    """How each spectrally normalised layer bounds its norm (`norm_method`), in order:
+    power iteration in training; in evaluation a Gram-iteration or Fourier bound."""
+    return [layer.norm_method(training) for layer in self._net]
+
   def log_det_mode(self, training=False):
     """The estimator in effect: "exact", "series (n terms)" or the training estimator."""
     return self.log_det_estimator.describe(training, self.event_size,

@@ -32,7 +32,8 @@ def Glow(event_shape=None, num_scales=3, steps_per_scale=8, hidden_channels=256,
       2**num_scales. Required, in this spelling or as `image_shape`.
     num_scales: number of squeeze levels.
     steps_per_scale: Glow steps per level.
-    hidden_channels: width of each coupling's conv net.
+    hidden_channels: width of each coupling's conv net (0: one convolution, no hidden
+      layers).
     coupling: "affine" or "additive".
     lu: LU-parameterised 1x1 convolutions (else plain matrices).
     num_bits: bits per pixel of the data.

@@ -64,7 +64,8 @@ class TarFlowModel(flow.FlowModel):
 
     Raises:
       ValueError: for a guidance that is not finite or without classes, or denoising
-        without noise augmentation.
+        in a model built without a `NoiseAugmentation` layer (the `TarFlow` preset
+        always has one; with `noise_std=0` its denoising step changes nothing).
     """
     guidance = tarflow_layers.checked_guidance(guidance)
     if guidance == 0.0 and sampling is None and not denoise:

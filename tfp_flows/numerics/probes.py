@@ -30,16 +30,30 @@ def stateless_seed(seed):
   """A user's seed as a `[2]` stateless seed (None stays None: fresh draws).
 
   TFP treats a Python int seed as stateful (not repeatable), so an int `s` in
-  [0, 2**31) becomes `[0, s]`; a `[2]` tensor passes through.
+  [0, 2**31) becomes `[0, s]`; a `[2]` integer tensor (or list) passes through.
+
+  Raises:
+    ValueError: for an int out of range, a bool, or anything that is not two integers
+      (a float, a string, `[1, 2, 3]`, whose third entry would be ignored).
   """
   if seed is None:
     return None
+  message = "seed must be an int in [0, 2**31) or a [2] integer stateless seed; got"
+  if isinstance(seed, (bool, np.bool_)):
+    raise ValueError(f"{message} the bool {seed}.")
   if isinstance(seed, (int, np.integer)):
     seed = int(seed)
     if not 0 <= seed < 2**31:
-      raise ValueError(f"seed must be an int in [0, 2**31) or a [2] tensor; got {seed}.")
+      raise ValueError(f"{message} {seed}.")
     return tf.constant([0, seed], tf.int32)
-  return seed
+  try:
+    tensor = tf.convert_to_tensor(seed)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"{message} {seed!r}.") from error
+  if not tensor.dtype.is_integer or not tensor.shape.is_compatible_with([2]):
+    raise ValueError(f"{message} {seed!r} ({tensor.dtype.name}, shape "
+                     f"{tensor.shape.as_list() if tensor.shape.rank is not None else None}).")
+  return tensor
 
 
 def split_seed(seed, num=2):
