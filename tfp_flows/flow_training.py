@@ -259,12 +259,7 @@ class FlowTraining:
       x = self._placeholder_batches()
       kwargs.setdefault("shuffle", False)
     elif fit_data.takes_arrays(x, y, kwargs):
-      x = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
-                                 kwargs.get("shuffle", True))
-      # Keras batches validation arrays by validation_batch_size or batch_size.
-      kwargs.setdefault("validation_batch_size", batch_size)
-      # The dataset shuffles itself; Keras would warn that it cannot.
-      y, batch_size, kwargs["shuffle"] = None, None, False
+      x, y, batch_size = _as_dataset(x, y, batch_size, kwargs)
     if backups and kwargs.get("steps_per_epoch") is not None:
       x, y, batch_size = self._as_one_stream(x, y, batch_size, kwargs, backups[0])
     guard = step_guard.NonFiniteStop(self._step_guard)
@@ -301,10 +296,7 @@ class FlowTraining:
     if batches is not None and batches > 0 and batches % per_epoch == 0:
       backup.follow_stream(per_epoch)
       if arrays:
-        x = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
-                                   kwargs.get("shuffle", True))
-        kwargs.setdefault("validation_batch_size", batch_size)
-        y, batch_size, kwargs["shuffle"] = None, None, False
+        x, y, batch_size = _as_dataset(x, y, batch_size, kwargs)
       return x.repeat(), y, batch_size
     warnings.warn(
         f"fit with steps_per_epoch={steps_per_epoch} draws each epoch where the previous "
@@ -336,6 +328,20 @@ class FlowTraining:
     names = dict.fromkeys(self.objective.metric_names(self, training=training))
     return [*loss, *([self._loss_max_tracker] if training else []),
             *(self._trackers[name] for name in names)]
+
+
+def _as_dataset(x, y, batch_size, fit_kwargs):
+  """Arrays `x` (and context `y`) as `fit_data`'s batches: `(dataset, None, None)`.
+
+  Updates `fit_kwargs` for Keras' loop over a dataset that batches and shuffles itself.
+  """
+  dataset = fit_data.array_dataset((x,) if y is None else (x, y), batch_size or 32,
+                                   fit_kwargs.get("shuffle", True))
+  # Keras batches validation arrays by validation_batch_size or batch_size.
+  fit_kwargs.setdefault("validation_batch_size", batch_size)
+  # The dataset shuffles itself; Keras would warn that it cannot.
+  fit_kwargs["shuffle"] = False
+  return dataset, None, None
 
 
 def _is_none_or_empty(value):
