@@ -13,13 +13,19 @@ by walking its attributes, and TFP's optimisation loops (`tfp.vi.fit_surrogate_p
 `unwrap_variable` fixes the first (bijectors call it on their parameters); a layer fixes
 the second by `hold_variables(bijector, layer.weights)`. No Keras import: a Keras variable
 is recognised by the `tf.Variable` it wraps.
+
+Keras freezes a layer (`layer.trainable = False`) by marking its Keras variables only; the
+`tf.Variable`s inside stay trainable, so TFP's walk would still list them and every
+gradient tape would still watch them when read (and `tfp.math.minimize` trains what its
+tape watched). `match_keras_trainable` marks the `tf.Variable`s as Keras marks their
+wrappers; `hold_variables` applies it on every build of a layer's bijector.
 """
 
 import itertools
 
 import tensorflow as tf
 
-__all__ = ["hold_variables", "unwrap_variable"]
+__all__ = ["hold_variables", "match_keras_trainable", "unwrap_variable"]
 
 _BUILDS = itertools.count()
 
@@ -42,12 +48,29 @@ def unwrap_variable(value):
   return inner if isinstance(inner, tf.Variable) else value
 
 
+def match_keras_trainable(variables):
+  """Makes the `tf.Variable` inside each Keras variable trainable exactly when it is.
+
+  Keras variables decide (a frozen layer's are not trainable); plain `tf.Variable`s are
+  left alone. A distributed variable's per-replica components are marked too, because a
+  tape inside a replica watches the component it reads. `trainable` is read-only on
+  `tf.Variable`, so this sets the attribute behind it (TensorFlow's `_trainable`).
+  """
+  for variable in variables:
+    inner = unwrap_variable(variable)
+    if inner is variable or inner.trainable == bool(variable.trainable):
+      continue
+    for component in (inner, *getattr(inner, "values", ())):
+      component._trainable = bool(variable.trainable)  # pylint: disable=protected-access
+
+
 def hold_variables(bijector, variables):
   """Makes `bijector` hold `variables` (Keras or tf) and returns it.
 
   Afterwards `bijector.trainable_variables` (and those of any `tfb.Chain`, `tfb.Invert`
   or `tfd.TransformedDistribution` around it) include the trainable ones, as the
-  `tf.Variable`s a `tf.GradientTape` watches and optimizers update in place.
+  `tf.Variable`s a `tf.GradientTape` watches and optimizers update in place. Those of
+  frozen Keras layers are not trainable (`match_keras_trainable`).
 
   Each call also makes `bijector` equal only to itself. TFP shares one cache of
   computed values among equal bijectors (equal `parameters`), and a layer's builds
@@ -56,6 +79,8 @@ def hold_variables(bijector, variables):
   without gradients. (A bijector object kept across weight updates keeps its own cache
   of the inputs it has seen, as every TFP bijector over variables does.)
   """
+  variables = tuple(variables)
+  match_keras_trainable(variables)
   setattr(bijector, _ATTRIBUTE, tuple(unwrap_variable(v) for v in variables))
   build = ("tfp_flows build", next(_BUILDS))
   # TFP's __eq__ and __hash__ compare this; counter values, unlike ids, are never reused.

@@ -64,6 +64,17 @@ class FlowLayer(keras.layers.Layer):
     super().build(inputs_shape)
 
   @property
+  def trainable(self):
+    """Whether `fit` trains this layer, and TFP's loops through its bijector (settable)."""
+    return keras.layers.Layer.trainable.fget(self)
+
+  @trainable.setter
+  def trainable(self, value):
+    keras.layers.Layer.trainable.fset(self, value)
+    # A bijector built before this change reads these variables too.
+    variable_tracking.match_keras_trainable(self.weights)
+
+  @property
   def bijector(self):
     if not self.built:
       raise ValueError(f"Layer {self.name!r} has no weights yet: call it on data or put "
