@@ -86,7 +86,10 @@ def positive_float(name, value):
 def one_of(name, value, choices):
   """`value` if it is one of `choices`, else a ValueError listing them."""
   if not isinstance(value, str) or value not in choices:
-    raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}.")
+    choices = tuple(choices)
+    spelled = (f", so {name} must be {choices[0]!r} or {choices[1]!r}"
+               if len(choices) == 2 else "")
+    raise ValueError(f"{name} must be one of {choices}{spelled}; got {value!r}.")
   return value
 
 
