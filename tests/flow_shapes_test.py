@@ -122,6 +122,31 @@ def test_a_wrong_event_shape_is_an_error_when_shapes_are_known_only_at_run_time(
     log_prob(bad)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("preset", ["nsf", "residual"])
+def test_the_distribution_rejects_a_wrong_event_size_known_only_at_run_time(
+    preset, jit_compile):
+  # ActNorm, the presets' first layer, broadcast a [N, 1] input against its [3]
+  # parameters: the distribution scored [x, x, x] and the bijector mapped it.
+  keras.utils.set_random_seed(0)
+  model = (tff.models.NeuralSplineFlow(event_shape=[3], num_blocks=2, hidden_units=(8,))
+           if preset == "nsf" else
+           tff.models.ResidualFlow(event_shape=[3], num_blocks=1, hidden_units=(8,)))
+  x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+  model.log_prob(x)
+  spec = [tf.TensorSpec([None, None], tf.float32)]
+  log_prob = tf.function(lambda x: model.distribution.log_prob(x), input_signature=spec,
+                         jit_compile=jit_compile)
+  inverse = tf.function(lambda x: model.bijector.inverse(x), input_signature=spec,
+                        jit_compile=jit_compile)
+  np.testing.assert_allclose(log_prob(x), model.log_prob(x), rtol=1e-5)
+  for bad in (x[:, :1], np.concatenate([x, x[:, :1]], 1)):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="3 channels|compatible"):
+      log_prob(bad)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="3 channels|compatible"):
+      inverse(bad)
+
+
 def test_keras_predict_rejects_a_wrong_event_shape_after_a_good_call():
   model = _FAMILIES["glow"]()
   x = _points(model)

@@ -98,11 +98,11 @@ class ActNorm(tfb.AutoCompositeTensorBijector):
     return tf.compat.dimension_value(self._log_scale.shape[-1])
 
   def _forward(self, x):
-    _checks.check_last_dim(x, self._channels(), "ActNorm")
+    x = _checks.check_last_dim(x, self._channels(), "ActNorm")
     return x * tf.exp(self._log_scale) + self._loc
 
   def _inverse(self, y):
-    _checks.check_last_dim(y, self._channels(), "ActNorm")
+    y = _checks.check_last_dim(y, self._channels(), "ActNorm")
     return (y - self._loc) * tf.exp(-self._log_scale)
 
   def _forward_log_det_jacobian(self, x):

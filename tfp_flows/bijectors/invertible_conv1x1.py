@@ -189,11 +189,11 @@ class InvertibleConv1x1(tfb.AutoCompositeTensorBijector):
     return tf.compat.dimension_value(square.shape[-1])
 
   def _forward(self, x):
-    _checks.check_last_dim(x, self._channels(), "InvertibleConv1x1")
+    x = _checks.check_last_dim(x, self._channels(), "InvertibleConv1x1")
     return _apply(self.matrix(), x)
 
   def _inverse(self, y):
-    _checks.check_last_dim(y, self._channels(), "InvertibleConv1x1")
+    y = _checks.check_last_dim(y, self._channels(), "InvertibleConv1x1")
     return _apply(self.inverse_matrix(), y)
 
   def _forward_log_det_jacobian(self, x):

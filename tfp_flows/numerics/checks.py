@@ -50,12 +50,26 @@ def assert_finite(value, message):
 
 
 def check_last_dim(x, expected, name):
-  """Raises ValueError when the static last dimension of `x` differs from `expected`."""
-  actual = x.shape[-1] if x.shape.rank else None
-  if actual is not None and expected is not None and actual != expected:
-    raise ValueError(
-        f"{name} expects inputs with {expected} channels on the last axis; "
-        f"got shape {x.shape.as_list()}.")
+  """`x`, checked to have `expected` entries on its last axis.
+
+  A static last dimension that differs is a ValueError. One unknown when tracing (a
+  `tf.function` with a relaxed signature) is checked when the graph runs, and by XLA
+  when it compiles for the actual shape: without the check, a `[N, 1]` input would
+  broadcast against `[C]` parameters into a wrong but finite answer.
+  """
+  if expected is None or x.shape.rank == 0:
+    return x
+  message = f"{name} expects inputs with {expected} channels on the last axis"
+  if x.shape.rank is None:
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.shape(x)[-1], expected, message=message)]):
+      return tf.identity(x)
+  actual = x.shape[-1]
+  if actual is None:
+    return tf.ensure_shape(x, x.shape[:-1].concatenate([expected]))
+  if actual != expected:
+    raise ValueError(f"{message}; got shape {x.shape.as_list()}.")
+  return x
 
 
 def is_int_at_least(value, minimum):
