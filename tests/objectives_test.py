@@ -83,6 +83,11 @@ def test_example_weights_are_an_error_not_dropped():
     model.fit(x, class_weight={0: 1.0}, batch_size=32, verbose=0)
   with pytest.raises(ValueError, match="sample_weight is not supported"):
     model.evaluate(x, sample_weight=weights, verbose=0)
+  # train_on_batch passed class weights to Keras, which failed with an IndexError.
+  with pytest.raises(ValueError, match="class_weight is not supported"):
+    model.train_on_batch(x, class_weight={0: 2.0})
+  with pytest.raises(ValueError, match="sample_weight is not supported"):
+    model.train_on_batch(x, sample_weight=weights)
   triples = tf.data.Dataset.from_tensor_slices((x, x[:, :1], weights)).batch(32)
   with pytest.raises(ValueError, match="got a third element"):
     model.fit(triples, verbose=0)

@@ -307,10 +307,14 @@ class FlowTraining:
         stacklevel=3)
     return x, y, batch_size
 
-  def train_on_batch(self, *args, **kwargs):
-    """`keras.Model.train_on_batch`; raises like `fit` when the step was not finite."""
+  def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                     return_dict=False):
+    """`keras.Model.train_on_batch`; raises like `fit` for example weights and for a step
+    that was not finite."""
+    fit_data.reject_example_weights({"sample_weight": sample_weight,
+                                     "class_weight": class_weight})
     self._step_guard.reset()
-    logs = super().train_on_batch(*args, **kwargs)
+    logs = super().train_on_batch(x, y, return_dict=return_dict)
     self._step_guard.raise_if_non_finite()
     return logs
 
