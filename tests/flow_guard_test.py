@@ -184,6 +184,17 @@ def test_a_non_finite_first_batch_leaves_act_norm_uninitialised(steps_per_execut
   np.testing.assert_allclose(act_norm.loc.numpy(), clean[:BATCH].mean(0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("steps_per_execution", [1, 3, 5])
+def test_a_bad_batch_in_a_last_partial_execution_is_named_right(steps_per_execution):
+  # 4 batches in executions of 3 steps: Keras numbers the second, one-step execution as
+  # if it had 3 steps, and the error named batch 5 (the skip count of a resumed fit).
+  model = _model()
+  model.compile(optimizer=keras.optimizers.SGD(1e-2), steps_per_execution=steps_per_execution)
+  x = _data(3 * BATCH + 2, np.nan)
+  with pytest.raises(FloatingPointError, match=r"at training step 4 \(epoch 1, batch 4\)"):
+    model.fit(x, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+
 def test_a_later_epoch_names_its_batch():
   model = _model()
   model.compile(optimizer=keras.optimizers.SGD(1e-2))

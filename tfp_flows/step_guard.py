@@ -126,22 +126,20 @@ class StepGuard:
     self.first_bad.assign(-1)
     self.first_bad_empty.assign(False)
 
-  def raise_if_non_finite(self, first_step_of_epoch=0, epoch=None, batches_done=None):
+  def raise_if_non_finite(self, first_step_of_epoch=0, epoch=None, skipped=0):
     """Raises `FloatingPointError` if a step since the last `reset` was not finite.
 
     Args:
       first_step_of_epoch: the step count when the epoch began.
       epoch: the 0-based epoch, to name it and the batch in it; None names the step only.
-      batches_done: the batches of the epoch Keras has gone through, counting those a
-        resumed fit skipped without a step (`tfp_flows.callbacks.BackupAndRestore`).
+      skipped: the batches at the start of the epoch that a resumed fit skipped without
+        a step (`tfp_flows.callbacks.BackupAndRestore`).
     """
     bad = int(self.first_bad.numpy())
     if bad < 0:
       return
     where = ""
     if epoch is not None:
-      skipped = 0 if batches_done is None else max(
-          batches_done - (int(self.steps.numpy()) - first_step_of_epoch), 0)
       where = f" (epoch {epoch + 1}, batch {bad - first_step_of_epoch + skipped + 1})"
     kept = ("The step was not applied: the weights and optimizer state are those "
             "before it.")
@@ -168,13 +166,21 @@ class NonFiniteStop(keras.callbacks.Callback):
     super().__init__()
     self.guard = guard
     self.epoch, self.first_step_of_epoch = 0, 0
+    self.skipped, self.stepped = 0, False
 
   def on_train_begin(self, logs=None):
     self.guard.reset()
 
   def on_epoch_begin(self, epoch, logs=None):
     self.epoch, self.first_step_of_epoch = epoch, int(self.guard.steps.numpy())
+    self.skipped, self.stepped = 0, False
 
   def on_train_batch_end(self, batch, logs=None):
-    self.guard.raise_if_non_finite(self.first_step_of_epoch, self.epoch,
-                                   batches_done=batch + 1)
+    # Batches that ended before the epoch's first step were skipped by a resumed fit.
+    # Counted only then: Keras numbers a last, partial execution of steps_per_execution
+    # steps as if it were whole.
+    if not self.stepped:
+      self.stepped = int(self.guard.steps.numpy()) > self.first_step_of_epoch
+      if not self.stepped:
+        self.skipped = batch + 1
+    self.guard.raise_if_non_finite(self.first_step_of_epoch, self.epoch, self.skipped)
