@@ -282,6 +282,22 @@ def test_predict_takes_a_conditional_flows_context_as_fit_and_evaluate_do(jit_co
     model.predict(x, verbose=0)
 
 
+def test_fit_and_evaluate_take_the_context_in_one_structure_as_predict_does():
+  # fit((x, c)) and evaluate((x, c)) stacked x with c: a TensorFlow Pack error.
+  model = tff.models.NeuralSplineFlow(2, num_layers=2, hidden_units=(4,), context_dims=1)
+  model.compile(keras.optimizers.SGD(0.0))
+  _perturb(model, scale=0.5)
+  x = np.random.default_rng(0).normal(size=[12, 2]).astype("float32")
+  c = np.random.default_rng(1).normal(size=[12, 1]).astype("float32")
+  model.fit(x, c, batch_size=12, verbose=0)  # ActNorm's data initialisation, then SGD(0)
+  expected = -model.log_prob(x, c).numpy().mean()
+  for data in ((x, c), [x, c]):
+    np.testing.assert_allclose(model.evaluate(data, batch_size=12, verbose=0)[0], expected,
+                               rtol=1e-5)
+    history = model.fit(data, batch_size=12, shuffle=False, verbose=0).history
+    np.testing.assert_allclose(history["loss"][0], expected, rtol=1e-5)
+
+
 def test_context_follows_the_float64_policy_and_bad_counts_are_errors():
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy("float64")

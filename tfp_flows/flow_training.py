@@ -178,6 +178,7 @@ class FlowTraining:
     An objective that draws its own samples takes no data: `evaluate(steps=...)`.
     """
     fit_data.reject_example_weights({"sample_weight": sample_weight})
+    x, y = self._context_pair(x, y)
     if not self.objective.requires_data:
       if x is None:
         if steps is None:
@@ -219,6 +220,17 @@ class FlowTraining:
       x, context = objectives.unpack(x)
     return self(x, context=context, training=False)
 
+  def _context_pair(self, x, y):
+    """`(x, y)` with a conditional flow's `(x, context)` given as one `x` split into them.
+
+    `predict` takes the pair that way (Keras passes it one argument); `fit` and
+    `evaluate` take it so too, beside `fit(x, context)`.
+    """
+    if (y is None and self.context_shape is not None and isinstance(x, (tuple, list))
+        and len(x) == 2):
+      return tuple(x)
+    return x, y
+
   def _placeholder_batches(self):
     """Batches for objectives that draw their own samples, which ignore them.
 
@@ -237,13 +249,15 @@ class FlowTraining:
     among the callbacks and no `initial_epoch`, the fit starts at the backup's epoch,
     so `fit(..., callbacks=[backup])` alone resumes an interrupted run.
 
-    Arrays (`x`, and a conditional flow's context as `y`) are batched and shuffled as
-    Keras does, by a pipeline without tf.data's autotuning (`fit_data`), which on small
-    machines can take compute threads from the training step. Float arrays that Keras
+    A conditional flow's context comes as `y` or with the points as `x=(x, context)`.
+    Arrays are batched and shuffled as Keras does, by a pipeline without tf.data's
+    autotuning (`fit_data`), which on small machines can take compute threads from the
+    training step. Float arrays that Keras
     reads itself (validation data, `validation_split`, `steps_per_epoch`) are cast to
     the model's dtype, not to floatx (see `_floatx_of`).
     """
     fit_data.reject_example_weights(kwargs)
+    x, y = self._context_pair(x, y)
     if self.objective.requires_data:
       fit_data.check_replica_shards(x, batch_size, kwargs,
                                     self.distribute_strategy.num_replicas_in_sync)
