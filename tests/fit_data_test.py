@@ -121,3 +121,24 @@ def test_a_data_free_objective_reads_its_placeholder_without_autotuning(monkeypa
   model.compile(optimizer="adam")
   history = model.fit(epochs=1, steps_per_epoch=3, verbose=0).history
   assert len(tuned) == 1 and np.isfinite(history["loss"][0])
+
+
+def test_arrays_without_rows_or_a_row_axis_are_clear_errors():
+  # fit(empty) failed in tf.data ("buffer_size must be greater than zero"), or with
+  # shuffle=False returned an empty history; evaluate returned []; predict raised Keras'
+  # UnboundLocalError. A [N] array for a 2-D flow failed on an iterator's shape.
+  model = tff.models.NeuralSplineFlow(event_shape=[2], num_blocks=1, hidden_units=(4,))
+  model.compile(keras.optimizers.Adam(1e-2))
+  empty, flat = np.zeros([0, 2], "float32"), np.zeros([64], "float32")
+  for shuffle in (True, False):
+    with pytest.raises(ValueError, match=r"fit got no rows to train on: x has shape \[0, 2\]"):
+      model.fit(empty, shuffle=shuffle, verbose=0)
+  with pytest.raises(ValueError, match="evaluate got no rows to score"):
+    model.evaluate(empty, verbose=0)
+  for call in (model.fit, model.evaluate):
+    with pytest.raises(ValueError, match=r"takes points of event_shape \[2\] along a first "
+                                         r"axis of rows, \[N, 2\]; got x of shape \[64\]"):
+      call(flat, verbose=0)
+  assert model.predict(empty, verbose=0).shape == (0,)
+  assert model.predict(np.zeros([0, 3, 2], "float32"), verbose=0).shape == (0, 3)
+  assert model.predict(np.ones([5, 2], "float32"), verbose=0).shape == (5,)

@@ -101,6 +101,34 @@ def reject_example_weights(fit_kwargs):
           "alike. To weight examples, repeat or subsample their rows.")
 
 
+def points_of(x):
+  """The points of `fit`'s, `evaluate`'s or `predict`'s `x` (or of an `(x, context)` pair)
+  when they are an array or a tensor, else None (datasets, generators)."""
+  if isinstance(x, (tuple, list)) and x:
+    x = x[0]
+  return x if isinstance(x, np.ndarray) or tf.is_tensor(x) else None
+
+
+def check_rows(x, event_shape, call):
+  """Raises for arrays that hold no rows of events: none at all, or no row axis.
+
+  Keras would fail on these deep in tf.data ("buffer_size must be greater than zero"),
+  with a shape error of its iterator, or return nothing with a warning.
+  """
+  points = points_of(x)
+  shape = None if points is None else tf.TensorShape(points.shape)
+  if shape is None or shape.rank is None:
+    return
+  shape, event = shape.as_list(), list(event_shape)
+  if len(shape) < len(event) + 1:
+    raise ValueError(
+        f"{call} takes points of event_shape {event} along a first axis of rows, "
+        f"[N, {str(event)[1:-1]}]; got x of shape {shape}.")
+  if shape[0] == 0:
+    raise ValueError(f"{call} got no rows to {'train on' if call == 'fit' else 'score'}: "
+                     f"x has shape {shape}.")
+
+
 def check_replica_shards(x, batch_size, fit_kwargs, replicas, call="fit"):
   """Raises if arrays end in a batch too small to give every replica a row.
 

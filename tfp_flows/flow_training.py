@@ -11,6 +11,7 @@ import contextlib
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfp_flows import callbacks as callbacks_lib
@@ -179,6 +180,8 @@ class FlowTraining:
     """
     fit_data.reject_example_weights({"sample_weight": sample_weight})
     x, y = self._context_pair(x, y)
+    if self.objective.requires_data:
+      fit_data.check_rows(x, self.event_shape, "evaluate")
     if not self.objective.requires_data:
       if x is None:
         if steps is None:
@@ -204,6 +207,10 @@ class FlowTraining:
     a strategy, arrays whose last batch would leave a replica no rows are an error, as
     for `fit` and `evaluate`.
     """
+    points = fit_data.points_of(x)
+    if points is not None and points.shape[0] == 0:  # Keras' predict fails on no batches
+      sample_rank = max(len(points.shape) - len(self.event_shape), 1)
+      return np.zeros(list(points.shape)[:sample_rank], self.dtype)
     fit_data.check_replica_shards(x, batch_size, {},
                                   self.distribute_strategy.num_replicas_in_sync,
                                   call="predict")
@@ -259,6 +266,7 @@ class FlowTraining:
     fit_data.reject_example_weights(kwargs)
     x, y = self._context_pair(x, y)
     if self.objective.requires_data:
+      fit_data.check_rows(x, self.event_shape, "fit")
       fit_data.check_replica_shards(x, batch_size, kwargs,
                                     self.distribute_strategy.num_replicas_in_sync)
     given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
