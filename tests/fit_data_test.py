@@ -142,3 +142,18 @@ def test_arrays_without_rows_or_a_row_axis_are_clear_errors():
   assert model.predict(empty, verbose=0).shape == (0,)
   assert model.predict(np.zeros([0, 3, 2], "float32"), verbose=0).shape == (0, 3)
   assert model.predict(np.ones([5, 2], "float32"), verbose=0).shape == (5,)
+
+
+def test_a_dataset_of_single_points_is_an_error():
+  # Keras passed each point on as a batch: one point per step, batch_size ignored, and
+  # a [N] array of scalars batched by 2 trained a 2-D flow on pairs of them.
+  model = tff.models.NeuralSplineFlow(event_shape=[2], num_blocks=1, hidden_units=(4,))
+  model.compile(keras.optimizers.Adam(1e-2))
+  x = np.random.default_rng(0).normal(size=[64, 2]).astype("float32")
+  context_free = tf.data.Dataset.from_tensor_slices(x)
+  pairs = tf.data.Dataset.from_tensor_slices(x[:, 0]).batch(2)
+  for dataset in (context_free, pairs, tf.data.Dataset.from_tensor_slices((x,))):
+    for call in (model.fit, model.evaluate, model.predict):
+      with pytest.raises(ValueError, match=r"got a dataset of single points .* batch it"):
+        call(dataset, verbose=0)
+  model.fit(context_free.batch(16), verbose=0)

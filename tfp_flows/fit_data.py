@@ -129,6 +129,26 @@ def check_rows(x, event_shape, call):
                      f"x has shape {shape}.")
 
 
+def check_batched(x, event_shape, call):
+  """Raises for a dataset whose elements are single points, not batches of them.
+
+  Keras passes such elements on as they are, so the flow would train on one point per
+  step (and ActNorm initialise from one row) and ignore `batch_size`.
+  """
+  if not isinstance(x, tf.data.Dataset):
+    return
+  spec = x.element_spec
+  if isinstance(spec, (tuple, list)) and spec:
+    spec = spec[0]
+  rank = getattr(getattr(spec, "shape", None), "rank", None)
+  if rank is not None and rank <= len(event_shape):
+    raise ValueError(
+        f"{call} got a dataset of single points (elements of shape "
+        f"{spec.shape.as_list()}, event_shape {list(event_shape)}): batch it, e.g. "
+        "dataset.batch(64). A FlowModel takes batches [N, *event_shape]; batch_size "
+        "applies to arrays only.")
+
+
 def check_replica_shards(x, batch_size, fit_kwargs, replicas, call="fit"):
   """Raises if arrays end in a batch too small to give every replica a row.
 

@@ -182,6 +182,7 @@ class FlowTraining:
     x, y = self._context_pair(x, y)
     if self.objective.requires_data:
       fit_data.check_rows(x, self.event_shape, "evaluate")
+      fit_data.check_batched(x, self.event_shape, "evaluate")
     if not self.objective.requires_data:
       if x is None:
         if steps is None:
@@ -211,6 +212,7 @@ class FlowTraining:
     if points is not None and points.shape[0] == 0:  # Keras' predict fails on no batches
       sample_rank = max(len(points.shape) - len(self.event_shape), 1)
       return np.zeros(list(points.shape)[:sample_rank], self.dtype)
+    fit_data.check_batched(x, self.event_shape, "predict")
     fit_data.check_replica_shards(x, batch_size, {},
                                   self.distribute_strategy.num_replicas_in_sync,
                                   call="predict")
@@ -267,6 +269,7 @@ class FlowTraining:
     x, y = self._context_pair(x, y)
     if self.objective.requires_data:
       fit_data.check_rows(x, self.event_shape, "fit")
+      fit_data.check_batched(x, self.event_shape, "fit")
       fit_data.check_replica_shards(x, batch_size, kwargs,
                                     self.distribute_strategy.num_replicas_in_sync)
     given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
