@@ -62,7 +62,12 @@ class ResidualBlock(flow_layer.FlowLayer):
     log_det_estimator: a `LogDetEstimator` (or its config dict) for the whole rule; it
       takes the place of `log_det`, `num_exact_terms`, `gradient` and `exact_max_dims`.
     tolerance, max_iterations: fixed-point inverse settings (`tolerance` relative to
-      `max(1, max|z_row|)`, see `tfp_flows.bijectors.fixed_point_solve`).
+      `max(1, max|z_row|)`, see `tfp_flows.bijectors.fixed_point_solve`). They set how
+      exactly samples (the base -> data map) are computed, in float64 too: lower
+      `tolerance` for float64 accuracy, and raise `max_iterations` with it (each
+      iteration shrinks the error by at least the Lipschitz constant; a row that runs
+      out of iterations is NaN, never a rougher answer). The density (data -> base)
+      is exact either way.
     power_iterations: power-iteration steps per training call of every spectrally
       normalised layer (`num_iterations`). One step tracks slowly moving kernels; fast
       training of convolutions can outrun it (a 12x12 conv fit at learning rate 3e-3
