@@ -157,3 +157,15 @@ def test_a_dataset_of_single_points_is_an_error():
       with pytest.raises(ValueError, match=r"got a dataset of single points .* batch it"):
         call(dataset, verbose=0)
   model.fit(context_free.batch(16), verbose=0)
+
+
+def test_a_dataset_of_dicts_or_ragged_batches_is_a_clear_error():
+  model = tff.models.NeuralSplineFlow(event_shape=[2], num_blocks=1, hidden_units=(4,))
+  model.compile(keras.optimizers.Adam(1e-2))
+  x = np.random.default_rng(0).normal(size=[8, 2]).astype("float32")
+  dicts = tf.data.Dataset.from_tensor_slices({"x": x}).batch(4)
+  ragged = tf.data.Dataset.from_tensors(tf.ragged.constant([[0.1, 0.2], [0.3]])).repeat(2)
+  for dataset in (dicts, ragged):
+    for call in (model.fit, model.evaluate, model.predict):
+      with pytest.raises(ValueError, match=r"takes a dataset of dense batches x or"):
+        call(dataset, verbose=0)

@@ -130,17 +130,24 @@ def check_rows(x, event_shape, call):
 
 
 def check_batched(x, event_shape, call):
-  """Raises for a dataset whose elements are single points, not batches of them.
+  """Raises for a dataset whose elements are not dense batches of points.
 
-  Keras passes such elements on as they are, so the flow would train on one point per
-  step (and ActNorm initialise from one row) and ignore `batch_size`.
+  Single points (no `.batch()`): Keras passes them on as they are, so the flow would
+  train on one point per step (and ActNorm initialise from one row) and ignore
+  `batch_size`. Dicts and ragged or sparse batches fail inside Keras' loop with
+  TypeErrors that do not say what a flow takes.
   """
   if not isinstance(x, tf.data.Dataset):
     return
   spec = x.element_spec
   if isinstance(spec, (tuple, list)) and spec:
     spec = spec[0]
-  rank = getattr(getattr(spec, "shape", None), "rank", None)
+  if not isinstance(spec, tf.TensorSpec):
+    raise ValueError(
+        f"{call} takes a dataset of dense batches x or (x, context) (x of shape "
+        f"[N, *event_shape]); got elements {x.element_spec}. Map dicts to a tuple and "
+        "ragged or sparse batches to dense ones first.")
+  rank = spec.shape.rank
   if rank is not None and rank <= len(event_shape):
     raise ValueError(
         f"{call} got a dataset of single points (elements of shape "
