@@ -335,3 +335,25 @@ def test_freezing_after_the_distribution_was_built_takes_effect_and_unfreezing_t
   act_norm.trainable = True
   assert act_norm.loc.value.ref() in {v.ref() for v in distribution.trainable_variables}
   del loss
+
+
+def test_a_layer_frozen_before_it_is_built_freezes_its_networks(tmp_path):
+  # A .keras reload (or clone_model, or Coupling(trainable=False)) builds a frozen layer's
+  # conditioner after the flag is set: the network stayed trainable, in fit and in TFP.
+  # Whole layers only: Keras' .keras config does not record a network inside a layer
+  # frozen directly (the layer builds it), for Keras' own layers either.
+  model = _model()
+  for i in (0, 2, 5):
+    model.flow.flow_layers[i].trainable = False
+  path = str(tmp_path / "frozen.keras")
+  model.save(path)
+  reloaded = keras.models.load_model(path)
+  assert len(reloaded.trainable_weights) == len(model.trainable_weights)
+  assert ({v.ref() for v in reloaded.distribution.trainable_variables} ==
+          {w.value.ref() for w in reloaded.trainable_weights})
+  frozen = [w for i in (0, 2, 5) for w in reloaded.flow.flow_layers[i].weights]
+  before = [w.numpy().copy() for w in frozen]
+  reloaded.compile(keras.optimizers.Adam(1e-2))
+  reloaded.fit(TARGET.sample(64, seed=(5, 6)), batch_size=32, verbose=0)
+  for weight, old in zip(frozen, before):
+    np.testing.assert_array_equal(weight.numpy(), old, err_msg=weight.path)

@@ -62,16 +62,30 @@ class FlowLayer(keras.layers.Layer):
   def build(self, inputs_shape, context_shape=None):
     self.event_ndims = len(inputs_shape) - 1
     super().build(inputs_shape)
+    if not self.trainable:
+      # Frozen before it was built (`trainable=False`, a `.keras` reload, clone_model):
+      # the networks built since are frozen too, as Keras freezes existing sublayers.
+      # (`self.trainable = False` would do nothing: TensorFlow's attribute tracking
+      # skips assigning a value that is already there.)
+      self._set_trainable(False)
 
   @property
   def trainable(self):
-    """Whether `fit` trains this layer, and TFP's loops through its bijector (settable)."""
-    return keras.layers.Layer.trainable.fget(self)
+    """Whether `fit` trains this layer, and TFP's loops through its bijector (settable).
+
+    Setting it also marks the `tf.Variable`s inside the layer's Keras variables, which
+    TFP finds, so a bijector or `model.distribution` built before still sees it. A
+    network inside the layer frozen directly (`layer.net.trainable = False`) is seen
+    from the next build of the bijector on.
+    """
+    return super().trainable
 
   @trainable.setter
   def trainable(self, value):
-    keras.layers.Layer.trainable.fset(self, value)
-    # A bijector built before this change reads these variables too.
+    self._set_trainable(value)
+
+  def _set_trainable(self, value):
+    super(FlowLayer, type(self)).trainable.__set__(self, value)
     variable_tracking.match_keras_trainable(self.weights)
 
   @property
