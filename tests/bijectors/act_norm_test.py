@@ -105,3 +105,17 @@ def test_scalar_parameters_raise():
 def test_mixed_dtypes_raise():
   with pytest.raises(TypeError, match="share one dtype; got float32 and float64"):
     tffb.ActNorm(np.zeros(2, np.float32), np.zeros(2, np.float64))
+
+
+@pytest.mark.parametrize("shape", [[None, None], None], ids=["unknown_size", "unknown_rank"])
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_a_channel_count_unknown_when_tracing_is_checked_when_run(shape, jit_compile):
+  # [2, 1] against 3 channels broadcast into a finite [2, 3] answer (XLA drops asserts).
+  bijector = tffb.ActNorm([0.5, -1.0, 2.0], [0.1, 0.2, -0.3])
+  inverse = tf.function(bijector.inverse, jit_compile=jit_compile,
+                        input_signature=[tf.TensorSpec(shape, tf.float32)])
+  x = np.array([[1.0, 2.0, 3.0]], np.float32)
+  np.testing.assert_allclose(inverse(x), (x - [0.5, -1.0, 2.0]) * np.exp([-0.1, -0.2, 0.3]),
+                             rtol=1e-6)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    inverse(np.ones([2, 1], np.float32))

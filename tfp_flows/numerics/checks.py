@@ -61,9 +61,11 @@ def check_last_dim(x, expected, name):
     return x
   message = f"{name} expects inputs with {expected} channels on the last axis"
   if x.shape.rank is None:
+    # The reshape fails unless the last axis has `expected` entries, also under XLA,
+    # which drops the assertion.
     with tf.control_dependencies([tf.debugging.assert_equal(
         tf.shape(x)[-1], expected, message=message)]):
-      return tf.identity(x)
+      return tf.reshape(x, tf.concat([tf.shape(x)[:-1], [expected]], 0))
   actual = x.shape[-1]
   if actual is None:
     return tf.ensure_shape(x, x.shape[:-1].concatenate([expected]))
