@@ -169,3 +169,26 @@ def test_a_dataset_of_dicts_or_ragged_batches_is_a_clear_error():
     for call in (model.fit, model.evaluate, model.predict):
       with pytest.raises(ValueError, match=r"takes a dataset of dense batches x or"):
         call(dataset, verbose=0)
+
+
+def test_validation_data_is_checked_before_the_first_epoch():
+  model = tff.models.NeuralSplineFlow(event_shape=[2], num_blocks=1, hidden_units=(4,))
+  model.compile(keras.optimizers.Adam(1e-1))
+  x = np.random.default_rng(0).normal(size=[64, 2]).astype("float32")
+  model.log_prob(x)
+  weights = [w.numpy().copy() for w in model.weights]
+  for validation, message in ((tf.data.Dataset.from_tensor_slices(x), "single points"),
+                              ((x[:0],), "no rows"), ((x[:, 0],), "first axis of rows")):
+    with pytest.raises(ValueError, match=rf"fit's validation_data .*{message}|"
+                                         rf"fit's validation_data got {message}"):
+      model.fit(x, validation_data=validation, verbose=0)
+  for weight, old in zip(model.weights, weights):
+    np.testing.assert_array_equal(weight.numpy(), old)
+
+
+def test_predict_of_no_rows_still_checks_the_event_shape():
+  model = tff.models.NeuralSplineFlow(event_shape=[3], num_blocks=1, hidden_units=(4,))
+  with pytest.raises(ValueError, match=r"takes points of event_shape \[3\]"):
+    model.predict(np.zeros([0, 5], "float32"), verbose=0)
+  with pytest.raises(ValueError, match=r"takes points of event_shape \[3\] along a first"):
+    model.predict(np.array(1.0, "float32"), verbose=0)

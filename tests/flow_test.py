@@ -296,6 +296,25 @@ def test_fit_and_evaluate_take_the_context_in_one_structure_as_predict_does():
                                rtol=1e-5)
     history = model.fit(data, batch_size=12, shuffle=False, verbose=0).history
     np.testing.assert_allclose(history["loss"][0], expected, rtol=1e-5)
+    np.testing.assert_allclose(model.test_on_batch(data), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.train_on_batch(data), expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="sample_weight is not supported"):
+    model.test_on_batch(x, c, sample_weight=np.ones([12], "float32"))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_sample_takes_a_context_whose_row_count_is_known_only_at_run_time(jit_compile):
+  # Keras' predict traces with a batch of None: sample(context=...) failed in int(None).
+  model = tff.models.NeuralSplineFlow(2, num_layers=2, hidden_units=(4,), context_dims=1)
+  _perturb(model, scale=0.5)
+  context = np.array([[0.5], [-0.5], [1.5]], "float32")
+  sample = tf.function(lambda c: model.sample(4, seed=7, context=c), jit_compile=jit_compile,
+                       input_signature=[tf.TensorSpec([None, 1], tf.float32)])
+  draws = sample(context).numpy()
+  assert draws.shape == (4, 3, 2)
+  np.testing.assert_allclose(
+      draws, tf.function(lambda: model.sample(4, seed=7, context=context),
+                         jit_compile=jit_compile)().numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_context_follows_the_float64_policy_and_bad_counts_are_errors():

@@ -109,8 +109,9 @@ def points_of(x):
   return x if isinstance(x, np.ndarray) or tf.is_tensor(x) else None
 
 
-def check_rows(x, event_shape, call):
-  """Raises for arrays that hold no rows of events: none at all, or no row axis.
+def check_rows(x, event_shape, call, allow_empty=False):
+  """Raises for arrays that hold no rows of events: no row axis, or (unless
+  `allow_empty`) none at all.
 
   Keras would fail on these deep in tf.data ("buffer_size must be greater than zero"),
   with a shape error of its iterator, or return nothing with a warning.
@@ -124,7 +125,7 @@ def check_rows(x, event_shape, call):
     raise ValueError(
         f"{call} takes points of event_shape {event} along a first axis of rows, "
         f"[N, {str(event)[1:-1]}]; got x of shape {shape}.")
-  if shape[0] == 0:
+  if shape[0] == 0 and not allow_empty:
     raise ValueError(f"{call} got no rows to {'train on' if call == 'fit' else 'score'}: "
                      f"x has shape {shape}.")
 

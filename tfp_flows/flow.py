@@ -279,9 +279,15 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
     context = self._check_context(context)
     if context is None:
       return None, [], n
-    rows = context.shape[:context.shape.rank - len(self.context_shape)].as_list()
+    # Row counts known only at run time (Keras' predict traces with a batch of None)
+    # are read from the context's shape.
+    rank = context.shape.rank - len(self.context_shape)
+    rows = [size if size is not None else tf.shape(context)[axis]
+            for axis, size in enumerate(context.shape[:rank].as_list())]
     context = tf.reshape(context, [-1, *self.context_shape])
-    num_rows = int(np.prod(rows)) if rows else 1
+    num_rows = 1
+    for size in rows:
+      num_rows = num_rows * size
     context = tf.tile(context[tf.newaxis], [n] + [1] * context.shape.rank)
     return tf.reshape(context, [n * num_rows, *self.context_shape]), rows, n * num_rows
 

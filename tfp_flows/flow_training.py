@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfp_flows import callbacks as callbacks_lib
 from tfp_flows import compiled_loop
 from tfp_flows import fit_data
+from tfp_flows import flow_inputs
 from tfp_flows import objectives
 from tfp_flows import step_guard
 
@@ -208,9 +209,11 @@ class FlowTraining:
     a strategy, arrays whose last batch would leave a replica no rows are an error, as
     for `fit` and `evaluate`.
     """
+    fit_data.check_rows(x, self.event_shape, "predict", allow_empty=True)
     points = fit_data.points_of(x)
     if points is not None and points.shape[0] == 0:  # Keras' predict fails on no batches
-      sample_rank = max(len(points.shape) - len(self.event_shape), 1)
+      flow_inputs.checked_points(tf.convert_to_tensor(points), self.event_shape)
+      sample_rank = len(points.shape) - len(self.event_shape)
       return np.zeros(list(points.shape)[:sample_rank], self.dtype)
     fit_data.check_batched(x, self.event_shape, "predict")
     fit_data.check_replica_shards(x, batch_size, {},
@@ -272,6 +275,10 @@ class FlowTraining:
       fit_data.check_batched(x, self.event_shape, "fit")
       fit_data.check_replica_shards(x, batch_size, kwargs,
                                     self.distribute_strategy.num_replicas_in_sync)
+    validation = kwargs.get("validation_data")
+    if validation is not None:  # checked now, not after the first epoch has trained
+      fit_data.check_rows(validation, self.event_shape, "fit's validation_data")
+      fit_data.check_batched(validation, self.event_shape, "fit's validation_data")
     given = (callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList)
              else callbacks or ())
     backups = [c for c in given if isinstance(c, callbacks_lib.BackupAndRestore)]
@@ -338,10 +345,17 @@ class FlowTraining:
     that was not finite."""
     fit_data.reject_example_weights({"sample_weight": sample_weight,
                                      "class_weight": class_weight})
+    x, y = self._context_pair(x, y)
     self._step_guard.reset()
     logs = super().train_on_batch(x, y, return_dict=return_dict)
     self._step_guard.raise_if_non_finite()
     return logs
+
+  def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+    """`keras.Model.test_on_batch`, taking what `evaluate` takes."""
+    fit_data.reject_example_weights({"sample_weight": sample_weight})
+    x, y = self._context_pair(x, y)
+    return super().test_on_batch(x, y, return_dict=return_dict)
 
   @property
   def metrics(self):
