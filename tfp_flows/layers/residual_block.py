@@ -66,8 +66,8 @@ class ResidualBlock(flow_layer.FlowLayer):
       exactly samples (the base -> data map) are computed, in float64 too: lower
       `tolerance` for float64 accuracy, and raise `max_iterations` with it (each
       iteration shrinks the error by at least the Lipschitz constant; a row that runs
-      out of iterations is NaN, never a rougher answer). The density (data -> base)
-      is exact either way.
+      out of iterations is NaN, never a rougher answer). They do not affect the density
+      (data -> base).
     power_iterations: power-iteration steps per training call of every spectrally
       normalised layer (`num_iterations`). One step tracks slowly moving kernels; fast
       training of convolutions can outrun it (a 12x12 conv fit at learning rate 3e-3
