@@ -181,9 +181,6 @@ class FlowTraining:
     """
     fit_data.reject_example_weights({"sample_weight": sample_weight})
     x, y = self._context_pair(x, y)
-    if self.objective.requires_data:
-      fit_data.check_rows(x, self.event_shape, "evaluate")
-      fit_data.check_batched(x, self.event_shape, "evaluate")
     if not self.objective.requires_data:
       if x is None:
         if steps is None:
@@ -191,6 +188,8 @@ class FlowTraining:
                            "steps= (the batches to evaluate) to evaluate.")
         x = self._placeholder_batches()
     else:
+      fit_data.check_rows(x, self.event_shape, "evaluate")
+      fit_data.check_batched(x, self.event_shape, "evaluate")
       fit_data.check_replica_shards(x, batch_size, {},
                                     self.distribute_strategy.num_replicas_in_sync,
                                     call="evaluate")
@@ -264,9 +263,9 @@ class FlowTraining:
     A conditional flow's context comes as `y` or with the points as `x=(x, context)`.
     Arrays are batched and shuffled as Keras does, by a pipeline without tf.data's
     autotuning (`fit_data`), which on small machines can take compute threads from the
-    training step. Float arrays that Keras
-    reads itself (validation data, `validation_split`, `steps_per_epoch`) are cast to
-    the model's dtype, not to floatx (see `_floatx_of`).
+    training step. Float arrays that Keras reads itself (validation data,
+    `validation_split`, `steps_per_epoch`) are cast to the model's dtype, not to floatx
+    (see `_floatx_of`).
     """
     fit_data.reject_example_weights(kwargs)
     x, y = self._context_pair(x, y)
