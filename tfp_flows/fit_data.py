@@ -110,8 +110,8 @@ def points_of(x):
 
 
 def check_rows(x, event_shape, call, allow_empty=False):
-  """Raises for arrays that hold no rows of events: no row axis, or (unless
-  `allow_empty`) none at all.
+  """`points_of(x)`, after raising for arrays that hold no rows of events: no row axis,
+  or (unless `allow_empty`) none at all.
 
   Keras would fail on these deep in tf.data ("buffer_size must be greater than zero"),
   with a shape error of its iterator, or return nothing with a warning.
@@ -119,7 +119,7 @@ def check_rows(x, event_shape, call, allow_empty=False):
   points = points_of(x)
   shape = None if points is None else tf.TensorShape(points.shape)
   if shape is None or shape.rank is None:
-    return
+    return points
   shape, event = shape.as_list(), list(event_shape)
   if len(shape) < len(event) + 1:
     raise ValueError(
@@ -128,6 +128,7 @@ def check_rows(x, event_shape, call, allow_empty=False):
   if shape[0] == 0 and not allow_empty:
     raise ValueError(f"{call} got no rows to {'train on' if call == 'fit' else 'score'}: "
                      f"x has shape {shape}.")
+  return points
 
 
 def check_batched(x, event_shape, call):
@@ -168,8 +169,7 @@ def check_replica_shards(x, batch_size, fit_kwargs, replicas, call="fit"):
   """
   if replicas < 2:
     return
-  if isinstance(x, (tuple, list)) and x:
-    x = x[0]
+  x = points_of(x)
   size = batch_size or 32
   parts = {call: (x, size)}
   split = fit_kwargs.get("validation_split") or 0.0

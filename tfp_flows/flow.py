@@ -1,5 +1,6 @@
 """FlowModel: a Keras model that is a normalizing flow, trained by a pluggable objective."""
 
+import math
 import warnings
 
 import keras
@@ -285,9 +286,7 @@ class FlowModel(flow_training.FlowTraining, keras.Model):
     rows = [size if size is not None else tf.shape(context)[axis]
             for axis, size in enumerate(context.shape[:rank].as_list())]
     context = tf.reshape(context, [-1, *self.context_shape])
-    num_rows = 1
-    for size in rows:
-      num_rows = num_rows * size
+    num_rows = math.prod(rows)  # a scalar tensor if a count is known only at run time
     context = tf.tile(context[tf.newaxis], [n] + [1] * context.shape.rank)
     return tf.reshape(context, [n * num_rows, *self.context_shape]), rows, n * num_rows
 

@@ -208,8 +208,7 @@ class FlowTraining:
     a strategy, arrays whose last batch would leave a replica no rows are an error, as
     for `fit` and `evaluate`.
     """
-    fit_data.check_rows(x, self.event_shape, "predict", allow_empty=True)
-    points = fit_data.points_of(x)
+    points = fit_data.check_rows(x, self.event_shape, "predict", allow_empty=True)
     if points is not None and points.shape[0] == 0:  # Keras' predict fails on no batches
       flow_inputs.checked_points(tf.convert_to_tensor(points), self.event_shape)
       sample_rank = len(points.shape) - len(self.event_shape)
