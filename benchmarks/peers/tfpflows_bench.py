@@ -66,7 +66,8 @@ def nsf(d, L):
     m = tff.models.NeuralSplineFlow(d, num_layers=L, num_bins=K, bound=B, hidden_units=(HID, HID),
                                     autoregressive=False, linear="permute", actnorm=False)
     return m, (f"coupling RQS L={L} K={K} B={B:g} MLP{HID}x2; tff.models.NeuralSplineFlow(linear='permute', "
-               f"actnorm=False): a reversal Permute before every coupling (stock: between couplings), alternating halves")
+               f"actnorm=False): a reversal Permute before every coupling (stock: between couplings), which alternates "
+               f"the halves")
 
 def glow_preset():
     m = tff.models.Glow([8, 8, 1], num_scales=1, steps_per_scale=8, hidden_channels=64, num_bits=5)

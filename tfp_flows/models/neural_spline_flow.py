@@ -43,7 +43,10 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
     hidden_units: conditioner (MLP or MADE) hidden sizes.
     autoregressive: autoregressive spline layers instead of couplings.
     context_dims: older alias: C, for `context_shape=[C]`.
-    linear: "lu" (learned LU linear layers) or "permute" (fixed reversals).
+    linear: "lu" (learned LU linear layers; the couplings alternate halves and the
+      autoregressive layers orders) or "permute" (a fixed reversal before every
+      transform, which alternates them: each coupling moves the second half of its
+      input, each autoregressive layer runs in natural order).
     actnorm: whether to start with a data-initialised ActNorm.
     num_bits: for integer data in [0, 2**num_bits): a `Dequantize` layer first (with
       a logit margin of 1e-3), so `log_prob` is in the discrete data space.
@@ -94,17 +97,20 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
   if actnorm:
     flow_layers.append(layers.ActNorm(**dtype))
   for i in range(int(num_blocks)):
+    # A reversal already alternates the halves and the orders; alternating them too
+    # would undo it, leaving half the coordinates untransformed.
+    alternate = i % 2 == 1 and linear == "lu"
     if event_dims > 1:
       flow_layers.append(layers.InvertibleConv1x1(lu=True, seed=seed + i, **dtype)
                          if linear == "lu" else layers.Permute("reversed", **dtype))
     if autoregressive:
       flow_layers.append(layers.SplineAutoregressive(
           num_bins=num_bins, bound=bound, hidden_units=hidden_units,
-          order="natural" if i % 2 == 0 else "reversed", conditional=conditional,
+          order="reversed" if alternate else "natural", conditional=conditional,
           **dtype))
     else:
       flow_layers.append(layers.SplineCoupling(
-          num_bins=num_bins, bound=bound, hidden_units=hidden_units, reverse=i % 2 == 1,
+          num_bins=num_bins, bound=bound, hidden_units=hidden_units, reverse=alternate,
           conditional=conditional, conditioner_layout=conditioner_layout, **dtype))
   return flow.FlowModel(flow_layers, event_shape=[event_dims],
                         context_shape=None if context_dims is None else [int(context_dims)],
