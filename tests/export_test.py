@@ -165,12 +165,13 @@ def _glow_case(num_classes=None):
                np.array([2, 2, 0, 1, 1], "int32"), np.int32(1))
 
 
-def _spline_case(autoregressive, context_dims):
-  # The autoregressive flow samples through a tf.while_loop of D MADE passes.
+def _spline_case(autoregressive, context_dims, **preset_arguments):
+  # The autoregressive flow samples through a tf.while_loop of D MADE passes, and
+  # scan_blocks=True runs the couplings as one.
   keras.utils.set_random_seed(0)
   model = _perturb(tff.models.NeuralSplineFlow(
       3, num_layers=2, num_bins=4, hidden_units=(8,), autoregressive=autoregressive,
-      context_dims=context_dims), 0.2)
+      context_dims=context_dims, **preset_arguments), 0.2)
   if context_dims is None:
     return _Case(model, _vectors(3, 3, 4), _vectors(5, 3, 5))
   return _Case(model, _vectors(3, 3, 4), _vectors(5, 3, 5), _vectors(3, 2, 6),
@@ -214,6 +215,8 @@ _CASES = {
     "glow_class_conditional": lambda: _glow_case(num_classes=3),
     "spline_coupling_conditional": lambda: _spline_case(False, 2),
     "spline_autoregressive_conditional": lambda: _spline_case(True, 2),
+    "spline_coupling_scan_conditional": lambda: _spline_case(False, 2, linear="permute",
+                                                             scan_blocks=True),
     "residual_flow": lambda: _residual_case(series=False),
     "residual_series": lambda: _residual_case(series=True),
     "ffjord": _ffjord_case,

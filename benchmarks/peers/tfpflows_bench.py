@@ -1,6 +1,7 @@
 """tfp_flows (ours) on the peer models, same data / batch / timing protocol as tf_bench.py. Usage:
   TF_CPP_MIN_LOG_LEVEL=2 $PEERS/tfv/bin/python tfpflows_bench.py MODEL MODE
-  MODEL in {nsf2d, nsf64, glow, glowl, res2d, res64, ffjord2d, tarflow}
+  MODEL in {nsf2d, nsf64, nsf2d_scan, nsf64_scan, glow, glowl, res2d, res64, ffjord2d, tarflow}
+    nsf*_scan = the same NSF preset with scan_blocks=True (one CouplingScan loop over the blocks)
     glow  = the tff.models.Glow preset (integer digits, its own Dequantize + learned top prior)
     glowl = tff.FlowModel([Squeeze, 8 x GlowStep]) on exactly stock's float batches (no preset extras)
     tarflow = the tff.models.TarFlow preset on the same integer digits as glow, sized to the Glow preset's
@@ -33,7 +34,7 @@ import keras
 import tfp_flows as tff
 
 MODEL, MODE = sys.argv[1], sys.argv[2]
-MODELS = ("nsf2d", "nsf64", "glow", "glowl", "res2d", "res64", "ffjord2d", "tarflow")
+MODELS = ("nsf2d", "nsf64", "nsf2d_scan", "nsf64_scan", "glow", "glowl", "res2d", "res64", "ffjord2d", "tarflow")
 if MODEL not in MODELS or MODE not in ("fn", "xla", "fit", "fit_spe"):
     raise SystemExit(__doc__)
 JIT = MODE in ("xla", "fit", "fit_spe")
@@ -48,7 +49,7 @@ if FFJORD_FIELD != "concat" and MODEL != "ffjord2d":
 MODE_SUFFIX = "" if FFJORD_FIELD == "concat" else "-" + FFJORD_FIELD
 
 # ---------------------------------------------------------------- data: the same pools as tf_bench.py / torch_bench.py
-if MODEL in ("nsf2d", "res2d", "ffjord2d"):
+if MODEL in ("nsf2d", "nsf2d_scan", "res2d", "ffjord2d"):
     data = moons(BATCH * 20, seed=1); pool_np = [data[i * BATCH:(i + 1) * BATCH] for i in range(20)]
 else:
     X = digits(); pool_np = []
@@ -62,12 +63,12 @@ else:
 pool = [tf.constant(b) for b in pool_np]
 
 # ---------------------------------------------------------------- models (public API only)
-def nsf(d, L):
+def nsf(d, L, scan_blocks=False):
     m = tff.models.NeuralSplineFlow(d, num_layers=L, num_bins=K, bound=B, hidden_units=(HID, HID),
-                                    autoregressive=False, linear="permute", actnorm=False)
+                                    autoregressive=False, linear="permute", actnorm=False, scan_blocks=scan_blocks)
     return m, (f"coupling RQS L={L} K={K} B={B:g} MLP{HID}x2; tff.models.NeuralSplineFlow(linear='permute', "
-               f"actnorm=False): a reversal Permute before every coupling (stock: between couplings), which alternates "
-               f"the halves")
+               f"actnorm=False, scan_blocks={scan_blocks}): a reversal Permute before every coupling (stock: between "
+               f"couplings), which alternates the halves" + ("; the blocks as one CouplingScan loop" if scan_blocks else ""))
 
 def glow_preset():
     m = tff.models.Glow([8, 8, 1], num_scales=1, steps_per_scale=8, hidden_channels=64, num_bits=5)
@@ -110,6 +111,8 @@ def ffjord():
 
 if MODEL == "nsf2d": model, cfg = nsf(2, 4)
 elif MODEL == "nsf64": model, cfg = nsf(64, 8)
+elif MODEL == "nsf2d_scan": model, cfg = nsf(2, 4, scan_blocks=True)
+elif MODEL == "nsf64_scan": model, cfg = nsf(64, 8, scan_blocks=True)
 elif MODEL == "glow": model, cfg = glow_preset()
 elif MODEL == "glowl": model, cfg = glow_layers()
 elif MODEL == "res2d": model, cfg = resflow(2, 4)
@@ -117,7 +120,7 @@ elif MODEL == "res64": model, cfg = resflow(64, 8)
 elif MODEL == "ffjord2d": model, cfg = ffjord()
 elif MODEL == "tarflow": model, cfg = tarflow()
 
-STOCK_PARAMS = {"nsf2d": 78940, "nsf64": 925440, "glow": 61664, "glowl": 61664, "res2d": 68636, "res64": 264744,
+STOCK_PARAMS = {"nsf2d": 78940, "nsf64": 925440, "nsf2d_scan": 78940, "nsf64_scan": 925440, "glow": 61664, "glowl": 61664, "res2d": 68636, "res64": 264744,
                 "ffjord2d": 8706, "tarflow": 61832}   # tarflow: compared with the Glow preset's count   # tf_bench.py (tfp) / torch_bench.py (normflows for res*), results.jsonl 2026-11-22
 variables = model.trainable_variables
 nparams = int(sum(np.prod(v.shape) for v in variables))

@@ -135,6 +135,14 @@ CASES += [
     Case("spline_coupling_conditional_vector",
          _coupling(tff.layers.SplineCoupling, conditional=True), VECTOR, 2,
          context_size=2),
+    # Three blocks' MLPs stacked: 2 weights [3, fan_in + 1, units].
+    Case("coupling_scan_spline",
+         lambda: [tff.layers.CouplingScan(3, {"name": "rational_quadratic",
+                                              "config": {"num_bins": 4}},
+                                          hidden_units=(8,))], VECTOR, 2),
+    Case("coupling_scan_affine_conditional",
+         lambda: [tff.layers.CouplingScan(2, "affine", hidden_units=(8,), conditional=True)],
+         VECTOR, 2, context_size=2),
     # MADE with one hidden layer: masked kernels and biases, 4 tensors (+2 context).
     Case("affine_autoregressive",
          lambda: [tff.layers.AffineAutoregressive(hidden_units=(8,))], VECTOR, 4),

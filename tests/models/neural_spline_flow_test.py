@@ -52,17 +52,19 @@ def test_log_prob_is_the_stock_tfp_distribution_and_sampling_inverts(variant):
 
 @pytest.mark.parametrize("linear", ["lu", "permute"])
 @pytest.mark.parametrize("autoregressive", [False, True])
-def test_every_coordinate_depends_on_every_other_after_three_blocks(linear, autoregressive):
-  # Three alternating coupling blocks (or two autoregressive ones of opposite orders) make
+def test_every_coordinate_depends_on_every_other_after_four_blocks(linear, autoregressive):
+  # Four alternating coupling blocks (or two autoregressive ones of opposite orders) make
   # every base coordinate depend on every data coordinate. With linear="permute" the
-  # reversal must do the alternating: reversing the data and also the halves (or the
-  # order) undoes it, so half the coordinates passed through untouched (a unit row of
-  # the Jacobian) and every MADE ran in one order (a triangular Jacobian).
-  model = tff.models.NeuralSplineFlow(6, num_blocks=3, num_bins=4, hidden_units=(16,),
+  # permutation must do the alternating: reversing the data and also the halves (or the
+  # order) undid it, so coordinates passed through untouched (a unit row of the
+  # Jacobian) and every MADE ran in one order (a triangular Jacobian); and with an odd
+  # D a reversal alone keeps the middle coordinate in the moved half of every coupling,
+  # so no other coordinate depends on it (a zero column).
+  model = tff.models.NeuralSplineFlow(5, num_blocks=4, num_bins=4, hidden_units=(16,),
                                       linear=linear, autoregressive=autoregressive,
                                       actnorm=False, dtype="float64")
   flow_helpers.perturb_weights(model, scale=0.3)
-  x = tf.constant(np.random.default_rng(3).uniform(-1, 1, size=[4, 6]))
+  x = tf.constant(np.random.default_rng(3).uniform(-1, 1, size=[4, 5]))
   with tf.GradientTape() as tape:
     tape.watch(x)
     z = model.bijector.inverse(x)

@@ -6,6 +6,7 @@ from tfp_flows.bijectors.autoregressive import Autoregressive
 from tfp_flows.bijectors.conditional_affine import ConditionalAffine
 from tfp_flows.bijectors.continuous import ContinuousFlow, ContinuousFlowResult
 from tfp_flows.bijectors.coupling import Coupling, checkerboard_mask
+from tfp_flows.bijectors.coupling_scan import CouplingScan
 from tfp_flows.bijectors.factor_out import FactorOut
 from tfp_flows.bijectors.invertible_conv1x1 import InvertibleConv1x1
 from tfp_flows.bijectors.network_bijector import NetworkBijector
@@ -23,7 +24,7 @@ from tfp_flows.numerics.fixed_point import fixed_point_solve
 __all__ = [
     "ActNorm", "AdditiveTransformer", "AffineTransformer", "Autoregressive",
     "CircularRationalQuadraticTransformer", "ConditionalAffine", "ContinuousFlow",
-    "ContinuousFlowResult", "Coupling", "NetworkBijector",
+    "ContinuousFlowResult", "Coupling", "CouplingScan", "NetworkBijector",
     "FactorOut", "InvertibleConv1x1", "Logit", "RationalQuadraticTransformer",
     "ResidualBlock", "Squeeze", "TokenSolveResult", "Transformer", "TransformerAutoregressive",
     "checkerboard_mask",

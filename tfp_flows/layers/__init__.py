@@ -4,6 +4,7 @@ from tfp_flows.layers.act_norm import ActNorm
 from tfp_flows.layers.autoregressive import (AffineAutoregressive, Autoregressive,
                                             AutoregressiveLayer, SplineAutoregressive)
 from tfp_flows.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, CouplingLayer
+from tfp_flows.layers.coupling_scan import CouplingScan
 from tfp_flows.layers.dequantize import Dequantize
 from tfp_flows.layers.factor_out import FactorOut
 from tfp_flows.layers.ffjord import FFJORD
@@ -19,7 +20,7 @@ from tfp_flows.layers.tarflow import NoiseAugmentation, TarFlowBlock
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling", "Autoregressive",
-    "AutoregressiveLayer", "Coupling", "CouplingLayer", "Dequantize", "FFJORD", "FactorOut",
+    "AutoregressiveLayer", "Coupling", "CouplingLayer", "CouplingScan", "Dequantize", "FFJORD", "FactorOut",
     "FlowChain", "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute",
     "ResidualBlock", "SplineAutoregressive", "SplineCoupling", "Squeeze",
     "NoiseAugmentation", "TarFlowBlock",

@@ -2,7 +2,7 @@
 
 import keras
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "apply_layers", "kernel_over_zero_bias", "layer_weight_shapes"]
 
 _LAYOUTS = ("stacked", "dense")
 
@@ -84,12 +84,12 @@ class MLP(keras.layers.Layer):
         shape = (None, layer.units)
       return
     self._layer_weights = []
-    for i, units in enumerate(self.hidden_units + (self.output_units,)):
-      last = i == len(self.hidden_units)
-      initializer = "zeros" if last else _kernel_over_zero_bias(width, units)
-      self._layer_weights.append(self.add_weight((width + 1, units), initializer,
+    shapes = layer_weight_shapes(width, self.hidden_units, self.output_units)
+    for i, (rows, units) in enumerate(shapes):
+      initializer = ("zeros" if i == len(shapes) - 1
+                     else kernel_over_zero_bias(rows - 1, units))
+      self._layer_weights.append(self.add_weight((rows, units), initializer,
                                                  name=f"layer_{i}"))
-      width = units
 
   def call(self, inputs, context=None):
     # As Keras' Dense computes: in the layer's compute dtype, whatever the inputs' (ints,
@@ -101,13 +101,7 @@ class MLP(keras.layers.Layer):
       for layer in self._hidden:
         h = layer(h)
       return self._output(h)
-    ones = keras.ops.ones_like(h[..., :1])
-    for i, weight in enumerate(self._layer_weights):
-      if i:
-        h = self._activation(h)
-      h = keras.ops.matmul(keras.ops.concatenate([h, ones], axis=-1),
-                           keras.ops.cast(weight, h.dtype))
-    return h
+    return apply_layers(h, self._layer_weights, self._activation)
 
   def get_config(self):
     return {**super().get_config(), "output_units": self.output_units,
@@ -119,13 +113,44 @@ class MLP(keras.layers.Layer):
     return super().from_config({"layout": "dense", **config})
 
 
-def _kernel_over_zero_bias(fan_in, units):
-  """Initializer of a stacked `[fan_in + 1, units]` weight: a Glorot-uniform kernel, zero bias."""
+def apply_layers(h, layer_weights, activation):
+  """`h_l = act(h_{l-1} K_l + b_l)` as `[h_{l-1}, 1] W_l`, no activation after the last layer.
+
+  Args:
+    h: `[N, fan_in]` input.
+    layer_weights: the stacked `[fan_in + 1, units]` weights `W_l = [K_l; b_l]`.
+    activation: callable applied between layers.
+  """
+  ones = keras.ops.ones_like(h[..., :1])
+  for i, weight in enumerate(layer_weights):
+    if i:
+      h = activation(h)
+    h = keras.ops.matmul(keras.ops.concatenate([h, ones], axis=-1),
+                         keras.ops.cast(weight, h.dtype))
+  return h
+
+
+def layer_weight_shapes(fan_in, hidden_units, output_units):
+  """The `[fan_in + 1, units]` shape of each stacked weight of an MLP."""
+  widths = (int(fan_in),) + tuple(hidden_units)
+  return [(n + 1, units) for n, units in zip(widths, tuple(hidden_units) + (output_units,))]
+
+
+def kernel_over_zero_bias(fan_in, units, copies=None):
+  """Initializer of a stacked `[fan_in + 1, units]` weight: a Glorot-uniform kernel, zero bias.
+
+  With `copies=L` it initialises `[L, fan_in + 1, units]`: L independent draws.
+  """
   glorot = keras.initializers.GlorotUniform()
+
+  def one(dtype):
+    return keras.ops.concatenate(
+        [glorot((fan_in, units), dtype), keras.ops.zeros((1, units), dtype)], axis=0)
 
   def initialize(shape, dtype=None):
     del shape
-    return keras.ops.concatenate(
-        [glorot((fan_in, units), dtype), keras.ops.zeros((1, units), dtype)], axis=0)
+    if copies is None:
+      return one(dtype)
+    return keras.ops.stack([one(dtype) for _ in range(copies)])
 
   return initialize

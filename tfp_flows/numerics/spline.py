@@ -448,6 +448,8 @@ class RationalQuadraticSpline:
                        tf.math.floormod(value + bound, 2.0 * bound) - bound)
     if value.shape.is_fully_defined() and params.shape[:-1] == value.shape:
       return value, params
-    batch = tf.broadcast_dynamic_shape(tf.shape(value), tf.shape(params)[:-1])
-    return (tf.broadcast_to(value, batch),
-            tf.broadcast_to(params, tf.concat([batch, [self.num_params]], 0)))
+    # Broadcast by adding zeros, not by `tf.broadcast_to` of a run-time shape: inside a
+    # `tf.while_loop` (CouplingScan) that shape would reach the loop's gradient as a
+    # stored value, which XLA cannot take for a shape.
+    value = value + tf.zeros_like(params[..., 0])
+    return value, params + tf.zeros_like(value)[..., tf.newaxis]
