@@ -86,6 +86,23 @@ def test_the_scan_is_the_unrolled_chain(context_dims, jit_compile):
                              rtol=1e-5, atol=1e-5)
 
 
+def test_blocks_start_from_independent_glorot_draws():
+  # An initializer instance called once per block drew the same kernels for every block.
+  layer = tff.models.NeuralSplineFlow(event_shape=[40], num_blocks=4, hidden_units=(64, 64),
+                                      linear="permute", actnorm=False,
+                                      scan_blocks=True).flow_layers[0]
+  first, second, last = (keras.ops.convert_to_numpy(w) for w in layer.trainable_weights)
+  for weight, fan_in in ((first, 20), (second, 64)):
+    kernels, biases = weight[:, :-1], weight[:, -1]
+    assert not np.any(biases)
+    for i in range(4):
+      for j in range(i):
+        assert np.abs(kernels[i] - kernels[j]).max() > 0.1
+    # U(-l, l) with l = sqrt(6 / (fan_in + 64)): standard deviation l / sqrt(3), to 5%.
+    np.testing.assert_allclose(kernels.std(), np.sqrt(2.0 / (fan_in + 64)), rtol=0.05)
+  assert not np.any(last)
+
+
 def test_fit_under_xla_trains_the_scan_as_the_unrolled_chain():
   unrolled, scanned = _pair()
   x = np.random.default_rng(2).normal(size=[64, 5]).astype("float32")

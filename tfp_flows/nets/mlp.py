@@ -1,5 +1,7 @@
 """A dense conditioner network whose last layer starts at zero."""
 
+import math
+
 import keras
 
 __all__ = ["MLP", "apply_layers", "kernel_over_zero_bias", "layer_weight_shapes"]
@@ -139,18 +141,21 @@ def layer_weight_shapes(fan_in, hidden_units, output_units):
 def kernel_over_zero_bias(fan_in, units, copies=None):
   """Initializer of a stacked `[fan_in + 1, units]` weight: a Glorot-uniform kernel, zero bias.
 
-  With `copies=L` it initialises `[L, fan_in + 1, units]`: L independent draws.
+  With `copies=L` it initialises `[L, fan_in + 1, units]`: L independent draws, from
+  U(-l, l) with Glorot's `l = sqrt(6 / (fan_in + units))`, in one call (an initializer
+  instance called twice draws the same values).
   """
-  glorot = keras.initializers.GlorotUniform()
-
-  def one(dtype):
-    return keras.ops.concatenate(
-        [glorot((fan_in, units), dtype), keras.ops.zeros((1, units), dtype)], axis=0)
+  if copies is None:
+    kernel = keras.initializers.GlorotUniform()
+    kernel_shape, bias_shape = (fan_in, units), (1, units)
+  else:
+    limit = math.sqrt(6.0 / (fan_in + units))
+    kernel = keras.initializers.RandomUniform(-limit, limit)
+    kernel_shape, bias_shape = (copies, fan_in, units), (copies, 1, units)
 
   def initialize(shape, dtype=None):
     del shape
-    if copies is None:
-      return one(dtype)
-    return keras.ops.stack([one(dtype) for _ in range(copies)])
+    return keras.ops.concatenate([kernel(kernel_shape, dtype),
+                                  keras.ops.zeros(bias_shape, dtype)], axis=-2)
 
   return initialize
