@@ -175,3 +175,23 @@ def test_a_wrong_event_size_known_only_at_run_time_is_an_error(jit_compile):
   assert log_prob(tf.zeros([3, 5])).shape == [3]
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
     log_prob(tf.zeros([3, 4]))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_two_dimensions_with_a_batch_size_unknown_when_tracing(jit_compile):
+  # With one moved entry the spline returned a [None, None] block output, which the loop
+  # rejected against the [None, 2] it was entered with: fit and export failed at D = 2.
+  model = tff.models.NeuralSplineFlow(event_shape=[2], num_blocks=2, num_bins=4,
+                                      hidden_units=(8,), linear="permute", actnorm=False,
+                                      scan_blocks=True)
+  flow_helpers.perturb_weights(model, scale=0.3)
+  x = np.random.default_rng(5).normal(size=[32, 2]).astype("float32")
+  log_prob = tf.function(model.log_prob, jit_compile=jit_compile,
+                         input_signature=[tf.TensorSpec([None, 2])])
+  np.testing.assert_allclose(log_prob(x).numpy(), model.log_prob(x).numpy(), rtol=1e-5,
+                             atol=1e-5)
+  sample = tf.function(lambda n: model.sample(n, seed=4), jit_compile=False)
+  assert sample(tf.constant(3)).shape == [3, 2]
+  model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile)
+  history = model.fit(x, batch_size=8, epochs=2, verbose=0).history["nll"]
+  assert history[1] < history[0]

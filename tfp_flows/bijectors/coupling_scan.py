@@ -128,19 +128,26 @@ class CouplingScan(_tfp_glue.OnePassLogDet, network_bijector.NetworkBijector):
 
     moved = self._num_channels - kept
 
+    def keep_shape(value):
+      # A transformer may return a less specific static shape (the spline kernel's traced
+      # function does: [None, None]); the loop needs the shape it was entered with.
+      value.set_shape(x.shape)
+      return value
+
     def inverse_block(step, z, log_det):
       # R z = [z[k:], z[:k]]: its first k entries z[k:2k] are kept, the rest moved.
       head, tail = tf.split(z, [kept, moved], -1)
       x_a, x_b = tail[..., :kept], tf.concat([tail[..., kept:], head], -1)
       x_b, block_log_det = transform(x_b, params_of(x_a, step))
-      return step + 1, tf.concat([x_a, x_b], -1), log_det + tf.reduce_sum(block_log_det, -1)
+      return step + 1, keep_shape(tf.concat([x_a, x_b], -1)), log_det + tf.reduce_sum(
+          block_log_det, -1)
 
     def forward_block(step, y, log_det):
       y_a, y_b = tf.split(y, [kept, moved], -1)
       y_b, block_log_det = transform(y_b, params_of(y_a, num_blocks - 1 - step))
       # R^{-1} [a, b] = [b[-k:], a, b[:-k]] for b of D - k entries.
       out = tf.concat([y_b[..., moved - kept:], y_a, y_b[..., :moved - kept]], -1)
-      return step + 1, out, log_det + tf.reduce_sum(block_log_det, -1)
+      return step + 1, keep_shape(out), log_det + tf.reduce_sum(block_log_det, -1)
 
     body = inverse_block if direction == "inverse" else forward_block
     _, out, log_det = tf.while_loop(
