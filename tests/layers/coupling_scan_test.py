@@ -156,6 +156,9 @@ def test_argument_errors():
   for arguments in ({"linear": "lu"}, {"linear": "permute", "autoregressive": True}):
     with pytest.raises(ValueError, match="pass linear='permute' and autoregressive=False"):
       tff.models.NeuralSplineFlow(event_shape=[4], scan_blocks=True, **arguments)
+  with pytest.raises(ValueError, match="conditioner_layout must be 'stacked'"):
+    tff.models.NeuralSplineFlow(event_shape=[4], linear="permute", scan_blocks=True,
+                                conditioner_layout="dense")
   transformer = tff.bijectors.RationalQuadraticTransformer()
   with pytest.raises(ValueError, match="num_channels must be an integer >= 2"):
     tff.bijectors.CouplingScan(lambda x, w: x, transformer, 1, lambda: [], 2)

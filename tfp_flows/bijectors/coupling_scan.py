@@ -40,7 +40,10 @@ class CouplingScan(_tfp_glue.OnePassLogDet, network_bijector.NetworkBijector):
   loop: the blocks run one after another without fusion across them, and the gradient
   stores each block's intermediates. Cost per direction: L conditioner passes and L
   transformer evaluations, as for the chain. FlowJAX builds its flows the same way
-  (`Scan` over stacked layers).
+  (`Scan` over stacked layers). Second derivatives (a gradient of a gradient, as in
+  score matching) run eagerly and in graph mode but do not compile under XLA: the
+  loop's second-order gradient computes shapes that XLA cannot take as constants. The
+  chain of unrolled blocks compiles them.
 
   Args:
     conditioner: callable `(x_a, weights)` or, when `conditional`, `(x_a, weights,

@@ -20,8 +20,8 @@ from tfp_flows.layers.tarflow import NoiseAugmentation, TarFlowBlock
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineAutoregressive", "AffineCoupling", "Autoregressive",
-    "AutoregressiveLayer", "Coupling", "CouplingLayer", "CouplingScan", "Dequantize", "FFJORD", "FactorOut",
-    "FlowChain", "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1", "Permute",
-    "ResidualBlock", "SplineAutoregressive", "SplineCoupling", "Squeeze",
+    "AutoregressiveLayer", "Coupling", "CouplingLayer", "CouplingScan", "Dequantize", "FFJORD",
+    "FactorOut", "FlowChain", "FlowLayer", "GaussianPrior", "GlowStep", "InvertibleConv1x1",
+    "Permute", "ResidualBlock", "SplineAutoregressive", "SplineCoupling", "Squeeze",
     "NoiseAugmentation", "TarFlowBlock",
 ]

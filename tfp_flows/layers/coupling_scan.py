@@ -30,8 +30,8 @@ class CouplingScan(flow_layer.FlowLayer):
 
   The blocks run as one `tf.while_loop`, so a training step traces and compiles one
   block rather than L and the optimizer updates one variable per MLP layer rather than
-  L: the first XLA step of an 8-block, 64-D spline flow compiles in about two thirds of
-  the time, while a step runs about 15% slower (benchmarks/RESULTS.md). Each MLP layer
+  L: the first XLA step of an 8-block, 64-D spline flow takes about 60% of the time, while
+  a step runs 15-30% slower (benchmarks/RESULTS.md, "tenth pass"). Each MLP layer
   `l` holds `W_l` of shape `[L, fan_in + 1, units]` (`tfp_flows.nets.MLP`'s stacked
   layout, block by block); Glorot-uniform kernels, zero biases and a zero last layer,
   so the layer starts as the identity.

@@ -95,6 +95,9 @@ def NeuralSplineFlow(event_dims=None, num_layers=None, num_bins=8, bound=3.0,  #
   if autoregressive and conditioner_layout != "stacked":
     raise ValueError("conditioner_layout applies to coupling layers' MLPs; autoregressive "
                      f"layers use MADE. Got {conditioner_layout!r} with autoregressive=True.")
+  if scan_blocks and conditioner_layout != "stacked":
+    raise ValueError("scan_blocks=True stacks the couplings' MLP weights over the blocks; "
+                     f"conditioner_layout must be 'stacked' with it. Got {conditioner_layout!r}.")
   if scan_blocks and (linear != "permute" or autoregressive):
     raise ValueError("scan_blocks=True runs identical [rotation, coupling] blocks as one loop: "
                      "pass linear='permute' and autoregressive=False with it; got "
