@@ -164,6 +164,9 @@ def test_argument_errors():
     tff.bijectors.CouplingScan(lambda x, w: x, transformer, 1, lambda: [], 2)
   with pytest.raises(ValueError, match="block_weights must be a callable"):
     tff.bijectors.CouplingScan(lambda x, w: x, transformer, 4, [], 2)
+  with pytest.raises(ValueError, match="must return 2 x 23 = 46 values"):
+    tff.bijectors.CouplingScan(lambda x, w: tf.zeros([1, 45]), transformer, 4,
+                               lambda: [tf.zeros([2, 1])], 2).forward(tf.zeros([1, 4]))
   bijector = tff.bijectors.CouplingScan(lambda x, w: x, transformer, 4,
                                         lambda: [tf.zeros([3, 2, 2])], 2)
   with pytest.raises(ValueError, match="num_blocks = 2 entries on their leading axis"):

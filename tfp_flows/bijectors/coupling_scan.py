@@ -119,17 +119,19 @@ class CouplingScan(_tfp_glue.OnePassLogDet, network_bijector.NetworkBijector):
     blocks = [tf.TensorArray(self.dtype, size=num_blocks, clear_after_read=False,
                              element_shape=w.shape[1:]).unstack(w) for w in weights]
     kept = self._num_channels // 2
+    moved = self._num_channels - kept
     transform = getattr(self._transformer, direction)
 
     def params_of(x_a, block):
       slices = [b.read(block) for b in blocks]
       h = (self._conditioner(x_a, slices) if context is None
            else self._conditioner(x_a, slices, context))
-      return tf.reshape(h, tf.concat([tf.shape(x_a)[:1],
-                                      [self._num_channels - kept,
-                                       self._transformer.num_params]], 0))
-
-    moved = self._num_channels - kept
+      expected = moved * self._transformer.num_params
+      if h.shape[-1] is not None and h.shape[-1] != expected:
+        raise ValueError(f"The conditioner must return {moved} x "
+                         f"{self._transformer.num_params} = {expected} values on its last "
+                         f"axis; got shape {h.shape.as_list()}.")
+      return tf.reshape(h, [-1, moved, self._transformer.num_params])
 
     def keep_shape(value):
       # A transformer may return a less specific static shape (the spline kernel's traced
