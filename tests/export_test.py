@@ -60,6 +60,10 @@ _SERVER = serving.SERVER_PREAMBLE + textwrap.dedent("""
             name: {arg: spec.shape.as_list()
                    for arg, spec in function.structured_input_signature[1].items()}
             for name, function in loaded[key].signatures.items()}
+        signatures[call["dir"]].update({
+            "outputs of " + name: {key: spec.shape.as_list()
+                                   for key, spec in function.structured_outputs.items()}
+            for name, function in loaded[key].signatures.items()})
       function = loaded[key].signatures[call["signature"]]
       outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
       np.savez(call["outputs"], **{k: v.numpy() for k, v in outputs.items()})
@@ -365,7 +369,7 @@ def test_batch_dimension_is_unknown_in_every_signature(served, name):
   # One concrete function per signature serves both batch sizes above: the batch
   # inputs are [None, ...], so nothing is retraced per batch size.
   case = served[name]
-  signatures = case.signatures
+  signatures = {k: v for k, v in case.signatures.items() if not k.startswith("outputs of ")}
   assert sorted(signatures) == sorted(export.SIGNATURES + ("serving_default",))
   assert signatures["serving_default"] == signatures["log_prob"]
   model = case.model
@@ -376,6 +380,20 @@ def test_batch_dimension_is_unknown_in_every_signature(served, name):
       {} if model.context_shape is None else {"context": model.context_shape})}
   if model.context_shape is not None:
     assert signatures["log_prob"]["context"] == [None, *model.context_shape]
+
+
+@pytest.mark.parametrize("name", list(_CASES))
+def test_every_output_declares_its_event_shape(served, name):
+  # A client reads the output shapes from the signature; `inverse` declared z as
+  # [None, None] for the spline flows.
+  model = served[name].model
+  outputs = {k[len("outputs of "):]: v for k, v in served[name].signatures.items()
+             if k.startswith("outputs of ")}
+  assert outputs["log_prob"] == {"log_prob": [None]}
+  assert outputs["inverse"] == {"z": [None, *model.latent_shape]}
+  assert outputs["forward"] == {"x": [None, *model.event_shape]}
+  assert outputs["sample"] == {"samples": [None, *model.event_shape]}
+  assert outputs["sample_fresh"] == {"samples": [None, *model.event_shape], "seed": [2]}
 
 
 @pytest.mark.parametrize("name", list(_CASES))

@@ -109,8 +109,10 @@ class _ServingFunctions:
       bijector = self._model.bijector
       kwargs = bijectors_lib.conditional_kwargs(bijector, _row(context))
       return getattr(bijector, direction)(inputs, **kwargs)
-    return _unless_empty(tf.shape(inputs)[0], transform,
-                         tf.zeros([0, *output_shape], self._contract.dtype))
+    result = _unless_empty(tf.shape(inputs)[0], transform,
+                           tf.zeros([0, *output_shape], self._contract.dtype))
+    # The signature declares what the flow returns; some bijectors lose the static shape.
+    return tf.ensure_shape(result, [None, *output_shape])
 
 
 def _unless_empty(size, compute, empty):
