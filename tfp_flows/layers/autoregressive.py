@@ -10,6 +10,7 @@ import tensorflow_probability as tfp
 
 from tfp_flows import nets
 from tfp_flows.bijectors import autoregressive
+from tfp_flows.layers import _random_order
 from tfp_flows.layers import flow_layer
 from tfp_flows.layers import transformer_spec
 
@@ -47,18 +48,20 @@ class Autoregressive(flow_layer.FlowLayer):
       alternate orders between stacked layers.
     inverse_autoregressive: IAF direction (see above).
     activation: MADE hidden activation.
-    seed: seed of a random order.
+    seed: seed of a random order; None (the default) draws one from NumPy's global
+      generator (which `keras.utils.set_random_seed` seeds), so stacked layers get
+      different orders. The seed is saved in the config.
   """
 
   def __init__(self, transformer, hidden_units=(128, 128), order="natural",
-               inverse_autoregressive=False, activation="relu", seed=0, **kwargs):
+               inverse_autoregressive=False, activation="relu", seed=None, **kwargs):
     super().__init__(**kwargs)
     self.transformer = transformer_spec.get(transformer)
     self.hidden_units = tuple(int(u) for u in hidden_units)
     self.order = order if isinstance(order, str) else [int(i) for i in order]
     self.inverse_autoregressive = bool(inverse_autoregressive)
     self.activation = activation
-    self.seed = int(seed)
+    self.seed = _random_order.seed_of(seed, self.order)
 
   def build(self, inputs_shape, context_shape=None):
     """Creates the MADE's weights for inputs `[N, D]` (and a context `[N, C]`).

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import tensorflow_probability as tfp
 
+from tfp_flows.layers import _random_order
 from tfp_flows.layers import flow_layer
 
 __all__ = ["Permute"]
@@ -20,11 +21,16 @@ class Permute(flow_layer.FlowLayer):
 
   Args:
     permutation: "reversed", "random" (drawn with numpy from `seed`) or an explicit
-      permutation of `range(D)`.
-    seed: seed of a random permutation.
+      permutation of `range(D)`. Before a coupling that always moves the same half, a
+      reversal alternates the halves; do not also alternate the coupling's `reverse`,
+      which undoes it (and for odd D a reversal keeps the middle entry in the moved half:
+      `tfp_flows.bijectors.coupling_scan.half_rotation` moves every entry through both).
+    seed: seed of a random permutation; None (the default) draws one from NumPy's
+      global generator (which `keras.utils.set_random_seed` seeds), so stacked layers
+      get different permutations. The seed is saved in the config.
   """
 
-  def __init__(self, permutation="reversed", seed=0, **kwargs):
+  def __init__(self, permutation="reversed", seed=None, **kwargs):
     super().__init__(**kwargs)
     if isinstance(permutation, str):
       if permutation not in _ORDERS:
@@ -36,7 +42,7 @@ class Permute(flow_layer.FlowLayer):
         raise ValueError(f"permutation must be a permutation of range(D); got "
                          f"{permutation}.")
     self.permutation = permutation
-    self.seed = int(seed)
+    self.seed = _random_order.seed_of(seed, permutation)
 
   def build(self, input_shape):
     size = int(input_shape[-1])
