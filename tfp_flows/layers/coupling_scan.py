@@ -114,11 +114,5 @@ class _StackedMLPWeights(keras.layers.Layer):
     self.hidden_units = hidden_units
 
   def build(self, inputs_shape):
-    shapes = mlp.layer_weight_shapes(int(inputs_shape[-1]), self.hidden_units,
-                                     self.output_units)
-    self.layer_weights = []
-    for i, (rows, units) in enumerate(shapes):
-      initializer = ("zeros" if i == len(shapes) - 1
-                     else mlp.kernel_over_zero_bias(rows - 1, units, copies=self.num_blocks))
-      self.layer_weights.append(self.add_weight((self.num_blocks, rows, units), initializer,
-                                                name=f"layer_{i}"))
+    self.layer_weights = mlp.add_layer_weights(self, int(inputs_shape[-1]), self.hidden_units,
+                                               self.output_units, copies=self.num_blocks)

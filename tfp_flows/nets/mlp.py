@@ -4,7 +4,7 @@ import math
 
 import keras
 
-__all__ = ["MLP", "apply_layers", "kernel_over_zero_bias", "layer_weight_shapes"]
+__all__ = ["MLP", "add_layer_weights", "apply_layers"]
 
 _LAYOUTS = ("stacked", "dense")
 
@@ -85,13 +85,8 @@ class MLP(keras.layers.Layer):
         layer.build(shape)
         shape = (None, layer.units)
       return
-    self._layer_weights = []
-    shapes = layer_weight_shapes(width, self.hidden_units, self.output_units)
-    for i, (rows, units) in enumerate(shapes):
-      initializer = ("zeros" if i == len(shapes) - 1
-                     else kernel_over_zero_bias(rows - 1, units))
-      self._layer_weights.append(self.add_weight((rows, units), initializer,
-                                                 name=f"layer_{i}"))
+    self._layer_weights = add_layer_weights(self, width, self.hidden_units,
+                                            self.output_units)
 
   def call(self, inputs, context=None):
     # As Keras' Dense computes: in the layer's compute dtype, whatever the inputs' (ints,
@@ -132,13 +127,25 @@ def apply_layers(h, layer_weights, activation):
   return h
 
 
-def layer_weight_shapes(fan_in, hidden_units, output_units):
-  """The `[fan_in + 1, units]` shape of each stacked weight of an MLP."""
+def add_layer_weights(layer, fan_in, hidden_units, output_units, copies=None):
+  """Adds the stacked weights `layer_0, layer_1, ...` of an MLP to `layer`; returns them.
+
+  Each is `[n + 1, units]` (`[K; b]`, n the layer's input width), or `[copies, n + 1,
+  units]` for `copies` MLPs side by side; Glorot-uniform kernels, zero biases, and the
+  last layer all zero.
+  """
   widths = (int(fan_in),) + tuple(hidden_units)
-  return [(n + 1, units) for n, units in zip(widths, tuple(hidden_units) + (output_units,))]
+  sizes = tuple(hidden_units) + (int(output_units),)
+  weights = []
+  for i, (width, units) in enumerate(zip(widths, sizes)):
+    shape = (width + 1, units) if copies is None else (copies, width + 1, units)
+    initializer = ("zeros" if i == len(sizes) - 1
+                   else _kernel_over_zero_bias(width, units, copies))
+    weights.append(layer.add_weight(shape, initializer, name=f"layer_{i}"))
+  return weights
 
 
-def kernel_over_zero_bias(fan_in, units, copies=None):
+def _kernel_over_zero_bias(fan_in, units, copies=None):
   """Initializer of a stacked `[fan_in + 1, units]` weight: a Glorot-uniform kernel, zero bias.
 
   With `copies=L` it initialises `[L, fan_in + 1, units]`: L independent draws, from
